@@ -1,0 +1,156 @@
+"""IdempotencyConfig: the options of one idempotent function, checked once."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import IdempotencyConfigError
+
+__all__ = ["IdempotencyConfig", "InProgressPolicy", "StoreErrorPolicy"]
+
+
+class InProgressPolicy(enum.Enum):
+    """What a call does when another execution holds a live claim."""
+
+    RAISE = "raise"
+    WAIT = "wait"
+
+
+class StoreErrorPolicy(enum.Enum):
+    """What a call does when the store cannot be reached before it runs."""
+
+    RAISE = "raise"
+    RUN = "run"
+
+
+def _positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise IdempotencyConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise IdempotencyConfigError(f"{name} must be greater than 0, got {value!r}")
+    if value * 1000 < 1:
+        raise IdempotencyConfigError(f"{name} must be at least 0.001 (one millisecond)")
+    return float(value)
+
+
+def _enum(name: str, kind: type[enum.Enum], value: object) -> Any:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = " | ".join(repr(m.value) for m in kind)
+        raise IdempotencyConfigError(f"{name} must be {allowed}, got {value!r}") from None
+
+
+def _jmespath(name: str, expression: object) -> Any:
+    if expression is None:
+        return None
+    if not isinstance(expression, str) or not expression.strip():
+        raise IdempotencyConfigError(f"{name} must be a JMESPath expression string")
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        return jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise IdempotencyConfigError(
+            f"{name} is not valid JMESPath ({expression!r}): {exc}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class IdempotencyConfig:
+    """Options of an idempotent function; validated when constructed.
+
+    Args:
+        event_key_jmespath: JMESPath selecting the part of the payload that
+            identifies the work; None uses the whole payload.
+        payload_validation_jmespath: JMESPath selecting the part whose hash
+            must match on a replay; a different value raises
+            ``IdempotencyKeyReuseError``.
+        raise_on_no_idempotency_key: Raise ``IdempotencyKeyError`` when the key
+            selects nothing; otherwise run unprotected with a warning.
+        expires_after_seconds: How long a completed outcome is kept.
+        use_local_cache: Keep completed outcomes in an in-process LRU cache.
+        local_cache_max_items: Size of that cache.
+        hash_function: A ``hashlib`` algorithm name for keys and fingerprints.
+        response_hook: ``hook(result, record)`` applied to replayed results.
+        key_prefix: Prefix of every key; default ``module.qualname`` of the function.
+        lease_seconds: How long a claim holds when no Lambda context says otherwise.
+        heartbeat: Renew the lease every lease/3 while the function runs.
+        on_in_progress: "raise" (default) or "wait" for the other execution.
+        wait_timeout_seconds: Longest wait with ``on_in_progress="wait"``.
+        on_store_error: "raise" (fail closed, default) or "run" without protection.
+
+    Raises:
+        IdempotencyConfigError: An option is out of range or of the wrong type.
+    """
+
+    event_key_jmespath: str | None = None
+    payload_validation_jmespath: str | None = None
+    raise_on_no_idempotency_key: bool = False
+    expires_after_seconds: float = 3600
+    use_local_cache: bool = False
+    local_cache_max_items: int = 256
+    hash_function: str = "sha256"
+    response_hook: Callable[[Any, Any], Any] | None = None
+    key_prefix: str | None = None
+    lease_seconds: float = 60
+    heartbeat: bool = False
+    on_in_progress: InProgressPolicy | str = InProgressPolicy.RAISE
+    wait_timeout_seconds: float = 30
+    on_store_error: StoreErrorPolicy | str = StoreErrorPolicy.RAISE
+    # Compiled forms, derived in __post_init__.
+    _key_expr: Any = field(init=False, repr=False, compare=False)
+    _validation_expr: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "_key_expr", _jmespath("event_key_jmespath", self.event_key_jmespath))
+        put(
+            self,
+            "_validation_expr",
+            _jmespath("payload_validation_jmespath", self.payload_validation_jmespath),
+        )
+        for name in ("raise_on_no_idempotency_key", "use_local_cache", "heartbeat"):
+            if not isinstance(getattr(self, name), bool):
+                raise IdempotencyConfigError(f"{name} must be True or False")
+        for name in ("expires_after_seconds", "lease_seconds", "wait_timeout_seconds"):
+            put(self, name, _positive_number(name, getattr(self, name)))
+        size = self.local_cache_max_items
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise IdempotencyConfigError(
+                f"local_cache_max_items must be an integer >= 1, got {size!r}"
+            )
+        if not isinstance(self.hash_function, str) or (
+            self.hash_function not in hashlib.algorithms_available
+        ):
+            raise IdempotencyConfigError(
+                f"hash_function must name a hashlib algorithm (e.g. 'sha256'), "
+                f"got {self.hash_function!r}"
+            )
+        if self.hash_function.startswith("shake"):
+            raise IdempotencyConfigError("hash_function cannot be a SHAKE (variable length) hash")
+        if self.response_hook is not None and not callable(self.response_hook):
+            raise IdempotencyConfigError("response_hook must be callable(result, record)")
+        prefix = self.key_prefix
+        if prefix is not None and (not isinstance(prefix, str) or not prefix):
+            raise IdempotencyConfigError("key_prefix must be a non-empty string")
+        put(self, "on_in_progress", _enum("on_in_progress", InProgressPolicy, self.on_in_progress))
+        put(self, "on_store_error", _enum("on_store_error", StoreErrorPolicy, self.on_store_error))
+
+    @property
+    def lease_ms(self) -> int:
+        """Default lease in milliseconds."""
+        return int(self.lease_seconds * 1000)
+
+    @property
+    def ttl_ms(self) -> int:
+        """Retention of completed outcomes in milliseconds."""
+        return int(self.expires_after_seconds * 1000)

@@ -1,0 +1,346 @@
+"""The decorators: ``idempotent`` for Lambda handlers, ``idempotent_function`` for any callable.
+
+Both check their arguments when applied, pick the sync or async driver from
+the function and the store, and expose ``wrapper.stats`` (counters of what
+calls did) and ``wrapper.key_for(...)`` (the key a call would use).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from . import _async, _sync
+from .cache import LocalCache
+from .config import IdempotencyConfig
+from .engine import Invocation, Policy, flow
+from .errors import IdempotencyConfigError, IdempotencyKeyError, OnceOnlyWarning
+from .keys import _UNSET, Keyer
+from .metrics import Event, Stats
+from .records import new_token
+from .serializers import serializer_for
+from .stores.protocol import AsyncStore, Store, wall_ms
+
+__all__ = ["idempotent", "idempotent_function"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DISABLED_VALUES = frozenset({"1", "true", "yes", "on"})
+
+
+def _disabled() -> bool:
+    return os.environ.get("ONCEONLY_DISABLED", "").strip().lower() in _DISABLED_VALUES
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(target, "__call__", None)  # noqa: B004 - an object with async __call__
+    return not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
+
+
+def _check_store(store: object, is_async: bool, name: str) -> None:
+    if is_async:
+        if isinstance(store, AsyncStore) and inspect.iscoroutinefunction(store.claim):
+            return
+        raise IdempotencyConfigError(
+            f"{name} is async, so its store must be async (AsyncMemoryStore, AsyncSQLiteStore, "
+            f"AsyncRedisStore, AsyncDynamoDBStore); got {type(store).__name__}"
+        )
+    if isinstance(store, Store) and not inspect.iscoroutinefunction(store.claim):
+        return
+    raise IdempotencyConfigError(
+        f"{name} is not async, so its store must be sync (MemoryStore, SQLiteStore, RedisStore, "
+        f"DynamoDBStore); got {type(store).__name__}"
+    )
+
+
+class _Guard:
+    """Everything one decorated function needs at call time, built once."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        store: Any,
+        config: IdempotencyConfig | None,
+        output_serializer: Any,
+    ) -> None:
+        if not callable(func):
+            raise IdempotencyConfigError(f"can only decorate a callable, got {func!r}")
+        if config is None:
+            config = IdempotencyConfig()
+        elif not isinstance(config, IdempotencyConfig):
+            raise IdempotencyConfigError(
+                f"config must be an IdempotencyConfig, got {type(config).__name__}"
+            )
+        self.name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        module = getattr(func, "__module__", None) or type(func).__module__
+        self.is_async = _is_async(func)
+        _check_store(store, self.is_async, self.name)
+        self.store = store
+        self.config = config
+        self.keyer = Keyer(
+            config.key_prefix or f"{module}.{self.name}",
+            config.hash_function,
+            config._key_expr,
+            config._validation_expr,
+        )
+        self.stats = Stats()
+        self.policy = Policy(
+            name=self.name,
+            config=config,
+            serializer=serializer_for(func, output_serializer),
+            stats=self.stats,
+            cache=LocalCache(config.local_cache_max_items) if config.use_local_cache else None,
+            clock=wall_ms,
+        )
+
+    def invocation(
+        self, payload: Any, key_material: Any = _UNSET, lease_ms: int | None = None
+    ) -> Invocation | None:
+        """Return the call's invocation, or None to run it unprotected."""
+        key, fingerprint = self.keyer.key_and_fingerprint(payload, key_material)
+        if key is None:
+            if self.config.raise_on_no_idempotency_key:
+                self.stats.add(Event.UNPROTECTED)
+                raise IdempotencyKeyError(
+                    f"{self.name}: no idempotency key in the payload "
+                    f"(event_key_jmespath={self.config.event_key_jmespath!r} selected nothing)"
+                )
+            warnings.warn(
+                f"{self.name}: no idempotency key in the payload "
+                f"(event_key_jmespath={self.config.event_key_jmespath!r}); running without "
+                "idempotency",
+                OnceOnlyWarning,
+                stacklevel=4,
+            )
+            self.stats.add(Event.UNPROTECTED)
+            return None
+        return Invocation(
+            key=key,
+            fingerprint=fingerprint,
+            token=new_token(),
+            lease_ms=lease_ms if lease_ms is not None else self.config.lease_ms,
+            ttl_ms=self.config.ttl_ms,
+        )
+
+    def disabled(self) -> bool:
+        if not _disabled():
+            return False
+        warnings.warn(
+            f"{self.name}: ONCEONLY_DISABLED is set; running without idempotency",
+            OnceOnlyWarning,
+            stacklevel=3,
+        )
+        self.stats.add(Event.UNPROTECTED)
+        return True
+
+    def call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        inv: Invocation | None,
+    ) -> Any:
+        """Run a sync ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
+        if inv is None:
+            return func(*args, **kwargs)
+        return _sync.drive(flow(self.policy, inv), self.store, inv, lambda: func(*args, **kwargs))
+
+    async def call_async(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        inv: Invocation | None,
+    ) -> Any:
+        """Await an async ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
+        if inv is None:
+            return await func(*args, **kwargs)
+        return await _async.drive(
+            flow(self.policy, inv), self.store, inv, lambda: func(*args, **kwargs)
+        )
+
+    def wrap(
+        self, func: F, invocation: Callable[..., tuple[Invocation | None, tuple[Any, ...]]]
+    ) -> F:
+        """Build the wrapper: ``invocation(*args, **kwargs)`` -> (inv, args to call with)."""
+        if self.is_async:
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if self.disabled():
+                    return await func(*args, **kwargs)
+                inv, call_args = invocation(*args, **kwargs)
+                return await self.call_async(func, call_args, kwargs, inv)
+
+            wrapper: Callable[..., Any] = async_wrapper
+        else:
+
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if self.disabled():
+                    return func(*args, **kwargs)
+                inv, call_args = invocation(*args, **kwargs)
+                return self.call(func, call_args, kwargs, inv)
+
+            wrapper = sync_wrapper
+        functools.update_wrapper(wrapper, func)
+        wrapper.stats = self.stats  # type: ignore[attr-defined]
+        wrapper.guard = self  # type: ignore[attr-defined]
+        return cast(F, wrapper)
+
+
+def _lambda_lease_ms(context: Any) -> int | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if not callable(remaining):
+        return None
+    try:
+        ms = int(remaining())
+    except (TypeError, ValueError):
+        return None
+    return max(1, ms)
+
+
+def idempotent(
+    handler: F | None = None,
+    *,
+    store: Store | AsyncStore,
+    config: IdempotencyConfig | None = None,
+    output_serializer: Any = None,
+) -> Any:
+    """Make a Lambda handler ``handler(event, context)`` run once per idempotency key.
+
+    The payload is the event (``config.event_key_jmespath`` selects the key);
+    the lease is the invocation's remaining time when the context tells it,
+    else ``config.lease_seconds``.
+
+    Args:
+        handler: The handler (when used as ``@idempotent(...)`` it is given later).
+        store: A sync store, or an async one for an ``async def`` handler.
+        config: Options; defaults apply when None.
+        output_serializer: How results are stored (see ``serializers``).
+
+    Returns:
+        The wrapped handler.
+
+    Raises:
+        IdempotencyConfigError: Bad options or a store of the wrong kind.
+    """
+
+    def decorate(func: F) -> F:
+        guard = _Guard(func, store, config, output_serializer)
+
+        def invocation(
+            event: Any, context: Any = None, *args: Any, **kwargs: Any
+        ) -> tuple[Invocation | None, tuple[Any, ...]]:
+            inv = guard.invocation(event, lease_ms=_lambda_lease_ms(context))
+            return inv, (event, context, *args)
+
+        return guard.wrap(func, invocation)
+
+    return decorate if handler is None else decorate(handler)
+
+
+def _payload_locator(
+    func: Callable[..., Any], data: str
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError) as exc:
+        raise IdempotencyConfigError(f"cannot read the signature of {func!r}: {exc}") from exc
+    parameter = signature.parameters.get(data)
+    if parameter is None or parameter.kind in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ):
+        names = ", ".join(signature.parameters) or "none"
+        raise IdempotencyConfigError(
+            f"data={data!r} is not a named parameter of {getattr(func, '__qualname__', func)} "
+            f"(parameters: {names})"
+        )
+    position: int | None = None
+    if parameter.kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        position = list(signature.parameters).index(data)
+    default = parameter.default
+
+    def locate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if data in kwargs and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY:
+            return kwargs[data]
+        if position is not None and position < len(args):
+            return args[position]
+        if default is not inspect.Parameter.empty:
+            return default
+        raise TypeError(f"{getattr(func, '__qualname__', func)}() missing argument {data!r}")
+
+    return locate
+
+
+def idempotent_function(
+    func: F | None = None,
+    *,
+    store: Store | AsyncStore,
+    data: str | None = None,
+    key: Callable[..., Any] | None = None,
+    config: IdempotencyConfig | None = None,
+    output_serializer: Any = None,
+) -> Any:
+    """Make any function run once per idempotency key.
+
+    Args:
+        func: The function (given later when used as ``@idempotent_function(...)``).
+        store: A sync store, or an async one for an ``async def`` function.
+        data: Name of the parameter that carries the payload; it may be
+            passed by position or keyword.
+        key: ``key(*args, **kwargs)`` returning the key material, instead of
+            selecting it from ``data`` (``data`` still feeds payload validation).
+        config: Options; defaults apply when None.
+        output_serializer: A dataclass or pydantic class, or a serializer with
+            ``to_json``/``from_json``; by default read from the return annotation.
+
+    Returns:
+        The wrapped function.
+
+    Raises:
+        IdempotencyConfigError: Neither ``data`` nor ``key`` given, ``data`` not
+            a parameter, ``key`` not callable, bad options, or a store of the
+            wrong kind.
+    """
+    if data is None and key is None:
+        raise IdempotencyConfigError(
+            "idempotent_function needs data='<parameter name>' or key=callable"
+        )
+    if data is not None and (not isinstance(data, str) or not data):
+        raise IdempotencyConfigError(f"data must name a parameter, got {data!r}")
+    if key is not None and not callable(key):
+        raise IdempotencyConfigError(f"key must be callable(*args, **kwargs), got {key!r}")
+    if (
+        config is not None
+        and isinstance(config, IdempotencyConfig)
+        and data is None
+        and (config.payload_validation_jmespath is not None)
+    ):
+        raise IdempotencyConfigError(
+            "payload_validation_jmespath needs data='<parameter name>' to validate against"
+        )
+
+    def decorate(f: F) -> F:
+        guard = _Guard(f, store, config, output_serializer)
+        locate = _payload_locator(f, data) if data is not None else None
+
+        def invocation(*args: Any, **kwargs: Any) -> tuple[Invocation | None, tuple[Any, ...]]:
+            payload = locate(args, kwargs) if locate is not None else None
+            material = key(*args, **kwargs) if key is not None else _UNSET
+            return guard.invocation(payload, material), args
+
+        return guard.wrap(f, invocation)
+
+    return decorate if func is None else decorate(func)

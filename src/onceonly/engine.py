@@ -1,0 +1,379 @@
+"""The I/O-free core: what an idempotent call does, step by step.
+
+:func:`decide` maps a claim result to a decision. :func:`flow` is a generator
+that yields the steps of one call (claim, execute, complete, release, sleep)
+and receives their results; the sync and async drivers only carry the steps
+out, so every decision lives here once. The shape follows httpx's
+``auth_flow``: ``step = flow.send(result)`` until it returns the call's value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from .cache import LocalCache
+from .config import IdempotencyConfig, InProgressPolicy, StoreErrorPolicy
+from .errors import (
+    CorruptRecordError,
+    IdempotencyAlreadyInProgressError,
+    IdempotencyKeyReuseError,
+    IdempotencySerializationError,
+    IdempotencyStoreError,
+)
+from .metrics import Event, Stats
+from .records import Acquired, ClaimResult, Record, Status, decode_outcome, encode_outcome
+from .serializers import Serializer
+
+__all__ = [
+    "Claim",
+    "Complete",
+    "Decision",
+    "Execute",
+    "InProgress",
+    "Invocation",
+    "Mismatch",
+    "Policy",
+    "Release",
+    "Replay",
+    "Run",
+    "Sleep",
+    "Step",
+    "decide",
+    "flow",
+]
+
+logger = logging.getLogger("onceonly")
+
+# Backoff while waiting for another execution: first sleep, growth, ceiling.
+_WAIT_FIRST_MS = 20
+_WAIT_MAX_MS = 1000
+
+
+# -- decisions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The claim is ours: run the function."""
+
+    takeover: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A completed record with a matching fingerprint: replay its outcome."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    """Another execution holds a live claim, for ``retry_after_ms`` more."""
+
+    retry_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The key is taken by a call with another payload fingerprint."""
+
+    record: Record
+
+
+Decision = Run | Replay | InProgress | Mismatch
+
+
+def decide(result: ClaimResult, fingerprint: str | None) -> Decision:
+    """Decide what a call does with the store's answer to its claim.
+
+    Args:
+        result: ``Acquired`` or ``Found`` from ``Store.claim``.
+        fingerprint: The caller's payload fingerprint, or None when payload
+            validation is off.
+
+    Returns:
+        Run, Replay, InProgress or Mismatch.
+    """
+    if isinstance(result, Acquired):
+        return Run(takeover=result.takeover)
+    record = result.record
+    if fingerprint is not None and record.fingerprint != fingerprint:
+        return Mismatch(record)
+    if record.status is Status.COMPLETED:
+        return Replay(record)
+    return InProgress(retry_after_ms=max(0, record.deadline_ms - result.now_ms))
+
+
+# -- steps a driver carries out ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Call ``store.claim`` with the invocation's key, token, lease, ttl, fingerprint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run the function; send back its value or throw its exception in.
+
+    Attributes:
+        protected: False when it runs without a claim (store down, policy "run").
+        heartbeat_ms: Renew the lease this often while it runs, or None.
+    """
+
+    protected: bool
+    heartbeat_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Call ``store.complete`` with this outcome; send back the bool."""
+
+    outcome: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Call ``store.release``; send back the bool."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Sleep this long, then send back anything."""
+
+    ms: int
+
+
+Step = Claim | Execute | Complete | Release | Sleep
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One call's fixed facts.
+
+    Attributes:
+        key: The idempotency key.
+        fingerprint: Payload fingerprint, or None.
+        token: This call's fencing token.
+        lease_ms: How long its claim holds.
+        ttl_ms: Retention of its outcome.
+    """
+
+    key: str
+    fingerprint: str | None
+    token: str
+    lease_ms: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What stays the same across calls of one decorated function.
+
+    Attributes:
+        name: The function's name, for messages.
+        config: Its options.
+        serializer: How its results become JSON.
+        stats: Its counters.
+        cache: Its local cache, or None.
+        clock: Wall-clock milliseconds (for the cache and wait budgets).
+    """
+
+    name: str
+    config: IdempotencyConfig
+    serializer: Serializer
+    stats: Stats
+    cache: LocalCache | None
+    clock: Callable[[], int]
+
+
+# -- the flow ----------------------------------------------------------------
+
+
+def replay(policy: Policy, record: Record) -> Any:
+    """Rebuild a result from a completed record and apply the response hook.
+
+    Raises:
+        CorruptRecordError: The outcome cannot be decoded or rebuilt.
+    """
+    assert record.outcome is not None
+    data = decode_outcome(record.outcome)
+    try:
+        value = policy.serializer.from_json(data)
+    except Exception as exc:
+        raise CorruptRecordError(
+            f"stored outcome of {policy.name} cannot be rebuilt by its serializer ({exc}); "
+            "if the result type changed, delete the key (onceonly purge) to let it run again"
+        ) from exc
+    hook = policy.config.response_hook
+    return value if hook is None else hook(value, record)
+
+
+def _encode(policy: Policy, value: Any) -> bytes:
+    try:
+        data = policy.serializer.to_json(value)
+    except IdempotencySerializationError:
+        raise
+    except Exception as exc:
+        raise IdempotencySerializationError(
+            f"{policy.name}: output serializer could not convert the result "
+            f"({type(value).__name__}): {exc}"
+        ) from exc
+    return encode_outcome(data)
+
+
+def _in_progress(policy: Policy, inv: Invocation, retry_after_ms: int) -> Exception:
+    policy.stats.add(Event.IN_PROGRESS)
+    return IdempotencyAlreadyInProgressError(
+        f"{policy.name}: another execution holds key {inv.key} for {retry_after_ms} ms more; "
+        "retry later, or set on_in_progress='wait'",
+        key=inv.key,
+        retry_after_ms=retry_after_ms,
+    )
+
+
+def _release_after_failure(policy: Policy, inv: Invocation) -> Generator[Step, Any, None]:
+    policy.stats.add(Event.RELEASED)
+    try:
+        released = yield Release()
+    except IdempotencyStoreError as exc:
+        policy.stats.add(Event.STORE_ERROR)
+        logger.warning(
+            "onceonly: %s could not release key %s after a failure (%s); "
+            "it is held until its lease ends",
+            policy.name,
+            inv.key,
+            type(exc).__name__,
+        )
+        return
+    if released is not True:
+        policy.stats.add(Event.LEASE_LOST)
+        logger.warning(
+            "onceonly: %s lost its lease on key %s before it failed", policy.name, inv.key
+        )
+
+
+def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
+    """The steps of one idempotent call; returns the call's result.
+
+    Args:
+        policy: The function's policy.
+        inv: This call's key, token and timings.
+
+    Returns:
+        The function's result, or a replayed one.
+
+    Raises:
+        IdempotencyKeyReuseError: Same key, different fingerprint.
+        IdempotencyAlreadyInProgressError: A live claim elsewhere (after the wait, if waiting).
+        IdempotencyStoreError: The claim failed and the policy is "raise".
+        IdempotencySerializationError: The result cannot be stored (the claim is released).
+        BaseException: Whatever the function raised, after the claim is released.
+    """
+    config, stats, cache = policy.config, policy.stats, policy.cache
+    if cache is not None:
+        cached = cache.get(inv.key, policy.clock())
+        if cached is not None and (
+            inv.fingerprint is None or cached.fingerprint == inv.fingerprint
+        ):
+            stats.add(Event.CACHE_HIT)
+            return replay(policy, cached)
+
+    wait_until: int | None = None
+    delay = _WAIT_FIRST_MS
+    while True:
+        try:
+            result = yield Claim()
+        except IdempotencyStoreError as exc:
+            stats.add(Event.STORE_ERROR)
+            if config.on_store_error is not StoreErrorPolicy.RUN or isinstance(
+                exc, CorruptRecordError
+            ):
+                raise
+            logger.warning(
+                "onceonly: store failed for %s (%s); running without idempotency "
+                "because on_store_error='run'",
+                policy.name,
+                type(exc).__name__,
+            )
+            stats.add(Event.UNPROTECTED)
+            return (yield Execute(protected=False))
+        decision = decide(result, inv.fingerprint)
+        if isinstance(decision, Run):
+            break
+        if isinstance(decision, Replay):
+            stats.add(Event.REPLAYED)
+            if cache is not None:
+                cache.put(inv.key, decision.record)
+            return replay(policy, decision.record)
+        if isinstance(decision, Mismatch):
+            stats.add(Event.KEY_REUSE)
+            raise IdempotencyKeyReuseError(
+                f"{policy.name}: key {inv.key} was used before with a different payload "
+                "(payload_validation_jmespath); use a new key for a new request"
+            )
+        if config.on_in_progress is InProgressPolicy.RAISE:
+            raise _in_progress(policy, inv, decision.retry_after_ms)
+        now = policy.clock()
+        if wait_until is None:
+            wait_until = now + int(config.wait_timeout_seconds * 1000)
+        if now >= wait_until:
+            raise _in_progress(policy, inv, decision.retry_after_ms)
+        # Wake no later than the other lease's end, so an orphan is taken over promptly.
+        stats.add(Event.WAITED)
+        yield Sleep(max(1, min(delay, decision.retry_after_ms + 1, wait_until - now)))
+        delay = min(delay * 2, _WAIT_MAX_MS)
+
+    if decision.takeover:
+        stats.add(Event.TAKEOVER)
+    heartbeat_ms = max(1, inv.lease_ms // 3) if config.heartbeat else None
+    try:
+        value = yield Execute(protected=True, heartbeat_ms=heartbeat_ms)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from _release_after_failure(policy, inv)
+        raise
+    try:
+        outcome = _encode(policy, value)
+    except IdempotencySerializationError:
+        yield from _release_after_failure(policy, inv)
+        raise
+    stats.add(Event.EXECUTED)
+    try:
+        completed = yield Complete(outcome)
+    except IdempotencyStoreError as exc:
+        # The work is done: hand the result back. The claim stays until its
+        # lease ends, so a duplicate meanwhile is told "in progress".
+        stats.add(Event.STORE_ERROR)
+        logger.warning(
+            "onceonly: %s ran but could not store its outcome for key %s (%s); "
+            "a retry after the lease will run it again",
+            policy.name,
+            inv.key,
+            type(exc).__name__,
+        )
+        return value
+    if completed is not True:
+        stats.add(Event.LEASE_LOST)
+        logger.warning(
+            "onceonly: %s finished after losing its lease on key %s; "
+            "its result is returned but not stored (another execution owns the key)",
+            policy.name,
+            inv.key,
+        )
+    elif cache is not None:
+        cache.put(
+            inv.key,
+            Record(
+                Status.COMPLETED,
+                inv.token,
+                policy.clock() + inv.ttl_ms,
+                inv.fingerprint,
+                outcome,
+            ),
+        )
+    return value

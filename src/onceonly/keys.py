@@ -1,0 +1,247 @@
+"""Payload selection, canonical JSON and hashing: how a call becomes a key.
+
+A key is ``"{prefix}:{digest}"`` where digest hashes the canonical JSON of the
+selected payload. Canonical JSON has sorted keys and no whitespace, so two
+payloads that are equal as data hash equally whatever their dict order.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import decimal
+import enum
+import gzip
+import hashlib
+import json
+import pathlib
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jmespath
+from jmespath import functions as jp_functions
+
+from .errors import IdempotencyConfigError, IdempotencySerializationError
+
+__all__ = [
+    "JMESPATH_OPTIONS",
+    "canonical_json",
+    "hasher",
+    "is_missing",
+    "json_native",
+    "select",
+]
+
+
+class _Functions(jp_functions.Functions):
+    """JMESPath functions that decode data embedded in events.
+
+    ``from_json`` parses a JSON string (an API Gateway or SQS body),
+    ``from_base64`` decodes base64 text (a Kinesis record), ``from_base64_gzip``
+    decodes and gunzips (CloudWatch Logs). The Powertools names are accepted
+    too so existing expressions keep working.
+    """
+
+    @jp_functions.signature({"types": ["string"]})
+    def _func_from_json(self, value: str) -> Any:
+        return json.loads(value)
+
+    @jp_functions.signature({"types": ["string"]})
+    def _func_from_base64(self, value: str) -> str:
+        return base64.b64decode(value).decode()
+
+    @jp_functions.signature({"types": ["string"]})
+    def _func_from_base64_gzip(self, value: str) -> str:
+        return gzip.decompress(base64.b64decode(value)).decode()
+
+    _func_powertools_json = _func_from_json
+    _func_powertools_base64 = _func_from_base64
+    _func_powertools_base64_gzip = _func_from_base64_gzip
+
+
+JMESPATH_OPTIONS = jmespath.Options(custom_functions=_Functions())
+
+
+def json_native(value: Any) -> Any:
+    """Turn a top-level dataclass or pydantic model into plain data for JMESPath.
+
+    Args:
+        value: A payload.
+
+    Returns:
+        A dict for a dataclass instance or pydantic model, else the value itself.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    return value
+
+
+def select(expression: Any, payload: Any) -> Any:
+    """Apply a compiled JMESPath expression (None selects everything).
+
+    Args:
+        expression: A compiled expression from ``jmespath.compile`` or None.
+        payload: JSON-native data.
+
+    Returns:
+        The selected value.
+
+    Raises:
+        IdempotencySerializationError: An embedded value failed to decode.
+    """
+    if expression is None:
+        return payload
+    try:
+        return expression.search(payload, options=JMESPATH_OPTIONS)
+    except (ValueError, OSError, EOFError) as exc:
+        # from_json / from_base64 / from_base64_gzip on text that is not that.
+        raise IdempotencySerializationError(
+            f"JMESPath expression {expression.expression!r} could not decode the payload: {exc}"
+        ) from exc
+
+
+def is_missing(selected: Any) -> bool:
+    """Whether a selection holds no key: None, empty, or a multi-select of nulls.
+
+    Args:
+        selected: What the key expression selected.
+
+    Returns:
+        True when there is nothing to key on.
+    """
+    if selected is None:
+        return True
+    if isinstance(selected, dict):
+        return all(v is None for v in selected.values())
+    if isinstance(selected, (list, tuple)):
+        return all(v is None for v in selected)
+    return False
+
+
+def _default(value: Any) -> Any:
+    # Called by json for anything it cannot write itself; the order of checks
+    # puts the common payload types first.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (uuid.UUID, decimal.Decimal, pathlib.PurePath)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=canonical_json)
+    raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Return the canonical JSON bytes of a value.
+
+    Sorted keys, no whitespace, UTF-8, no NaN. Besides JSON types it writes
+    dataclasses, pydantic models, datetime/date/time (ISO 8601), UUID, Decimal,
+    Enum (its value), paths, bytes (base64) and sets (sorted).
+
+    Args:
+        value: The data to write.
+
+    Returns:
+        UTF-8 bytes.
+
+    Raises:
+        IdempotencySerializationError: The value holds something else.
+    """
+    try:
+        text = json.dumps(
+            value,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_default,
+        )
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise IdempotencySerializationError(
+            f"payload cannot be written as canonical JSON: {exc}; pass JSON-native data, "
+            "a dataclass or a pydantic model, or give key=callable"
+        ) from exc
+    return text.encode()
+
+
+def hasher(name: str) -> Callable[[bytes], str]:
+    """Return a function that hex-digests bytes with the named hashlib algorithm.
+
+    Args:
+        name: A ``hashlib`` algorithm name.
+
+    Returns:
+        ``digest(data) -> hex string``.
+
+    Raises:
+        IdempotencyConfigError: The algorithm is unknown here.
+    """
+    try:
+        # usedforsecurity=False lets md5 work on FIPS builds; it is a key, not a MAC.
+        hashlib.new(name, b"", usedforsecurity=False)
+    except (ValueError, TypeError) as exc:
+        raise IdempotencyConfigError(f"hash_function {name!r} is not available: {exc}") from exc
+    constructor = getattr(hashlib, name, None)
+    if constructor is not None:
+        return lambda data: constructor(data, usedforsecurity=False).hexdigest()
+    return lambda data: hashlib.new(name, data, usedforsecurity=False).hexdigest()
+
+
+_UNSET: Any = object()
+
+
+class Keyer:
+    """Makes the key and fingerprint of a call from its payload.
+
+    Args:
+        prefix: The key prefix (the function's ``module.qualname`` by default).
+        hash_function: A ``hashlib`` algorithm name.
+        key_expr: Compiled ``event_key_jmespath`` or None.
+        validation_expr: Compiled ``payload_validation_jmespath`` or None.
+    """
+
+    def __init__(
+        self, prefix: str, hash_function: str, key_expr: Any, validation_expr: Any
+    ) -> None:
+        self.prefix = prefix
+        self.digest = hasher(hash_function)
+        self.key_expr = key_expr
+        self.validation_expr = validation_expr
+
+    def key_and_fingerprint(
+        self, payload: Any, key_material: Any = _UNSET
+    ) -> tuple[str | None, str | None]:
+        """Return ``(key, fingerprint)``; key is None when the payload holds no key.
+
+        Args:
+            payload: The call's payload (event, or the ``data`` argument).
+            key_material: What ``key=callable`` returned, used instead of the
+                key expression when given.
+
+        Raises:
+            IdempotencySerializationError: The payload cannot be made canonical JSON.
+        """
+        needs_plain = self.validation_expr is not None or (
+            key_material is _UNSET and self.key_expr is not None
+        )
+        data = json_native(payload) if needs_plain else payload
+        selected = select(self.key_expr, data) if key_material is _UNSET else key_material
+        if is_missing(selected):
+            return None, None
+        key = f"{self.prefix}:{self.digest(canonical_json(selected))}"
+        if self.validation_expr is None:
+            return key, None
+        return key, self.digest(canonical_json(select(self.validation_expr, data)))

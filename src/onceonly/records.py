@@ -1,0 +1,142 @@
+"""Records as stores hold them, claim results, and the outcome envelope.
+
+A record is either IN_PROGRESS (a claim, held until ``deadline_ms``, the lease)
+or COMPLETED (an outcome, kept until ``deadline_ms``, the retention). All times
+are integer milliseconds since the epoch, by the store's clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CorruptRecordError, IdempotencySerializationError
+
+__all__ = [
+    "Acquired",
+    "ClaimResult",
+    "Found",
+    "Record",
+    "Status",
+    "decode_outcome",
+    "encode_outcome",
+    "new_token",
+]
+
+
+class Status(enum.Enum):
+    """Where a record stands."""
+
+    IN_PROGRESS = "P"
+    COMPLETED = "C"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One idempotency record.
+
+    Attributes:
+        status: IN_PROGRESS or COMPLETED.
+        token: The fencing token (32 lowercase hex digits) of the claim that
+            wrote it.
+        deadline_ms: Lease end while IN_PROGRESS, retention end once COMPLETED.
+        fingerprint: Hex digest of the validated part of the payload, or None.
+        outcome: The outcome envelope once COMPLETED, else None.
+    """
+
+    status: Status
+    token: str
+    deadline_ms: int
+    fingerprint: str | None = None
+    outcome: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """The claim took the key; the caller may run.
+
+    Attributes:
+        takeover: True when the store replaced an orphan (an IN_PROGRESS record
+            of another token whose lease had passed). Stores whose orphans
+            vanish by themselves (Redis ``PX``) report False for those.
+    """
+
+    takeover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The key is held by a live record; nothing was written.
+
+    Attributes:
+        record: The record as the store held it.
+        now_ms: The store's clock when it answered, so that time left on a
+            lease is judged by one clock.
+    """
+
+    record: Record
+    now_ms: int
+
+
+ClaimResult = Acquired | Found
+
+
+def new_token() -> str:
+    """Return a fresh 128-bit fencing token as 32 lowercase hex digits."""
+    return secrets.token_hex(16)
+
+
+# The envelope is a tag byte and compact JSON. The tag leaves room for other
+# kinds (an HTTP response) and makes a stray value fail loudly.
+_JSON_TAG = b"j"
+
+
+def encode_outcome(value: Any) -> bytes:
+    """Wrap a JSON-native value in the outcome envelope.
+
+    Args:
+        value: Anything ``json`` can write without help (falsy values included).
+
+    Returns:
+        The envelope bytes.
+
+    Raises:
+        IdempotencySerializationError: The value is not JSON-native.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise IdempotencySerializationError(
+            f"the result ({type(value).__name__}) cannot be stored as JSON: {exc}; "
+            "return JSON-native data or pass output_serializer= (a dataclass or pydantic "
+            "class, or CustomSerializer(to_json, from_json))"
+        ) from exc
+    return _JSON_TAG + text.encode()
+
+
+def decode_outcome(data: bytes) -> Any:
+    """Unwrap an outcome envelope.
+
+    Args:
+        data: Bytes written by :func:`encode_outcome`.
+
+    Returns:
+        The JSON value, exactly as it was stored.
+
+    Raises:
+        CorruptRecordError: The bytes are not an outcome envelope.
+    """
+    if data[:1] != _JSON_TAG:
+        raise CorruptRecordError(
+            "stored outcome has an unknown envelope tag; delete the key (onceonly purge) "
+            "or upgrade onceonly if a newer version wrote it"
+        )
+    try:
+        return json.loads(data[1:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(
+            "stored outcome is not valid JSON; delete the key (onceonly purge) to let it run again"
+        ) from exc

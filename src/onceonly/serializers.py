@@ -1,0 +1,168 @@
+"""Outcome serializers: how a function's result becomes JSON and comes back.
+
+The default keeps JSON-native results as they are (so ``None``, ``0``, ``""``,
+``[]``, ``{}`` and ``False`` replay exactly; a tuple replays as a list). A
+dataclass or pydantic return type is picked up from the function's return
+annotation, or given with ``output_serializer=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from .errors import IdempotencyConfigError
+
+__all__ = [
+    "CustomSerializer",
+    "DataclassSerializer",
+    "JsonSerializer",
+    "PydanticSerializer",
+    "Serializer",
+    "serializer_for",
+]
+
+T = TypeVar("T")
+
+
+class Serializer(Protocol):
+    """Turns a result into JSON-native data and back."""
+
+    def to_json(self, value: Any) -> Any:
+        """Return JSON-native data for a result."""
+
+    def from_json(self, data: Any) -> Any:
+        """Rebuild a result from what :meth:`to_json` returned."""
+
+
+class JsonSerializer:
+    """Results that are JSON-native already: stored and replayed as they are."""
+
+    def to_json(self, value: Any) -> Any:
+        return value
+
+    def from_json(self, data: Any) -> Any:
+        return data
+
+
+class DataclassSerializer(Generic[T]):
+    """A dataclass result, stored with ``dataclasses.asdict``, rebuilt with ``cls(**data)``.
+
+    Args:
+        cls: The dataclass.
+
+    Raises:
+        IdempotencyConfigError: ``cls`` is not a dataclass.
+    """
+
+    def __init__(self, cls: type[T]) -> None:
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise IdempotencyConfigError(f"DataclassSerializer needs a dataclass, got {cls!r}")
+        self.cls = cls
+
+    def to_json(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return dataclasses.asdict(value)
+
+    def from_json(self, data: Any) -> Any:
+        if data is None:
+            return None
+        return self.cls(**data)
+
+
+class PydanticSerializer(Generic[T]):
+    """A pydantic v2 model result, stored with ``model_dump(mode="json")``.
+
+    Args:
+        cls: The model class.
+
+    Raises:
+        IdempotencyConfigError: ``cls`` is not a pydantic model.
+    """
+
+    def __init__(self, cls: type[T]) -> None:
+        if not (isinstance(cls, type) and callable(getattr(cls, "model_validate", None))):
+            raise IdempotencyConfigError(
+                f"PydanticSerializer needs a pydantic v2 model class, got {cls!r}"
+            )
+        self.cls = cls
+
+    def to_json(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return value.model_dump(mode="json")
+
+    def from_json(self, data: Any) -> Any:
+        if data is None:
+            return None
+        return self.cls.model_validate(data)  # type: ignore[attr-defined]
+
+
+class CustomSerializer:
+    """A pair of functions: ``to_json(result) -> JSON data`` and ``from_json(data) -> result``.
+
+    Raises:
+        IdempotencyConfigError: Either function is not callable.
+    """
+
+    def __init__(self, to_json: Callable[[Any], Any], from_json: Callable[[Any], Any]) -> None:
+        if not callable(to_json) or not callable(from_json):
+            raise IdempotencyConfigError("CustomSerializer needs two callables: to_json, from_json")
+        self._to = to_json
+        self._from = from_json
+
+    def to_json(self, value: Any) -> Any:
+        return self._to(value)
+
+    def from_json(self, data: Any) -> Any:
+        return self._from(data)
+
+
+_JSON = JsonSerializer()
+
+
+def _for_type(tp: Any) -> Serializer | None:
+    if isinstance(tp, type):
+        if dataclasses.is_dataclass(tp):
+            return DataclassSerializer(tp)
+        if callable(getattr(tp, "model_validate", None)):
+            return PydanticSerializer(tp)
+    return None
+
+
+def serializer_for(func: Callable[..., Any], given: Any = None) -> Serializer:
+    """Pick the serializer of a function's result.
+
+    Args:
+        func: The decorated function (its return annotation is read when
+            nothing is given).
+        given: None, a dataclass or pydantic class, or an object with
+            ``to_json``/``from_json``.
+
+    Returns:
+        The serializer.
+
+    Raises:
+        IdempotencyConfigError: ``given`` is none of those.
+    """
+    if given is not None:
+        if callable(getattr(given, "to_json", None)) and callable(
+            getattr(given, "from_json", None)
+        ):
+            return typing.cast(Serializer, given)
+        picked = _for_type(given)
+        if picked is None:
+            raise IdempotencyConfigError(
+                "output_serializer must be a dataclass or pydantic class, or an object with "
+                f"to_json()/from_json() (e.g. CustomSerializer), got {given!r}"
+            )
+        return picked
+    try:
+        hints = typing.get_type_hints(inspect.unwrap(func))
+    except Exception:  # unresolvable annotations are no reason to refuse the function
+        return _JSON
+    return _for_type(hints.get("return")) or _JSON

@@ -1,0 +1,135 @@
+"""The store protocol: six atomic operations, sync and async.
+
+A store keeps one record per key. ``claim`` takes the key when it is absent,
+expired, or an orphan (IN_PROGRESS past its lease), and also when it is
+IN_PROGRESS under the caller's own token (a retried claim whose reply was
+lost); otherwise it returns the live record in the same call. ``complete``,
+``release`` and ``renew`` succeed only while the record is IN_PROGRESS under
+the caller's token with its lease running: the token fences every write.
+Times are judged by the store's own clock.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Protocol, runtime_checkable
+
+from ..records import ClaimResult, Record
+
+__all__ = [
+    "AsyncStore",
+    "Store",
+    "check_claim",
+    "check_complete",
+    "check_key",
+    "check_ms",
+    "check_token",
+    "wall_ms",
+]
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
+def wall_ms() -> int:
+    """Return the host's wall clock in integer milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A synchronous idempotency store."""
+
+    def claim(
+        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
+    ) -> ClaimResult:
+        """Take the key for one execution, or return the live record holding it."""
+        ...
+
+    def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        """Store the outcome if the caller still holds the claim."""
+        ...
+
+    def release(self, key: str, *, token: str) -> bool:
+        """Drop the caller's claim so that a retry can run."""
+        ...
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        """Extend the caller's lease to ``lease_ms`` from now."""
+        ...
+
+    def get(self, key: str) -> Record | None:
+        """Return the live record under a key, or None."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove a key whatever it holds; True if something was there."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """An asyncio idempotency store: the same operations, awaited."""
+
+    async def claim(
+        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
+    ) -> ClaimResult:
+        """Take the key for one execution, or return the live record holding it."""
+        ...
+
+    async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        """Store the outcome if the caller still holds the claim."""
+        ...
+
+    async def release(self, key: str, *, token: str) -> bool:
+        """Drop the caller's claim so that a retry can run."""
+        ...
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        """Extend the caller's lease to ``lease_ms`` from now."""
+        ...
+
+    async def get(self, key: str) -> Record | None:
+        """Return the live record under a key, or None."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove a key whatever it holds; True if something was there."""
+        ...
+
+
+def check_key(key: object) -> None:
+    """Raise ValueError unless ``key`` is a non-empty string."""
+    if type(key) is not str or not key:
+        raise ValueError(f"key must be a non-empty string, got {key!r}")
+
+
+def check_token(token: object) -> None:
+    """Raise ValueError unless ``token`` is 32 lowercase hex digits (see ``new_token``)."""
+    if type(token) is not str or _TOKEN.fullmatch(token) is None:
+        raise ValueError("token must be 32 lowercase hex digits (onceonly.records.new_token())")
+
+
+def check_ms(name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is a positive integer number of milliseconds."""
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"{name} must be a positive integer of milliseconds, got {value!r}")
+
+
+def check_claim(key: object, token: object, lease_ms: object, ttl_ms: object, fp: object) -> None:
+    """Check the arguments of ``claim``; raise ValueError on the first bad one."""
+    check_key(key)
+    check_token(token)
+    check_ms("lease_ms", lease_ms)
+    check_ms("ttl_ms", ttl_ms)
+    if fp is not None and (type(fp) is not str or re.fullmatch(r"[0-9a-f]{1,128}", fp) is None):
+        raise ValueError("fingerprint must be None or a lowercase hex digest")
+
+
+def check_complete(key: object, token: object, outcome: object, ttl_ms: object) -> None:
+    """Check the arguments of ``complete``; raise ValueError on the first bad one."""
+    check_key(key)
+    check_token(token)
+    check_ms("ttl_ms", ttl_ms)
+    if type(outcome) is not bytes or not outcome:
+        raise ValueError("outcome must be non-empty bytes (an outcome envelope)")
