@@ -13,11 +13,12 @@ Nothing here ever unpickles or evaluates stored bytes.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from .errors import CorruptRecordError
 from .records import Record, Status
 
-__all__ = ["HEADER_PREFIX", "decode", "encode"]
+__all__ = ["HEADER_PREFIX", "decode", "encode", "from_fields"]
 
 HEADER_PREFIX = b"o1|"
 
@@ -89,4 +90,58 @@ def decode(data: bytes) -> Record:
         deadline_ms=int(match.group(3)),
         fingerprint=fingerprint or None,
         outcome=outcome_or_none,
+    )
+
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
+_STATUS_TEXT = {"P": Status.IN_PROGRESS, "C": Status.COMPLETED}
+
+
+def from_fields(
+    status: object, token: object, deadline_ms: object, fingerprint: object, outcome: object
+) -> Record:
+    """Build a record from separately stored fields (a SQL row, a DynamoDB item), checking each.
+
+    Args:
+        status: "P" or "C".
+        token: 32 lowercase hex digits.
+        deadline_ms: Integer milliseconds.
+        fingerprint: Hex digest or None.
+        outcome: Bytes for COMPLETED, None for IN_PROGRESS.
+
+    Returns:
+        The record.
+
+    Raises:
+        CorruptRecordError: A field is missing or malformed.
+    """
+    record_status = _STATUS_TEXT.get(status) if isinstance(status, str) else None
+    problem = None
+    if record_status is None:
+        problem = f"status {status!r}"
+    elif not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
+        problem = "token"
+    elif type(deadline_ms) is not int or deadline_ms < 0:
+        problem = "deadline"
+    elif fingerprint is not None and (
+        not isinstance(fingerprint, str) or _FINGERPRINT.fullmatch(fingerprint) is None
+    ):
+        problem = "fingerprint"
+    elif record_status is Status.IN_PROGRESS and outcome is not None:
+        problem = "outcome on an IN_PROGRESS record"
+    elif record_status is Status.COMPLETED and (not isinstance(outcome, bytes) or not outcome):
+        problem = "missing outcome on a COMPLETED record"
+    if problem is not None:
+        raise CorruptRecordError(
+            f"stored record has a bad {problem}; "
+            "delete the key (onceonly purge) to let it run again"
+        )
+    assert record_status is not None
+    return Record(
+        record_status,
+        cast(str, token),
+        cast(int, deadline_ms),
+        cast("str | None", fingerprint),
+        cast("bytes | None", outcome),
     )

@@ -148,9 +148,9 @@ class IdempotencyConfig:
     @property
     def lease_ms(self) -> int:
         """Default lease in milliseconds."""
-        return int(self.lease_seconds * 1000)
+        return round(self.lease_seconds * 1000)  # round: 1.001 * 1000 is 1000.999...
 
     @property
     def ttl_ms(self) -> int:
         """Retention of completed outcomes in milliseconds."""
-        return int(self.expires_after_seconds * 1000)
+        return round(self.expires_after_seconds * 1000)

@@ -306,9 +306,11 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
             break
         if isinstance(decision, Replay):
             stats.add(Event.REPLAYED)
+            value = replay(policy, decision.record)
+            # Cached only once it replays: a corrupt record must not outlive its purge here.
             if cache is not None:
                 cache.put(inv.key, decision.record)
-            return replay(policy, decision.record)
+            return value
         if isinstance(decision, Mismatch):
             stats.add(Event.KEY_REUSE)
             raise IdempotencyKeyReuseError(
@@ -319,7 +321,8 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
             raise _in_progress(policy, inv, decision.retry_after_ms)
         now = policy.clock()
         if wait_until is None:
-            wait_until = now + int(config.wait_timeout_seconds * 1000)
+            # round, not int: 1.001 s is 1000.999... ms as a float.
+            wait_until = now + round(config.wait_timeout_seconds * 1000)
         if now >= wait_until:
             raise _in_progress(policy, inv, decision.retry_after_ms)
         # Wake no later than the other lease's end, so an orphan is taken over promptly.

@@ -144,6 +144,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
 
 
+# One encoder for every call: json.dumps would build a new one each time.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+)
+
+
 def canonical_json(value: Any) -> bytes:
     """Return the canonical JSON bytes of a value.
 
@@ -161,20 +167,14 @@ def canonical_json(value: Any) -> bytes:
         IdempotencySerializationError: The value holds something else.
     """
     try:
-        text = json.dumps(
-            value,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_default,
-        )
+        # Encoded to bytes inside the try: a lone surrogate fails there.
+        data = _CANONICAL.encode(value).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise IdempotencySerializationError(
             f"payload cannot be written as canonical JSON: {exc}; pass JSON-native data, "
             "a dataclass or a pydantic model, or give key=callable"
         ) from exc
-    return text.encode()
+    return data
 
 
 def hasher(name: str) -> Callable[[bytes], str]:

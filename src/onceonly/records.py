@@ -92,6 +92,7 @@ def new_token() -> str:
 # The envelope is a tag byte and compact JSON. The tag leaves room for other
 # kinds (an HTTP response) and makes a stray value fail loudly.
 _JSON_TAG = b"j"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode_outcome(value: Any) -> bytes:
@@ -107,14 +108,15 @@ def encode_outcome(value: Any) -> bytes:
         IdempotencySerializationError: The value is not JSON-native.
     """
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        # Encoded inside the try: a lone surrogate fails there (UnicodeEncodeError).
+        text = _ENCODER.encode(value).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
         raise IdempotencySerializationError(
             f"the result ({type(value).__name__}) cannot be stored as JSON: {exc}; "
             "return JSON-native data or pass output_serializer= (a dataclass or pydantic "
             "class, or CustomSerializer(to_json, from_json))"
         ) from exc
-    return _JSON_TAG + text.encode()
+    return _JSON_TAG + text
 
 
 def decode_outcome(data: bytes) -> Any:
@@ -129,14 +131,14 @@ def decode_outcome(data: bytes) -> Any:
     Raises:
         CorruptRecordError: The bytes are not an outcome envelope.
     """
-    if data[:1] != _JSON_TAG:
+    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[:1]) != _JSON_TAG:
         raise CorruptRecordError(
             "stored outcome has an unknown envelope tag; delete the key (onceonly purge) "
             "or upgrade onceonly if a newer version wrote it"
         )
     try:
-        return json.loads(data[1:])
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(bytes(data[1:]))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise CorruptRecordError(
             "stored outcome is not valid JSON; delete the key (onceonly purge) to let it run again"
         ) from exc

@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
 
 
 def wall_ms() -> int:
@@ -122,7 +123,7 @@ def check_claim(key: object, token: object, lease_ms: object, ttl_ms: object, fp
     check_token(token)
     check_ms("lease_ms", lease_ms)
     check_ms("ttl_ms", ttl_ms)
-    if fp is not None and (type(fp) is not str or re.fullmatch(r"[0-9a-f]{1,128}", fp) is None):
+    if fp is not None and (type(fp) is not str or _FINGERPRINT.fullmatch(fp) is None):
         raise ValueError("fingerprint must be None or a lowercase hex digest")
 
 

@@ -1,11 +1,14 @@
 """The embedded default store: one SQLite file, safe across threads and processes.
 
-One table keyed by the idempotency key holds the encoded record and its
-deadline. Every operation is one ``BEGIN IMMEDIATE`` transaction (read,
-decide with the shared rules, write), so two processes on one host never both
-take a key. WAL mode lets readers go on while one writer commits; the busy
-timeout makes writers queue instead of failing. Expired rows are purged in
-bounded batches every few hundred writes.
+One table keyed by the idempotency key holds each record's fields. Every write
+is one SQL statement, so one transaction: the claim is an ``INSERT ... ON
+CONFLICT DO UPDATE ... WHERE`` that takes the key only when it is absent,
+expired, or held under the caller's own token, and ``complete`` / ``renew`` /
+``release`` are single statements conditioned on status, token and lease (the
+fencing token). Two processes on one host therefore never both take a key.
+WAL mode lets readers go on while one writer commits; the busy timeout makes
+writers queue instead of failing. Expired rows are purged by a sweep that
+walks the key space a bounded batch at a time.
 """
 
 from __future__ import annotations
@@ -22,30 +25,47 @@ from typing import Any, TypeVar
 
 from .. import codec
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..records import ClaimResult, Record
-from . import _rules
+from ..records import Acquired, ClaimResult, Found, Record, Status
 from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
 
-__all__ = ["SQLiteStore"]
+__all__ = ["AsyncSQLiteStore", "SQLiteStore"]
 
 T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_COLUMNS = "status, token, deadline, fingerprint, outcome"
+# A claim that finds a row which then vanishes before it is read tries again;
+# each retry means another writer made progress, so a few always suffice.
+_CLAIM_ATTEMPTS = 8
+
+# This process's id, kept current across fork() without a getpid() call per
+# operation: connections opened by a parent must never be used by its child.
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class SQLiteStore:
     """A store in one SQLite file.
 
     Args:
-        path: The database file (created with its folder's permissions if absent).
+        path: The database file (created if absent; its folder must exist).
         table: Table name.
         busy_timeout_ms: How long a writer waits for another process's lock.
         synchronous: SQLite ``synchronous`` pragma. ``NORMAL`` (default) in WAL
             mode survives a process crash but may lose the last commits on
             power loss; ``FULL`` survives power loss at some speed.
-        purge_every: Purge expired rows once per this many writes.
-        purge_batch: At most this many rows per purge.
+        wal_autocheckpoint: Pages of WAL between checkpoints (each checkpoint
+            syncs to disk, so fewer and larger ones are faster).
+        purge_every: Sweep for expired rows once per this many writes.
+        purge_batch: Rows looked at per sweep step.
         clock: Integer milliseconds since the epoch; the host clock by default.
 
     Raises:
@@ -60,6 +80,7 @@ class SQLiteStore:
         table: str = "onceonly",
         busy_timeout_ms: int = 10_000,
         synchronous: str = "NORMAL",
+        wal_autocheckpoint: int = 4000,
         purge_every: int = 512,
         purge_batch: int = 256,
         clock: Callable[[], int] | None = None,
@@ -75,6 +96,7 @@ class SQLiteStore:
             raise IdempotencyConfigError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         for name, value in (
             ("busy_timeout_ms", busy_timeout_ms),
+            ("wal_autocheckpoint", wal_autocheckpoint),
             ("purge_every", purge_every),
             ("purge_batch", purge_batch),
         ):
@@ -84,8 +106,12 @@ class SQLiteStore:
             raise IdempotencyConfigError("clock must be a callable returning integer milliseconds")
         self.path = Path(path)
         self.table = table
+        self._pragmas = (
+            f"PRAGMA busy_timeout = {busy_timeout_ms}",
+            f"PRAGMA synchronous = {synchronous.upper()}",
+            f"PRAGMA wal_autocheckpoint = {wal_autocheckpoint}",
+        )
         self._busy_timeout_ms = busy_timeout_ms
-        self._synchronous = synchronous.upper()
         self._purge_every = purge_every
         self._purge_batch = purge_batch
         self._clock = clock or wall_ms
@@ -93,13 +119,29 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._writes = 0
+        self._sweep_after = ""
         t = table
-        self._sql_get = f"SELECT value FROM {t} WHERE key = ?"
-        self._sql_put = f"INSERT OR REPLACE INTO {t} (key, expires_at, value) VALUES (?, ?, ?)"
-        self._sql_del = f"DELETE FROM {t} WHERE key = ?"
-        self._sql_purge = (
-            f"DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE expires_at <= ? LIMIT ?)"
+        # The same rules as stores/_rules.py, in SQL. ?3 is now.
+        self._sql_claim = (
+            f"INSERT INTO {t} (key, status, token, deadline, fingerprint, outcome, took_over) "
+            "VALUES (?1, 'P', ?2, ?3 + ?4, ?5, NULL, 0) "
+            "ON CONFLICT (key) DO UPDATE SET status = 'P', token = excluded.token, "
+            "deadline = excluded.deadline, fingerprint = excluded.fingerprint, outcome = NULL, "
+            f"took_over = ({t}.status = 'P' AND {t}.token <> excluded.token) "
+            f"WHERE {t}.deadline <= ?3 OR ({t}.status = 'P' AND {t}.token = excluded.token) "
+            "RETURNING took_over"
         )
+        self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE key = ?"
+        owned = "key = ?1 AND status = 'P' AND token = ?2 AND deadline > ?3"
+        self._sql_complete = (
+            f"UPDATE {t} SET status = 'C', deadline = ?3 + ?4, outcome = ?5, took_over = 0 "
+            f"WHERE {owned}"
+        )
+        self._sql_renew = f"UPDATE {t} SET deadline = ?3 + ?4 WHERE {owned}"
+        self._sql_release = f"DELETE FROM {t} WHERE {owned}"
+        self._sql_delete = f"DELETE FROM {t} WHERE key = ?"
+        self._sql_window = f"SELECT key, deadline FROM {t} WHERE key > ? ORDER BY key LIMIT ?"
+        self._sql_purge_one = f"DELETE FROM {t} WHERE key = ? AND deadline <= ?"
         self._guard(self._setup)
 
     # -- connections -------------------------------------------------------
@@ -108,11 +150,11 @@ class SQLiteStore:
         conn = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout_ms / 1000,
-            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            isolation_level=None,  # autocommit: each statement is its own transaction
             check_same_thread=False,
         )
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        for pragma in self._pragmas:
+            conn.execute(pragma)
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -121,10 +163,9 @@ class SQLiteStore:
         # One connection per thread and process: sqlite3 connections must not
         # cross a fork, and per-thread ones need no Python-side locking.
         local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
+        if getattr(local, "pid", None) != _pid:
             local.conn = self._connect()
-            local.pid = pid
+            local.pid = _pid
         conn: sqlite3.Connection = local.conn
         return conn
 
@@ -137,11 +178,9 @@ class SQLiteStore:
                 "put the file on a local disk"
             )
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.table} "
-            "(key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, value BLOB NOT NULL)"
-        )
-        conn.execute(
-            f"CREATE INDEX IF NOT EXISTS {self.table}_expires ON {self.table} (expires_at)"
+            f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, "
+            "status TEXT NOT NULL, token TEXT NOT NULL, deadline INTEGER NOT NULL, "
+            "fingerprint TEXT, outcome BLOB, took_over INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
         )
 
     def close(self) -> None:
@@ -162,37 +201,15 @@ class SQLiteStore:
                 "exist, are writable and on a local disk"
             ) from exc
 
-    def _transaction(self, body: Callable[[sqlite3.Connection, int], T]) -> T:
-        """Run ``body(conn, now)`` inside BEGIN IMMEDIATE ... COMMIT."""
-
-        def run() -> T:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # The clock is read under the write lock, so the order of
-                # decisions across processes follows the order of their times.
-                result = body(conn, self._clock())
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return self._guard(run)
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= self._purge_every:
+            self._writes = 0
+            self._sweep(self._purge_batch)
 
     def _read(self, conn: sqlite3.Connection, key: str) -> Record | None:
         row = conn.execute(self._sql_get, (key,)).fetchone()
-        return None if row is None else codec.decode(row[0])
-
-    def _write(self, conn: sqlite3.Connection, key: str, record: Record) -> None:
-        conn.execute(self._sql_put, (key, record.deadline_ms, codec.encode(record)))
-        self._writes += 1
-
-    def _maybe_purge(self) -> None:
-        if self._writes >= self._purge_every:
-            self._writes = 0
-            self.purge(limit=self._purge_batch)
+        return None if row is None else codec.from_fields(*row)
 
     # -- the protocol ------------------------------------------------------
 
@@ -207,60 +224,59 @@ class SQLiteStore:
         """
         check_claim(key, token, lease_ms, ttl_ms, fingerprint)
 
-        def body(conn: sqlite3.Connection, now: int) -> ClaimResult:
-            new, result = _rules.claim(
-                self._read(conn, key), now, token=token, lease_ms=lease_ms, fingerprint=fingerprint
+        def run() -> ClaimResult:
+            conn = self._conn()
+            for _ in range(_CLAIM_ATTEMPTS):
+                rows = conn.execute(
+                    self._sql_claim, (key, token, self._clock(), lease_ms, fingerprint)
+                ).fetchall()
+                if rows:
+                    self._wrote()
+                    return Acquired(takeover=rows[0][0] == 1)
+                # The key is held. Read the holder; a live record other than our
+                # own claim is the answer as of this read. If it ended meanwhile,
+                # claim again.
+                record = self._read(conn, key)
+                now = self._clock()
+                if (
+                    record is not None
+                    and record.deadline_ms > now
+                    and (record.status is Status.COMPLETED or record.token != token)
+                ):
+                    return Found(record, now)
+            raise IdempotencyStoreError(
+                f"SQLite store {self.path}: key {key} changed hands {_CLAIM_ATTEMPTS} times "
+                "during one claim; retry"
             )
-            if new is not None:
-                self._write(conn, key, new)
-            return result
 
-        result = self._transaction(body)
-        self._maybe_purge()
-        return result
+        return self._guard(run)
+
+    def _owned_write(self, sql: str, key: str, token: str, *values: object) -> bool:
+        def run() -> bool:
+            changed = self._conn().execute(sql, (key, token, self._clock(), *values)).rowcount
+            if changed == 1:
+                self._wrote()
+            return changed == 1
+
+        return self._guard(run)
 
     def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
         """Store the outcome if ``token`` still holds the claim."""
         check_complete(key, token, outcome, ttl_ms)
-
-        def body(conn: sqlite3.Connection, now: int) -> bool:
-            new = _rules.complete(
-                self._read(conn, key), now, token=token, outcome=outcome, ttl_ms=ttl_ms
-            )
-            if new is None:
-                return False
-            self._write(conn, key, new)
-            return True
-
-        return self._transaction(body)
+        return self._owned_write(self._sql_complete, key, token, ttl_ms, outcome)
 
     def release(self, key: str, *, token: str) -> bool:
         """Drop the claim if ``token`` still holds it."""
         check_key(key)
         check_token(token)
-
-        def body(conn: sqlite3.Connection, now: int) -> bool:
-            if not _rules.owns(self._read(conn, key), now, token):
-                return False
-            conn.execute(self._sql_del, (key,))
-            return True
-
-        return self._transaction(body)
+        return self._owned_write(self._sql_release, key, token)
 
     def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
         """Extend the lease if ``token`` still holds the claim."""
         check_key(key)
         check_token(token)
         check_ms("lease_ms", lease_ms)
-
-        def body(conn: sqlite3.Connection, now: int) -> bool:
-            new = _rules.renew(self._read(conn, key), now, token=token, lease_ms=lease_ms)
-            if new is None:
-                return False
-            self._write(conn, key, new)
-            return True
-
-        return self._transaction(body)
+        return self._owned_write(self._sql_renew, key, token, lease_ms)
 
     def get(self, key: str) -> Record | None:
         """Return the live record under ``key``, or None.
@@ -272,25 +288,56 @@ class SQLiteStore:
 
         def run() -> Record | None:
             record = self._read(self._conn(), key)
-            return record if _rules.is_live(record, self._clock()) else None
+            return record if record is not None and record.deadline_ms > self._clock() else None
 
         return self._guard(run)
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` whatever it holds (a corrupt row too); True if a row was there."""
         check_key(key)
-        return self._guard(lambda: self._conn().execute(self._sql_del, (key,)).rowcount > 0)
+        return self._guard(lambda: self._conn().execute(self._sql_delete, (key,)).rowcount > 0)
 
     # -- maintenance -------------------------------------------------------
 
-    def purge(self, *, limit: int | None = None) -> int:
-        """Delete expired rows, at most ``limit`` (all when None); return how many."""
-        if limit is not None and (type(limit) is not int or limit < 1):
-            raise ValueError("limit must be None or an integer >= 1")
+    def _sweep(self, batch: int) -> tuple[int, bool]:
+        """Look at the next ``batch`` keys, delete the expired ones; (deleted, wrapped)."""
+        conn = self._conn()
+        window = conn.execute(self._sql_window, (self._sweep_after, batch)).fetchall()
+        if not window:
+            self._sweep_after = ""
+            return 0, True
+        self._sweep_after = window[-1][0]
+        now = self._clock()
+        expired = [(k, now) for k, deadline in window if type(deadline) is int and deadline <= now]
+        deleted = 0
+        if expired:
+            # The deadline is checked again in the DELETE: a row re-claimed since
+            # the window was read is left alone.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = conn.executemany(self._sql_purge_one, expired).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return deleted, len(window) < batch
+
+    def purge(self) -> int:
+        """Delete every expired row, a batch per transaction; return how many went.
+
+        Raises:
+            IdempotencyStoreError: SQLite failed.
+        """
 
         def run() -> int:
-            cursor: Any = self._conn().execute(self._sql_purge, (self._clock(), limit or -1))
-            return int(cursor.rowcount)
+            self._sweep_after = ""
+            total = 0
+            while True:
+                deleted, wrapped = self._sweep(self._purge_batch)
+                total += deleted
+                if wrapped:
+                    self._sweep_after = ""
+                    return total
 
         return self._guard(run)
 

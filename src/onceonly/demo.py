@@ -1,0 +1,303 @@
+"""``onceonly demo``: a payment service behind an at-least-once queue, without and with onceonly.
+
+A broker process plays the queue. Every order is delivered 1 to 4 times, copies
+close together so that several workers get the same order at once. Worker
+processes charge orders by writing a row into a ledger (a separate SQLite
+file). Some executions die mid-way (SIGKILL, before the charge is written);
+the broker notices the dead worker, starts a new one and redelivers the
+message once its visibility timeout (the lease) has passed. A delivery that
+meets "already in progress" is put back for a short while, as a queue would.
+
+The same traffic (same seed, same crashes) runs twice: plain, then with the
+charge function under ``idempotent_function`` on the chosen store.
+"""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoResult", "run_demo"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one demo run needs; sent to every worker."""
+
+    orders: int
+    workers: int
+    seed: int
+    crash_rate: float
+    lease_seconds: float
+    work_ms: float
+    retry_ms: int
+    ledger: str
+    store_url: str | None  # None: run without onceonly
+
+
+@dataclass
+class DemoResult:
+    """Counts of one run."""
+
+    label: str
+    orders: int
+    deliveries: int = 0
+    executions: int = 0
+    replays: int = 0
+    in_progress: int = 0
+    takeovers: int = 0
+    crashes: int = 0
+    charges: int = 0
+    charged_orders: int = 0
+    seconds: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        """Every order charged exactly once."""
+        return self.charges == self.orders and self.charged_orders == self.orders
+
+
+def _crashes(seed: int, delivery: int, attempt: int, rate: float) -> bool:
+    # Decided by the message, not by timing, so both runs crash alike.
+    return random.Random(f"{seed}:{delivery}:{attempt}").random() < rate
+
+
+def _open_ledger(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def _worker(settings: Settings, conn: Connection) -> None:
+    """Charge the orders the broker sends until it sends None."""
+    from . import IdempotencyAlreadyInProgressError, IdempotencyConfig, idempotent_function
+    from .metrics import Event
+
+    ledger = _open_ledger(settings.ledger)
+    work = settings.work_ms / 1000
+
+    def charge(order: dict[str, Any], crash: bool) -> dict[str, Any]:
+        ledger.execute(
+            "INSERT INTO executions (order_id, pid) VALUES (?, ?)", (order["id"], os.getpid())
+        )
+        time.sleep(work)  # talking to the card processor
+        if crash:
+            os.kill(os.getpid(), signal.SIGKILL)
+        cursor = ledger.execute(
+            "INSERT INTO charges (order_id, cents) VALUES (?, ?)", (order["id"], order["cents"])
+        )
+        return {"order": order["id"], "charge": cursor.lastrowid, "cents": order["cents"]}
+
+    guarded: Any = None
+    if settings.store_url is not None:
+        from .stores.url import store_from_url
+
+        guarded = idempotent_function(
+            charge,
+            store=store_from_url(settings.store_url),
+            data="order",
+            config=IdempotencyConfig(
+                event_key_jmespath="id",
+                payload_validation_jmespath="cents",
+                lease_seconds=settings.lease_seconds,
+            ),
+        )
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        delivery, attempt, order = message
+        crash = _crashes(settings.seed, delivery, attempt, settings.crash_rate)
+        if guarded is None:
+            charge(order, crash)
+            conn.send(("done", delivery, False, False))
+            continue
+        stats = guarded.stats
+        replays, takeovers = stats[Event.REPLAYED], stats[Event.TAKEOVER]
+        try:
+            guarded(order, crash=crash)
+        except IdempotencyAlreadyInProgressError:
+            conn.send(("busy", delivery, False, False))
+            continue
+        conn.send(
+            ("done", delivery, stats[Event.REPLAYED] > replays, stats[Event.TAKEOVER] > takeovers)
+        )
+
+
+def _plan(settings: Settings) -> list[tuple[int, dict[str, Any]]]:
+    """Deliveries in queue order: each order 1-4 times, copies near each other."""
+    rng = random.Random(settings.seed)
+    slots: list[tuple[float, int, dict[str, Any]]] = []
+    for i in range(settings.orders):
+        order = {"id": f"order-{i:06d}", "cents": rng.randrange(100, 100_000)}
+        for _ in range(rng.randint(1, 4)):
+            slots.append((i + rng.uniform(0, 6), i, order))
+    slots.sort(key=lambda s: s[0])
+    return [(n, order) for n, (_, _, order) in enumerate(slots)]
+
+
+def run_once(settings: Settings) -> DemoResult:
+    """Run the whole traffic once and count what happened.
+
+    Args:
+        settings: The run's settings (``store_url`` None runs without onceonly).
+
+    Returns:
+        The counts.
+    """
+    label = "without onceonly" if settings.store_url is None else "with onceonly"
+    result = DemoResult(label=label, orders=settings.orders)
+    ledger = _open_ledger(settings.ledger)
+    ledger.execute("DROP TABLE IF EXISTS executions")
+    ledger.execute("DROP TABLE IF EXISTS charges")
+    ledger.execute("CREATE TABLE executions (order_id TEXT NOT NULL, pid INTEGER NOT NULL)")
+    ledger.execute(
+        "CREATE TABLE charges (id INTEGER PRIMARY KEY, order_id TEXT NOT NULL, cents INTEGER)"
+    )
+    context = multiprocessing.get_context("spawn")
+    plan = _plan(settings)
+    # (ready at, delivery number, attempt): a heap is the queue with visibility timeouts.
+    ready: list[tuple[float, int, int]] = [(0.0, n, 0) for n, _ in plan]
+    heapq.heapify(ready)
+    orders = dict(plan)
+    outstanding = len(plan)
+    workers: dict[Connection, tuple[Any, tuple[int, int] | None]] = {}
+
+    def start_worker() -> None:
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker, args=(settings, child), daemon=True)
+        process.start()
+        child.close()
+        workers[parent] = (process, None)
+
+    started = time.perf_counter()
+    for _ in range(settings.workers):
+        start_worker()
+    lease = settings.lease_seconds
+    while outstanding:
+        now = time.perf_counter() - started
+        for conn, (process, busy) in list(workers.items()):
+            if busy is None and ready and ready[0][0] <= now:
+                _, delivery, attempt = heapq.heappop(ready)
+                conn.send((delivery, attempt, orders[delivery]))
+                workers[conn] = (process, (delivery, attempt))
+                result.deliveries += 1
+        timeout = max(0.0, ready[0][0] - now) if ready else None
+        sentinels = {process.sentinel: conn for conn, (process, _) in workers.items()}
+        for item in wait([*workers, *sentinels], timeout=min(timeout or 0.05, 0.05)):
+            conn = sentinels.get(item, item)  # type: ignore[call-overload]
+            if conn not in workers:
+                continue
+            process, busy = workers[conn]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                # The worker died mid-delivery: redeliver after the visibility timeout.
+                process.join()
+                del workers[conn]
+                result.crashes += 1
+                if busy is not None:
+                    when = time.perf_counter() - started + lease * 1.05
+                    heapq.heappush(ready, (when, busy[0], busy[1] + 1))
+                start_worker()
+                continue
+            kind, delivery, replayed, takeover = message
+            workers[conn] = (process, None)
+            if kind == "busy":
+                result.in_progress += 1
+                when = time.perf_counter() - started + settings.retry_ms / 1000
+                heapq.heappush(ready, (when, delivery, busy[1] if busy else 0))
+                continue
+            outstanding -= 1
+            result.replays += int(replayed)
+            result.takeovers += int(takeover)
+    for conn, (process, _) in workers.items():
+        conn.send(None)
+        process.join(timeout=10)
+    result.seconds = time.perf_counter() - started
+    result.executions = ledger.execute("SELECT count(*) FROM executions").fetchone()[0]
+    result.charges = ledger.execute("SELECT count(*) FROM charges").fetchone()[0]
+    result.charged_orders = ledger.execute(
+        "SELECT count(DISTINCT order_id) FROM charges"
+    ).fetchone()[0]
+    ledger.close()
+    return result
+
+
+def run_demo(
+    *,
+    orders: int = 1000,
+    workers: int = 4,
+    seed: int = 7,
+    crash_rate: float = 0.02,
+    lease_seconds: float = 1.0,
+    work_ms: float = 2.0,
+    store_url: str | None = None,
+    folder: str | None = None,
+) -> tuple[DemoResult, DemoResult]:
+    """Run the traffic without and with onceonly.
+
+    Args:
+        orders: How many orders.
+        workers: Worker processes.
+        seed: Seed of the delivery plan and the crashes.
+        crash_rate: Share of executions killed mid-way.
+        lease_seconds: Lease, and the queue's visibility timeout.
+        work_ms: Time one charge spends "at the card processor".
+        store_url: Store for the protected run; a fresh SQLite file by default.
+        folder: Where the ledger (and default store) go; a temp folder by default.
+
+    Returns:
+        (without, with) results.
+    """
+    with tempfile.TemporaryDirectory(prefix="onceonly-demo-") as tmp:
+        base = Path(folder or tmp)
+        common = {
+            "orders": orders,
+            "workers": workers,
+            "seed": seed,
+            "crash_rate": crash_rate,
+            "lease_seconds": lease_seconds,
+            "work_ms": work_ms,
+            "retry_ms": 50,
+            "ledger": str(base / "ledger.sqlite3"),
+        }
+        plain = run_once(Settings(store_url=None, **common))  # type: ignore[arg-type]
+        url = store_url or str(base / "onceonly.sqlite3")
+        guarded = run_once(Settings(store_url=url, **common))  # type: ignore[arg-type]
+    return plain, guarded
+
+
+def render(plain: DemoResult, guarded: DemoResult) -> str:
+    """The results as a small text table."""
+    rows = [
+        ("deliveries", plain.deliveries, guarded.deliveries),
+        ("executions", plain.executions, guarded.executions),
+        ("replays", plain.replays, guarded.replays),
+        ("in-progress rejections", plain.in_progress, guarded.in_progress),
+        ("takeovers after a crash", plain.takeovers, guarded.takeovers),
+        ("crashes (worker killed)", plain.crashes, guarded.crashes),
+        ("charges made", plain.charges, guarded.charges),
+        (f"charges == orders ({plain.orders})", _yes(plain.exact), _yes(guarded.exact)),
+        ("seconds", f"{plain.seconds:.1f}", f"{guarded.seconds:.1f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':{width}}  {'without onceonly':>17}  {'with onceonly':>14}"]
+    lines += [f"{name:{width}}  {a!s:>17}  {b!s:>14}" for name, a, b in rows]
+    return "\n".join(lines)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
