@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import IdempotencyConfigError
+from .keys import hasher
 
 __all__ = ["IdempotencyConfig", "InProgressPolicy", "StoreErrorPolicy"]
 
@@ -28,6 +28,11 @@ class StoreErrorPolicy(enum.Enum):
     RUN = "run"
 
 
+# Ten years: far beyond any lease or retention, and keeps deadlines well inside
+# the record format's 16 digits of milliseconds.
+_MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
 def _positive_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise IdempotencyConfigError(f"{name} must be a number of seconds, got {value!r}")
@@ -35,6 +40,8 @@ def _positive_number(name: str, value: object) -> float:
         raise IdempotencyConfigError(f"{name} must be greater than 0, got {value!r}")
     if value * 1000 < 1:
         raise IdempotencyConfigError(f"{name} must be at least 0.001 (one millisecond)")
+    if value > _MAX_SECONDS:
+        raise IdempotencyConfigError(f"{name} must be at most {_MAX_SECONDS} (ten years)")
     return float(value)
 
 
@@ -128,15 +135,12 @@ class IdempotencyConfig:
             raise IdempotencyConfigError(
                 f"local_cache_max_items must be an integer >= 1, got {size!r}"
             )
-        if not isinstance(self.hash_function, str) or (
-            self.hash_function not in hashlib.algorithms_available
-        ):
+        if not isinstance(self.hash_function, str) or self.hash_function.startswith("shake"):
             raise IdempotencyConfigError(
-                f"hash_function must name a hashlib algorithm (e.g. 'sha256'), "
+                f"hash_function must name a fixed-length hashlib algorithm (e.g. 'sha256'), "
                 f"got {self.hash_function!r}"
             )
-        if self.hash_function.startswith("shake"):
-            raise IdempotencyConfigError("hash_function cannot be a SHAKE (variable length) hash")
+        hasher(self.hash_function)  # fails here, not on the first call, if unusable
         if self.response_hook is not None and not callable(self.response_hook):
             raise IdempotencyConfigError("response_hook must be callable(result, record)")
         prefix = self.key_prefix

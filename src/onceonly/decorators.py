@@ -2,7 +2,7 @@
 
 Both check their arguments when applied, pick the sync or async driver from
 the function and the store, and expose ``wrapper.stats`` (counters of what
-calls did) and ``wrapper.key_for(...)`` (the key a call would use).
+calls did).
 """
 
 from __future__ import annotations
@@ -236,11 +236,16 @@ def idempotent(
     def decorate(func: F) -> F:
         guard = _Guard(func, store, config, output_serializer)
 
-        def invocation(
-            event: Any, context: Any = None, *args: Any, **kwargs: Any
-        ) -> tuple[Invocation | None, tuple[Any, ...]]:
-            inv = guard.invocation(event, lease_ms=_lambda_lease_ms(context))
-            return inv, (event, context, *args)
+        def invocation(*args: Any, **kwargs: Any) -> tuple[Invocation | None, tuple[Any, ...]]:
+            # The wrapper calls the handler with these args and the caller's own
+            # kwargs, so an event or context given by keyword stays a keyword.
+            if not args and "event" not in kwargs:
+                raise TypeError(f"{guard.name}() missing its event argument")
+            event = args[0] if args else kwargs["event"]
+            context = args[1] if len(args) > 1 else kwargs.get("context")
+            if len(args) == 1 and "context" not in kwargs:
+                args = (*args, None)  # handler(event): the context is None
+            return guard.invocation(event, lease_ms=_lambda_lease_ms(context)), args
 
         return guard.wrap(func, invocation)
 

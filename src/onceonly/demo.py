@@ -194,12 +194,14 @@ def run_once(settings: Settings) -> DemoResult:
                 conn.send((delivery, attempt, orders[delivery]))
                 workers[conn] = (process, (delivery, attempt))
                 result.deliveries += 1
-        timeout = max(0.0, ready[0][0] - now) if ready else None
+        # Wake for the next message, a dead worker, or the next redelivery (50 ms at most).
+        timeout = min(max(0.0, ready[0][0] - now), 0.05) if ready else 0.05
         sentinels = {process.sentinel: conn for conn, (process, _) in workers.items()}
-        for item in wait([*workers, *sentinels], timeout=min(timeout or 0.05, 0.05)):
-            conn = sentinels.get(item, item)  # type: ignore[call-overload]
-            if conn not in workers:
+        for item in wait([*workers, *sentinels], timeout=timeout):
+            found = sentinels[item] if isinstance(item, int) else item
+            if not isinstance(found, Connection) or found not in workers:
                 continue
+            conn = found
             process, busy = workers[conn]
             try:
                 message = conn.recv()

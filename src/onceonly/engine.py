@@ -100,7 +100,9 @@ def decide(result: ClaimResult, fingerprint: str | None) -> Decision:
     if isinstance(result, Acquired):
         return Run(takeover=result.takeover)
     record = result.record
-    if fingerprint is not None and record.fingerprint != fingerprint:
+    # A record written before validation was turned on has no fingerprint:
+    # nothing to compare, so it replays (as it would have before).
+    if fingerprint is not None and record.fingerprint not in (None, fingerprint):
         return Mismatch(record)
     if record.status is Status.COMPLETED:
         return Replay(record)

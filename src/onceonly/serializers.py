@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
@@ -126,6 +127,12 @@ _JSON = JsonSerializer()
 
 
 def _for_type(tp: Any) -> Serializer | None:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and (
+        len(args) == 2 and type(None) in args
+    ):
+        # X | None: both serializers below pass None through.
+        tp = args[0] if args[1] is type(None) else args[1]
     if isinstance(tp, type):
         if dataclasses.is_dataclass(tp):
             return DataclassSerializer(tp)

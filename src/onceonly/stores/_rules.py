@@ -46,7 +46,18 @@ def claim(
 def complete(
     existing: Record | None, now: int, *, token: str, outcome: bytes, ttl_ms: int
 ) -> Record | None:
-    """Return the COMPLETED record to write, or None when the claim is lost."""
+    """Return the COMPLETED record to write, or None when the claim is lost.
+
+    A complete retried after its reply was lost finds the record completed
+    under its own token and succeeds again, leaving the record as it is.
+    """
+    if (
+        existing is not None
+        and existing.status is Status.COMPLETED
+        and existing.token == token
+        and existing.deadline_ms > now
+    ):
+        return existing
     if existing is None or not owns(existing, now, token):
         return None
     return Record(Status.COMPLETED, token, now + ttl_ms, existing.fingerprint, outcome)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from ..errors import IdempotencyConfigError
 from ..records import ClaimResult, Record
 from . import _rules
 from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
@@ -26,7 +27,7 @@ class MemoryStore:
 
     def __init__(self, *, clock: Callable[[], int] | None = None) -> None:
         if clock is not None and not callable(clock):
-            raise ValueError("clock must be a callable returning integer milliseconds")
+            raise IdempotencyConfigError("clock must be a callable returning integer milliseconds")
         self._clock = clock or wall_ms
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
@@ -97,11 +98,10 @@ class MemoryStore:
             return record if _rules.is_live(record, self._clock()) else None
 
     def delete(self, key: str) -> bool:
-        """Remove ``key``; True if a live record was there."""
+        """Remove ``key`` whatever it holds; True if something was there."""
         check_key(key)
         with self._lock:
-            record = self._records.pop(key, None)
-            return _rules.is_live(record, self._clock())
+            return self._records.pop(key, None) is not None
 
     def __len__(self) -> int:
         """Number of records held, expired ones not yet swept included."""

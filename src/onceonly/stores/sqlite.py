@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import sqlite3
@@ -31,6 +32,8 @@ from .protocol import check_claim, check_complete, check_key, check_ms, check_to
 __all__ = ["AsyncSQLiteStore", "SQLiteStore"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("onceonly")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -117,6 +120,7 @@ class SQLiteStore:
         self._clock = clock or wall_ms
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        self._owners: dict[sqlite3.Connection, tuple[int, threading.Thread]] = {}
         self._connections_lock = threading.Lock()
         self._writes = 0
         self._sweep_after = ""
@@ -133,9 +137,13 @@ class SQLiteStore:
         )
         self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE key = ?"
         owned = "key = ?1 AND status = 'P' AND token = ?2 AND deadline > ?3"
+        # A complete retried after its reply was lost (same token, already
+        # COMPLETED) matches too and changes nothing.
         self._sql_complete = (
-            f"UPDATE {t} SET status = 'C', deadline = ?3 + ?4, outcome = ?5, took_over = 0 "
-            f"WHERE {owned}"
+            f"UPDATE {t} SET deadline = CASE status WHEN 'P' THEN ?3 + ?4 ELSE deadline END, "
+            "outcome = CASE status WHEN 'P' THEN ?5 ELSE outcome END, "
+            "status = 'C', took_over = 0 "
+            "WHERE key = ?1 AND token = ?2 AND deadline > ?3 AND status IN ('P', 'C')"
         )
         self._sql_renew = f"UPDATE {t} SET deadline = ?3 + ?4 WHERE {owned}"
         self._sql_release = f"DELETE FROM {t} WHERE {owned}"
@@ -156,7 +164,20 @@ class SQLiteStore:
         for pragma in self._pragmas:
             conn.execute(pragma)
         with self._connections_lock:
+            # Close the connections of this process's finished threads: a thread
+            # per request (or a new event loop's workers) would otherwise leave
+            # one open file per thread behind, until the process runs out.
+            finished = [
+                c for c, (pid, t) in self._owners.items() if pid == _pid and not t.is_alive()
+            ]
+            for old in finished:
+                del self._owners[old]
+                self._connections.remove(old)
             self._connections.append(conn)
+            self._owners[conn] = (_pid, threading.current_thread())
+        for old in finished:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -187,6 +208,7 @@ class SQLiteStore:
         """Close every connection this store opened in this process."""
         with self._connections_lock:
             connections, self._connections = self._connections, []
+            self._owners = {}
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -205,7 +227,12 @@ class SQLiteStore:
         self._writes += 1
         if self._writes >= self._purge_every:
             self._writes = 0
-            self._sweep(self._purge_batch)
+            try:
+                self._sweep(self._purge_batch)
+            except sqlite3.Error as exc:
+                # The write is committed already: a failed sweep must not report
+                # it as failed (a claim taken but reported lost blocks its key).
+                logger.warning("onceonly: sweep of expired rows in %s failed (%s)", self.path, exc)
 
     def _read(self, conn: sqlite3.Connection, key: str) -> Record | None:
         row = conn.execute(self._sql_get, (key,)).fetchone()

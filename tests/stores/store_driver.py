@@ -1,0 +1,169 @@
+"""A synchronous driver over every store, sync and async, for the contract suite.
+
+The contract suite talks to a :class:`StoreDriver` only. To run the suite
+against another store, add a factory to ``FACTORIES`` (and, if its clock cannot
+be moved by hand, a driver whose ``advance`` waits on the real clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onceonly.records import ClaimResult, Record
+from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
+
+LEASE_MS = 1_000
+TTL_MS = 60_000
+
+
+@dataclass
+class Built:
+    """A store made by a factory, with how to close it."""
+
+    store: Any
+    is_async: bool
+    close: Callable[[], None]
+    # Whether the store still holds an orphan when it is taken over, and so
+    # answers Acquired(takeover=True). Memory and SQLite keep the row until a
+    # purge; a store whose orphans vanish by themselves (Redis PX) does not.
+    reports_takeover: bool = True
+    sqlite_path: Path | None = None
+
+
+def _memory(tmp_path: Path, clock: Callable[[], int]) -> Built:
+    return Built(MemoryStore(clock=clock), False, lambda: None)
+
+
+def _sqlite(tmp_path: Path, clock: Callable[[], int]) -> Built:
+    path = tmp_path / "contract.sqlite3"
+    store = SQLiteStore(path, clock=clock)
+    return Built(store, False, store.close, sqlite_path=path)
+
+
+def _async_memory(tmp_path: Path, clock: Callable[[], int]) -> Built:
+    return Built(AsyncMemoryStore(clock=clock), True, lambda: None)
+
+
+def _async_sqlite(tmp_path: Path, clock: Callable[[], int]) -> Built:
+    path = tmp_path / "contract.sqlite3"
+    store = AsyncSQLiteStore(path, clock=clock)
+    return Built(store, True, store.close, sqlite_path=path)
+
+
+FACTORIES: dict[str, Callable[[Path, Callable[[], int]], Built]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+    "async-memory": _async_memory,
+    "async-sqlite": _async_sqlite,
+}
+
+
+class StoreDriver:
+    """One store's six operations, called synchronously; async stores run on a private loop.
+
+    Defaults: ``lease_ms=LEASE_MS``, ``ttl_ms=TTL_MS``, ``fingerprint=None``.
+    """
+
+    def __init__(self, name: str, built: Built, clock: Any) -> None:
+        self.name = name
+        self.store = built.store
+        self.is_async = built.is_async
+        self.reports_takeover = built.reports_takeover
+        self.sqlite_path = built.sqlite_path
+        self.clock = clock
+        self._loop = asyncio.new_event_loop() if built.is_async else None
+
+    def _run(self, value: Any) -> Any:
+        if self._loop is None:
+            return value
+        return self._loop.run_until_complete(value)
+
+    # -- the protocol ------------------------------------------------------
+
+    def claim(
+        self,
+        key: str,
+        *,
+        token: str,
+        lease_ms: int = LEASE_MS,
+        ttl_ms: int = TTL_MS,
+        fingerprint: str | None = None,
+    ) -> ClaimResult:
+        return self._run(
+            self.store.claim(
+                key, token=token, lease_ms=lease_ms, ttl_ms=ttl_ms, fingerprint=fingerprint
+            )
+        )
+
+    def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int = TTL_MS) -> bool:
+        return self._run(self.store.complete(key, token=token, outcome=outcome, ttl_ms=ttl_ms))
+
+    def release(self, key: str, *, token: str) -> bool:
+        return self._run(self.store.release(key, token=token))
+
+    def renew(self, key: str, *, token: str, lease_ms: int = LEASE_MS) -> bool:
+        return self._run(self.store.renew(key, token=token, lease_ms=lease_ms))
+
+    def get(self, key: str) -> Record | None:
+        return self._run(self.store.get(key))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self.store.delete(key))
+
+    # -- helpers -----------------------------------------------------------
+
+    def claim_concurrently(
+        self, key: str, tokens: list[str], *, lease_ms: int = LEASE_MS
+    ) -> list[ClaimResult]:
+        """Claim ``key`` once per token, all at the same time; results in token order."""
+        if self._loop is not None:
+
+            async def all_claims() -> list[ClaimResult]:
+                return list(
+                    await asyncio.gather(
+                        *(
+                            self.store.claim(
+                                key, token=t, lease_ms=lease_ms, ttl_ms=TTL_MS, fingerprint=None
+                            )
+                            for t in tokens
+                        )
+                    )
+                )
+
+            return self._loop.run_until_complete(all_claims())
+        barrier = threading.Barrier(len(tokens))
+        results: list[Any] = [None] * len(tokens)
+
+        def one(i: int) -> None:
+            barrier.wait()
+            try:
+                results[i] = self.store.claim(
+                    key, token=tokens[i], lease_ms=lease_ms, ttl_ms=TTL_MS, fingerprint=None
+                )
+            except BaseException as exc:  # reported by the assertion below
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(tokens))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    def advance(self, ms: int) -> None:
+        """Move the store's clock forward."""
+        self.clock.advance(ms)
+
+    def now(self) -> int:
+        """The store's clock now."""
+        return int(self.clock())
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
