@@ -1,0 +1,95 @@
+"""The Lua scripts of the Redis store, and what their replies mean.
+
+Kept apart from the clients so that the sync and async stores share every
+byte of script and every reply rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+from .. import codec
+from ..errors import CorruptRecordError
+from ..records import Acquired, ClaimResult, Found, Record
+
+__all__ = [
+    "CLAIM",
+    "COMPLETE",
+    "RELEASE",
+    "RENEW",
+    "Script",
+    "claim_result",
+    "decode_value",
+    "write_result",
+]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script with its SHA1, for EVALSHA."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _load(name: str) -> Script:
+    folder = resources.files("onceonly.stores") / "lua"
+    source = (folder / "_prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    return Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+CLAIM = _load("claim")
+COMPLETE = _load("complete")
+RELEASE = _load("release")
+RENEW = _load("renew")
+
+
+def _bytes(value: object) -> bytes:
+    # A client made with decode_responses=True hands back str.
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    raise CorruptRecordError(f"unexpected reply from the claim script: {type(value).__name__}")
+
+
+def claim_result(reply: object) -> ClaimResult:
+    """Turn the claim script's reply into ``Acquired`` or ``Found``.
+
+    Raises:
+        CorruptRecordError: The value under the key is not a record.
+    """
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise CorruptRecordError(f"unexpected reply from the claim script: {reply!r}")
+    code, detail, now = reply
+    if code == 1:
+        return Acquired(takeover=detail == 1)
+    return Found(codec.decode(_bytes(detail)), int(now))
+
+
+def write_result(reply: object, key: str) -> bool:
+    """Turn a complete/release/renew reply into a bool.
+
+    Raises:
+        CorruptRecordError: The value under the key is not a record.
+    """
+    if reply == 1:
+        return True
+    if reply == 0:
+        return False
+    raise CorruptRecordError(
+        f"the value under {key} is not an onceonly record; delete it (onceonly purge) "
+        "to let the key run again"
+    )
+
+
+def decode_value(value: object) -> Record:
+    """Decode a value read with GET.
+
+    Raises:
+        CorruptRecordError: It is not a record.
+    """
+    return codec.decode(_bytes(value))

@@ -1,0 +1,19 @@
+-- KEYS[1] record key; ARGV token, lease_ms, fingerprint ('' for none).
+-- Takes the key when absent, expired, or IN_PROGRESS under the same token:
+--   {1, takeover (0|1), now}
+-- otherwise answers with the holder's value in the same call:
+--   {0, value, now}
+local token, lease = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+local v = redis.call('GET', KEYS[1])
+local takeover = 0
+if v then
+  local status, holder, deadline = parse(v)
+  if not status then return {0, v, now} end
+  if deadline > now and not (status == 'P' and holder == token) then
+    return {0, v, now}
+  end
+  if status == 'P' and holder ~= token then takeover = 1 end
+end
+redis.call('SET', KEYS[1], header('P', token, now + lease, ARGV[3]), 'PX', lease)
+return {1, takeover, now}
