@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+import redis_harness as harness
 
 
 class ManualClock:
@@ -29,3 +36,59 @@ class ManualClock:
 def clock() -> ManualClock:
     """A fresh manual clock, started at a fixed instant."""
     return ManualClock()
+
+
+# -- real Redis / Valkey servers ---------------------------------------------------
+
+
+class RedisFarm:
+    """Servers started on first use, one of each kind per engine, stopped at session end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._started: dict[tuple[str, str], Any] = {}
+
+    def _get(self, kind: str, engine: harness.Engine, make: Callable[..., Any]) -> Any:
+        key = (kind, engine.id)
+        if key not in self._started:
+            self._started[key] = make(engine, self.folder / f"{engine.id}-{kind}")
+        return self._started[key]
+
+    def standalone(self, engine: harness.Engine) -> harness.Server:
+        return self._get("standalone", engine, harness.standalone)
+
+    def cluster(self, engine: harness.Engine) -> harness.Cluster:
+        return self._get("cluster", engine, harness.cluster)
+
+    def sentinel(self, engine: harness.Engine) -> harness.SentinelSet:
+        return self._get("sentinel", engine, harness.sentinel_set)
+
+    def close(self) -> None:
+        for started in self._started.values():
+            with contextlib.suppress(Exception):
+                started.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisFarm]:
+    """Lazily started Redis / Valkey topologies shared by the whole session."""
+    farm = RedisFarm(tmp_path_factory.mktemp("redis"))
+    try:
+        yield farm
+    finally:
+        farm.close()
+
+
+def redis_engines() -> list[harness.Engine]:
+    """The engines of this machine (found once). In CI both must exist; anywhere, one must."""
+    return harness.engines_or_fail()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # ``redis_engine``: every engine; ``tls_engine``: every engine built with TLS.
+    if "redis_engine" in metafunc.fixturenames:
+        engines = redis_engines()
+        metafunc.parametrize("redis_engine", engines, ids=[e.id for e in engines])
+    if "tls_engine" in metafunc.fixturenames:
+        engines = [e for e in redis_engines() if e.tls] or [harness.NO_TLS_ENGINE]
+        metafunc.parametrize("tls_engine", engines, ids=[e.id for e in engines])

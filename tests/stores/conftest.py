@@ -7,13 +7,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_driver import FACTORIES, StoreDriver
+from store_driver import FACTORIES, REDIS_TOPOLOGIES, StoreDriver, redis_built
+
+from redis_harness import engines_or_fail as redis_engines
+
+REDIS_PARAMS = {
+    f"redis-{topology}-{engine.id}": (topology, engine)
+    for engine in redis_engines()
+    for topology in REDIS_TOPOLOGIES
+}
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+@pytest.fixture(params=sorted(FACTORIES) + sorted(REDIS_PARAMS))
 def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Iterator[StoreDriver]:
     """Every store kind, driven synchronously, on a manual clock."""
-    built = FACTORIES[request.param](tmp_path, clock)
+    if request.param in REDIS_PARAMS:
+        topology, engine = REDIS_PARAMS[request.param]
+        built = redis_built(topology, engine, request.getfixturevalue("redis_farm"), clock)
+    else:
+        built = FACTORIES[request.param](tmp_path, clock)
     driver = StoreDriver(request.param, built, clock)
     try:
         yield driver

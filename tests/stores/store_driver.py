@@ -55,6 +55,35 @@ def _async_sqlite(tmp_path: Path, clock: Callable[[], int]) -> Built:
     return Built(store, True, store.close, sqlite_path=path)
 
 
+def redis_built(topology: str, engine: Any, farm: Any, clock: Callable[[], int]) -> Built:
+    """A RedisStore on a real server of the farm, on the manual clock, under a fresh prefix.
+
+    The clock is injected into the scripts, so leases and retention run out as
+    the test moves it; the keys themselves still expire by the server's PX, in
+    real time, long after the test is done. Because an orphan is still there
+    when the manual clock passes its lease, the store reports the takeover.
+    """
+    import uuid
+
+    import redis
+
+    from onceonly.stores.redis import RedisStore
+
+    if topology == "standalone":
+        client: Any = farm.standalone(engine).client()
+    elif topology == "cluster":
+        client = farm.cluster(engine).client()
+    else:
+        sentinels = farm.sentinel(engine)
+        client = redis.Sentinel(sentinels.addresses(), socket_timeout=5).master_for(
+            "onceonly-primary", socket_timeout=5
+        )
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=clock)
+    return Built(store, False, client.close)
+
+
+REDIS_TOPOLOGIES = ("standalone", "cluster", "sentinel")
+
 FACTORIES: dict[str, Callable[[Path, Callable[[], int]], Built]] = {
     "memory": _memory,
     "sqlite": _sqlite,

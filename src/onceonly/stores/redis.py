@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -169,6 +170,10 @@ class RedisStore:
         wait_aof: After each write, ``WAITAOF`` until it is fsynced to the
             primary's append-only file (and to ``wait_replicas`` replicas').
             Needs Redis or Valkey >= 7.2 with ``appendonly yes``; checked here.
+        clock: None (default) judges leases and expiry by the server's ``TIME``.
+            A callable returning integer milliseconds replaces it, for tests
+            that move time by hand; keys still vanish by the server's own
+            ``PX`` expiry.
 
     Raises:
         IdempotencyConfigError: Bad options, an asyncio client (use
@@ -185,8 +190,11 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         wait_aof: bool = False,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         check_options(prefix, wait_replicas, wait_timeout_ms, wait_aof)
+        if clock is not None and not callable(clock):
+            raise IdempotencyConfigError("clock must be None or a callable returning integer ms")
         evalsha = getattr(client, "evalsha", None)
         if not callable(evalsha):
             raise IdempotencyConfigError(
@@ -201,6 +209,7 @@ class RedisStore:
         self.wait_timeout_ms = wait_timeout_ms
         self.wait_aof = wait_aof
         self.wait_shortfalls = 0
+        self.clock = clock
         self._lock = threading.Lock()
         self._cluster = callable(getattr(client, "get_node_from_key", None))
         if wait_aof:
@@ -278,6 +287,7 @@ class RedisStore:
     def _run(self, script: scripts.Script, key: str, *args: Any) -> Any:
         redis = import_redis()
         full = f"{self.prefix}:{key}"
+        args = (*args, "" if self.clock is None else self.clock())
         waits = self._waits()
         try:
             if waits is None:
@@ -353,7 +363,12 @@ class RedisStore:
             value = self.client.get(full)
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             raise store_error(exc, full) from exc
-        return None if value is None else scripts.decode_value(value)
+        if value is None:
+            return None
+        record = scripts.decode_value(value)
+        if self.clock is not None and record.deadline_ms <= self.clock():
+            return None
+        return record
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` whatever it holds; True if something was there."""

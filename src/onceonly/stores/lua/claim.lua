@@ -1,4 +1,4 @@
--- KEYS[1] record key; ARGV token, lease_ms, fingerprint ('' for none).
+-- KEYS[1] record key; ARGV token, lease_ms, fingerprint ('' for none), now (see now_ms).
 -- Takes the key when absent, expired, or IN_PROGRESS under the same token:
 --   {1, takeover (0|1), now}
 -- otherwise answers with the holder's value in the same call:

@@ -1,4 +1,4 @@
--- KEYS[1] record key; ARGV token, outcome, ttl_ms.
+-- KEYS[1] record key; ARGV token, outcome, ttl_ms, now (see now_ms).
 -- 1 stored; 0 the claim is lost; -1 the value is not a record.
 local fingerprint, now = owned(ARGV[1])
 if not fingerprint then
