@@ -2,7 +2,7 @@
 
 Both check their arguments when applied, pick the sync or async driver from
 the function and the store, and expose ``wrapper.stats`` (counters of what
-calls did).
+calls did) and ``wrapper.key_for(*args, **kwargs)`` (the key such a call uses).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from . import _async, _sync
 from .cache import LocalCache
@@ -60,6 +60,15 @@ def _check_store(store: object, is_async: bool, name: str) -> None:
         f"{name} is not async, so its store must be sync (MemoryStore, SQLiteStore, RedisStore, "
         f"DynamoDBStore); got {type(store).__name__}"
     )
+
+
+class _Call(NamedTuple):
+    """What one call carries: payload, key material, lease, and the args to call with."""
+
+    payload: Any
+    material: Any
+    lease_ms: int | None
+    args: tuple[Any, ...]
 
 
 class _Guard:
@@ -168,17 +177,20 @@ class _Guard:
             flow(self.policy, inv), self.store, inv, lambda: func(*args, **kwargs)
         )
 
-    def wrap(
-        self, func: F, invocation: Callable[..., tuple[Invocation | None, tuple[Any, ...]]]
-    ) -> F:
-        """Build the wrapper: ``invocation(*args, **kwargs)`` -> (inv, args to call with)."""
+    def wrap(self, func: F, split: Callable[..., _Call]) -> F:
+        """Build the wrapper; ``split(*args, **kwargs)`` says what a call carries."""
+
+        def invocation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, _Call]:
+            call = split(*args, **kwargs)
+            return self.invocation(call.payload, call.material, call.lease_ms), call
+
         if self.is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if self.disabled():
                     return await func(*args, **kwargs)
-                inv, call_args = invocation(*args, **kwargs)
-                return await self.call_async(func, call_args, kwargs, inv)
+                inv, call = invocation(args, kwargs)
+                return await self.call_async(func, call.args, kwargs, inv)
 
             wrapper: Callable[..., Any] = async_wrapper
         else:
@@ -186,12 +198,19 @@ class _Guard:
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 if self.disabled():
                     return func(*args, **kwargs)
-                inv, call_args = invocation(*args, **kwargs)
-                return self.call(func, call_args, kwargs, inv)
+                inv, call = invocation(args, kwargs)
+                return self.call(func, call.args, kwargs, inv)
 
             wrapper = sync_wrapper
+
+        def key_for(*args: Any, **kwargs: Any) -> str | None:
+            """The idempotency key a call with these arguments uses (None: no key)."""
+            call = split(*args, **kwargs)
+            return self.keyer.key_and_fingerprint(call.payload, call.material)[0]
+
         functools.update_wrapper(wrapper, func)
         wrapper.stats = self.stats  # type: ignore[attr-defined]
+        wrapper.key_for = key_for  # type: ignore[attr-defined]
         wrapper.guard = self  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
@@ -236,7 +255,7 @@ def idempotent(
     def decorate(func: F) -> F:
         guard = _Guard(func, store, config, output_serializer)
 
-        def invocation(*args: Any, **kwargs: Any) -> tuple[Invocation | None, tuple[Any, ...]]:
+        def split(*args: Any, **kwargs: Any) -> _Call:
             # The wrapper calls the handler with these args and the caller's own
             # kwargs, so an event or context given by keyword stays a keyword.
             if not args and "event" not in kwargs:
@@ -245,9 +264,9 @@ def idempotent(
             context = args[1] if len(args) > 1 else kwargs.get("context")
             if len(args) == 1 and "context" not in kwargs:
                 args = (*args, None)  # handler(event): the context is None
-            return guard.invocation(event, lease_ms=_lambda_lease_ms(context)), args
+            return _Call(event, _UNSET, _lambda_lease_ms(context), args)
 
-        return guard.wrap(func, invocation)
+        return guard.wrap(func, split)
 
     return decorate if handler is None else decorate(handler)
 
@@ -341,11 +360,11 @@ def idempotent_function(
         guard = _Guard(f, store, config, output_serializer)
         locate = _payload_locator(f, data) if data is not None else None
 
-        def invocation(*args: Any, **kwargs: Any) -> tuple[Invocation | None, tuple[Any, ...]]:
+        def split(*args: Any, **kwargs: Any) -> _Call:
             payload = locate(args, kwargs) if locate is not None else None
             material = key(*args, **kwargs) if key is not None else _UNSET
-            return guard.invocation(payload, material), args
+            return _Call(payload, material, None, args)
 
-        return guard.wrap(f, invocation)
+        return guard.wrap(f, split)
 
     return decorate if func is None else decorate(func)

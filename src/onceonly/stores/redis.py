@@ -201,7 +201,7 @@ class RedisStore:
                 f"client must be a redis-py client (redis.Redis, RedisCluster or a Sentinel "
                 f"master), got {type(client).__name__}"
             )
-        if inspect.iscoroutinefunction(evalsha):
+        if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
             raise IdempotencyConfigError("this is an asyncio client: use AsyncRedisStore")
         self.client = client
         self.prefix = prefix
