@@ -259,6 +259,8 @@ def base_config(engine: Engine, folder: Path, port: int) -> list[str]:
         "protected-mode no",
         "daemonize no",
         "loglevel notice",
+        # Full syncs start at once (the default waits 5 s to batch replicas).
+        "repl-diskless-sync-delay 0",
     ]
 
 
@@ -411,8 +413,10 @@ def sentinel_set(engine: Engine, folder: Path) -> SentinelSet:
         for i in range(2)
     ]
     wait_until(
-        lambda: primary.client().info("replication").get("connected_slaves", 0) == 2,
-        "replicas to connect",
+        lambda: all(
+            r.client().info("replication").get("master_link_status") == "up" for r in replicas
+        ),
+        "replicas to sync",
     )
     sentinels = []
     for i in range(3):
