@@ -1,13 +1,18 @@
-"""The ``onceonly`` command: demo, inspect, purge."""
+"""The ``onceonly`` command: demo, doctor, inspect, purge."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from .errors import IdempotencyError
+from .errors import IdempotencyConfigError, IdempotencyError
+
+if TYPE_CHECKING:
+    from .doctor import Check
 
 __all__ = ["main"]
 
@@ -23,6 +28,13 @@ def _rate(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError("must be in [0, 1)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 
@@ -43,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--store", default=None, help="store URL or SQLite path (default: a temp SQLite file)"
     )
+
+    doctor = commands.add_parser(
+        "doctor", help="check that a Redis / Valkey server can hold onceonly's records safely"
+    )
+    doctor.add_argument("url", help="redis://, rediss:// or redis+sentinel:// URL")
+    doctor.add_argument("--prefix", default="onceonly", help="the store's key prefix")
+    doctor.add_argument("--cluster", action="store_true", help="the URL names a cluster node")
+    doctor.add_argument("--ca-certs", help="CA bundle to verify the server (rediss://)")
+    doctor.add_argument("--certfile", help="client certificate (rediss://)")
+    doctor.add_argument("--keyfile", help="client certificate's key (rediss://)")
+    doctor.add_argument("--insecure", action="store_true", help="do not verify the server")
+    doctor.add_argument("--timeout", type=_seconds, default=5.0, help="socket timeout, seconds")
 
     inspect = commands.add_parser("inspect", help="show the record under a key")
     inspect.add_argument("--store", required=True, help="store URL or SQLite path")
@@ -73,6 +97,81 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(render(plain, guarded))
     return 0 if guarded.exact else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import Check, exit_code, run_doctor
+
+    try:
+        options = doctor_options(
+            args.url,
+            ca_certs=args.ca_certs,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            insecure=args.insecure,
+            timeout=args.timeout,
+        )
+    except IdempotencyConfigError as exc:  # a line of the report, like any other failure
+        checks = [Check("connection", "error", str(exc))]
+    else:
+        checks = run_doctor(args.url, prefix=args.prefix, cluster=args.cluster, **options)
+    print(render_doctor(checks, url=args.url, prefix=args.prefix))
+    return exit_code(checks)
+
+
+def doctor_options(
+    url: str,
+    *,
+    ca_certs: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    insecure: bool = False,
+    timeout: float = 5.0,
+) -> dict[str, Any]:
+    """Map ``onceonly doctor``'s TLS files, ``--insecure`` and ``--timeout`` to redis-py options.
+
+    Args:
+        url: The server's URL: TLS options need ``rediss://`` or ``rediss+sentinel://``.
+        ca_certs, certfile, keyfile: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``.
+        insecure: Do not verify the server's certificate (``ssl_cert_reqs="none"``).
+        timeout: ``socket_timeout`` and ``socket_connect_timeout``, seconds.
+
+    Returns:
+        Keyword arguments for ``RedisStore.from_url``.
+
+    Raises:
+        IdempotencyConfigError: TLS options on a URL without TLS.
+    """
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    tls = {"ssl_ca_certs": ca_certs, "ssl_certfile": certfile, "ssl_keyfile": keyfile}
+    options.update({k: v for k, v in tls.items() if v is not None})
+    if insecure:
+        options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    if len(options) > 2 and not url.lower().startswith("rediss"):
+        raise IdempotencyConfigError("TLS options need a rediss:// or rediss+sentinel:// URL")
+    return options
+
+
+def mask_url(url: str) -> str:
+    """Return the URL with its password (userinfo or ``password=``) replaced by ``***``."""
+    url = re.sub(r"(?i)(password=)[^&#]*", r"\1***", url)
+    user = re.match(r"^[^:/]+://([^@/?#]*)@", url)
+    if user is None:
+        return url
+    name, colon, _ = user[1].partition(":")
+    return f"{url[: user.start(1)]}{name + colon if colon else ''}***{url[user.end(1) :]}"
+
+
+def render_doctor(checks: Sequence[Check], *, url: str, prefix: str) -> str:
+    """Return the doctor's report: masked URL, one aligned line per check, verdict and exit code."""
+    from .doctor import exit_code
+
+    width = max(len(c.name) for c in checks)
+    lines = [f"onceonly doctor: {mask_url(url)} (prefix {prefix})", ""]
+    lines += [f"{c.name:<{width}}  {c.status:<7}  {c.reason}" for c in checks]
+    counts = [(s, sum(c.status == s for c in checks)) for s in ("error", "warning", "unknown")]
+    said = ", ".join(f"{n} {s}{'s' * (n > 1 and s != 'unknown')}" for s, n in counts if n)
+    return "\n".join([*lines, "", f"{said or 'all ok'}: exit {exit_code(checks)}"])
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -115,7 +214,7 @@ def _purge(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)
-    handlers = {"demo": _demo, "inspect": _inspect, "purge": _purge}
+    handlers = {"demo": _demo, "doctor": _doctor, "inspect": _inspect, "purge": _purge}
     try:
         return handlers[args.command](args)
     except IdempotencyError as exc:

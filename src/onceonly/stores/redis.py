@@ -120,7 +120,12 @@ def url_client(url: str, *, cluster: bool, asyncio: bool, options: dict[str, Any
     redis = import_redis()
     module = redis.asyncio if asyncio else redis
     options = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, **options}
-    scheme = url.partition("://")[0].lower()
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    # valkey:// and valkeys:// are the same protocol under Valkey's own names.
+    if scheme in ("valkey", "valkeys"):
+        scheme = scheme.replace("valkey", "redis")
+        url = f"{scheme}{sep}{rest}"
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         parts = urlsplit(url)
         hosts = []
