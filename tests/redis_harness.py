@@ -213,6 +213,9 @@ class Server:
     def client(self, **options: Any) -> redis.Redis:
         return redis.Redis(host=HOST, port=self.port, **{**self.client_options, **options})
 
+    def client_host(self) -> str:
+        return HOST
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         last: Exception | None = None

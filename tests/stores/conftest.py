@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ from store_driver import FACTORIES, REDIS_TOPOLOGIES, StoreDriver, redis_built
 from redis_harness import engines_or_fail as redis_engines
 
 REDIS_PARAMS = {
-    f"redis-{topology}-{engine.id}": (topology, engine)
+    f"{kind}redis-{topology}-{engine.id}": (topology, engine, kind == "async-")
     for engine in redis_engines()
     for topology in REDIS_TOPOLOGIES
+    for kind in ("", "async-")
 }
 
 
@@ -22,13 +24,17 @@ REDIS_PARAMS = {
 def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Iterator[StoreDriver]:
     """Every store kind, driven synchronously, on a manual clock."""
     if request.param in REDIS_PARAMS:
-        topology, engine = REDIS_PARAMS[request.param]
-        built = redis_built(topology, engine, request.getfixturevalue("redis_farm"), clock)
+        topology, engine, is_async = REDIS_PARAMS[request.param]
+        built = redis_built(
+            topology, engine, request.getfixturevalue("redis_farm"), clock, is_async=is_async
+        )
     else:
         built = FACTORIES[request.param](tmp_path, clock)
     driver = StoreDriver(request.param, built, clock)
     try:
         yield driver
     finally:
-        built.close()
+        closing = built.close()
+        if inspect.isawaitable(closing):
+            driver.run(closing)
         driver.close()

@@ -55,31 +55,48 @@ def _async_sqlite(tmp_path: Path, clock: Callable[[], int]) -> Built:
     return Built(store, True, store.close, sqlite_path=path)
 
 
-def redis_built(topology: str, engine: Any, farm: Any, clock: Callable[[], int]) -> Built:
-    """A RedisStore on a real server of the farm, on the manual clock, under a fresh prefix.
+def redis_built(
+    topology: str, engine: Any, farm: Any, clock: Callable[[], int], *, is_async: bool = False
+) -> Built:
+    """A RedisStore (or AsyncRedisStore) on a real server of the farm, on the manual clock.
 
     The clock is injected into the scripts, so leases and retention run out as
     the test moves it; the keys themselves still expire by the server's PX, in
     real time, long after the test is done. Because an orphan is still there
     when the manual clock passes its lease, the store reports the takeover.
+    Each store gets a fresh prefix, so tests never see each other's keys.
     """
     import uuid
 
     import redis
+    import redis.asyncio
 
-    from onceonly.stores.redis import RedisStore
+    from onceonly.stores.redis import AsyncRedisStore, RedisStore
 
+    module: Any = redis.asyncio if is_async else redis
     if topology == "standalone":
-        client: Any = farm.standalone(engine).client()
+        server = farm.standalone(engine)
+        client: Any = module.Redis(host=server.client_host(), port=server.port)
     elif topology == "cluster":
-        client = farm.cluster(engine).client()
-    else:
-        sentinels = farm.sentinel(engine)
-        client = redis.Sentinel(sentinels.addresses(), socket_timeout=5).master_for(
-            "onceonly-primary", socket_timeout=5
+        cluster = farm.cluster(engine)
+        client = module.RedisCluster(
+            host=cluster.nodes[0].client_host(), port=cluster.nodes[0].port
         )
-    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=clock)
-    return Built(store, False, client.close)
+    else:
+        sentinel = module.Sentinel(farm.sentinel(engine).addresses(), socket_timeout=5)
+        client = sentinel.master_for("onceonly-primary", socket_timeout=5)
+    kind = AsyncRedisStore if is_async else RedisStore
+    store = kind(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=clock)
+    if not is_async:
+        return Built(store, False, client.close)
+
+    async def close() -> None:
+        await client.aclose()
+        if topology == "sentinel":  # the asyncio Sentinel's own connections
+            for watcher in sentinel.sentinels:
+                await watcher.aclose()
+
+    return Built(store, True, close)
 
 
 REDIS_TOPOLOGIES = ("standalone", "cluster", "sentinel")
@@ -111,6 +128,11 @@ class StoreDriver:
         if self._loop is None:
             return value
         return self._loop.run_until_complete(value)
+
+    def run(self, awaitable: Any) -> Any:
+        """Run an awaitable on this driver's loop (e.g. closing an async client)."""
+        assert self._loop is not None
+        return self._loop.run_until_complete(awaitable)
 
     # -- the protocol ------------------------------------------------------
 
