@@ -86,7 +86,9 @@ class IdempotencyConfig:
         expires_after_seconds: How long a completed outcome is kept.
         use_local_cache: Keep completed outcomes in an in-process LRU cache.
         local_cache_max_items: Size of that cache.
-        hash_function: A ``hashlib`` algorithm name for keys and fingerprints.
+        hash_function: A ``hashlib`` algorithm name for keys and fingerprints;
+            ``md5`` by default, as in Powertools (a key, not a signature: it is
+            called with ``usedforsecurity=False``, so FIPS builds allow it).
         response_hook: ``hook(result, record)`` applied to replayed results.
         key_prefix: Prefix of every key; default ``module.qualname`` of the function.
         lease_seconds: How long a claim holds when no Lambda context says otherwise.
@@ -105,7 +107,7 @@ class IdempotencyConfig:
     expires_after_seconds: float = 3600
     use_local_cache: bool = False
     local_cache_max_items: int = 256
-    hash_function: str = "sha256"
+    hash_function: str = "md5"
     response_hook: Callable[[Any, Any], Any] | None = None
     key_prefix: str | None = None
     lease_seconds: float = 60

@@ -102,6 +102,9 @@ class _Guard:
             config._validation_expr,
         )
         self.stats = Stats()
+        # Read once, when the decorator is applied (at import in a Lambda):
+        # a per-call os.environ read costs more than the rest of a cache hit.
+        self.switched_off = _disabled()
         self.policy = Policy(
             name=self.name,
             config=config,
@@ -141,7 +144,7 @@ class _Guard:
         )
 
     def disabled(self) -> bool:
-        if not _disabled():
+        if not self.switched_off:
             return False
         warnings.warn(
             f"{self.name}: ONCEONLY_DISABLED is set; running without idempotency",

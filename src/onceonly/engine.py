@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .cache import LocalCache
 from .config import IdempotencyConfig, InProgressPolicy, StoreErrorPolicy
@@ -151,10 +151,13 @@ class Sleep:
 
 Step = Claim | Execute | Complete | Release | Sleep
 
+# The steps without fields, made once.
+CLAIM = Claim()
+RELEASE = Release()
 
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """One call's fixed facts.
+
+class Invocation(NamedTuple):
+    """One call's fixed facts (a NamedTuple: one is built per call, cheaply).
 
     Attributes:
         key: The idempotency key.
@@ -240,7 +243,7 @@ def _in_progress(policy: Policy, inv: Invocation, retry_after_ms: int) -> Except
 def _release_after_failure(policy: Policy, inv: Invocation) -> Generator[Step, Any, None]:
     policy.stats.add(Event.RELEASED)
     try:
-        released = yield Release()
+        released = yield RELEASE
     except IdempotencyStoreError as exc:
         policy.stats.add(Event.STORE_ERROR)
         logger.warning(
@@ -288,7 +291,7 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
     delay = _WAIT_FIRST_MS
     while True:
         try:
-            result = yield Claim()
+            result = yield CLAIM
         except IdempotencyStoreError as exc:
             stats.add(Event.STORE_ERROR)
             if config.on_store_error is not StoreErrorPolicy.RUN or isinstance(

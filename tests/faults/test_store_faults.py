@@ -38,7 +38,7 @@ LEASE_MS = 2_000
 
 def key_of(prefix: str, selected: Any) -> str:
     canonical = json.dumps(selected, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{prefix}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+    return f"{prefix}:{hashlib.md5(canonical.encode()).hexdigest()}"
 
 
 def token() -> str:

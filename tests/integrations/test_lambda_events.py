@@ -61,9 +61,9 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def key_of(prefix: str, selected: Any) -> str:
-    """The documented key: prefix and the sha256 of the canonical JSON of the selection."""
+    """The documented key: prefix and the md5 (default hash) of the canonical JSON of the selection."""
     canonical = json.dumps(selected, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{prefix}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+    return f"{prefix}:{hashlib.md5(canonical.encode()).hexdigest()}"
 
 
 def token() -> str:

@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert config.expires_after_seconds == 3600.0
     assert config.use_local_cache is False
     assert config.local_cache_max_items == 256
-    assert config.hash_function == "sha256"
+    assert config.hash_function == "md5"
     assert config.response_hook is None
     assert config.key_prefix is None
     assert config.lease_seconds == 60.0

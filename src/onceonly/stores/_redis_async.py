@@ -200,7 +200,7 @@ class AsyncRedisStore(RedisBase):
         for item in batch:
             body = item.script.sha if use_sha else item.script.source
             pipe.execute_command("EVALSHA" if use_sha else "EVAL", body, 1, item.key, *item.args)
-        waits = self._waits()
+        waits = self._wait_command
         if waits is not None:
             pipe.execute_command(*waits)  # one WAIT covers every write before it
         replies = list(await pipe.execute(raise_on_error=False))
@@ -224,19 +224,18 @@ class AsyncRedisStore(RedisBase):
                 self._batchers = {lp: b for lp, b in self._batchers.items() if not lp.is_closed()}
                 batcher = self._batchers[loop] = _Batcher(self, loop)
             return await batcher.submit(script, full, args)
-        redis = import_redis()
         try:
             try:
                 return await self.client.evalsha(script.sha, 1, full, *args)
-            except redis.exceptions.NoScriptError:
+            except self._noscript:
                 return await self.client.eval(script.source, 1, full, *args)
-        except redis_errors() as exc:
+        except self._errors as exc:
             raise store_error(exc, full) from exc
 
     async def _command(self, *command: Any) -> Any:
         try:
             return await self.client.execute_command(*command)
-        except redis_errors() as exc:
+        except self._errors as exc:
             raise store_error(exc, str(command[1])) from exc
 
     # -- the protocol ------------------------------------------------------

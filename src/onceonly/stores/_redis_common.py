@@ -200,6 +200,11 @@ class RedisBase:
         self.clock = clock
         self._lock = threading.Lock()
         self._cluster = callable(getattr(client, "get_node_from_key", None))
+        # Looked up once: these sit on every call's path.
+        redis = import_redis()
+        self._errors = redis_errors()
+        self._noscript: type[BaseException] = redis.exceptions.NoScriptError
+        self._wait_command = self._waits()
 
     def full_key(self, key: str) -> str:
         """The Redis key of an idempotency key."""

@@ -130,42 +130,44 @@ class RedisStore(RedisBase):
         check_waitaof_support(server, persistence)
 
     def _run(self, script: scripts.Script, key: str, args: tuple[Any, ...]) -> Any:
-        redis = import_redis()
         full = self.full_key(key)
         args = (*args, self._now_arg())
-        waits = self._waits()
         try:
-            if waits is None:
+            if self._wait_command is None:
                 try:
                     return self.client.evalsha(script.sha, 1, full, *args)
-                except redis.exceptions.NoScriptError:
+                except self._noscript:
                     # First use on this server, a restart, a failover or SCRIPT FLUSH:
                     # EVAL runs it and caches it for the next EVALSHA.
                     return self.client.eval(script.source, 1, full, *args)
-            # WAIT acts on its own connection's writes: send both in one pipeline.
-            target = self.client
-            if self._cluster:
-                target = self.client.get_node_from_key(full).redis_connection
-            for command in ("EVALSHA", "EVAL"):
-                pipe = target.pipeline(transaction=False)
-                body = script.sha if command == "EVALSHA" else script.source
-                pipe.execute_command(command, body, 1, full, *args)
-                pipe.execute_command(*waits)
-                replies = pipe.execute(raise_on_error=False)
-                if not isinstance(replies[0], redis.exceptions.NoScriptError):
-                    break
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            self._note_wait(replies[1], full)
-            return replies[0]
-        except redis_errors() as exc:
+            return self._run_and_wait(script, full, args)
+        except self._errors as exc:
             raise store_error(exc, full) from exc
+
+    def _run_and_wait(self, script: scripts.Script, full: str, args: tuple[Any, ...]) -> Any:
+        # WAIT acts on its own connection's writes: send both in one pipeline.
+        wait = self._wait_command
+        assert wait is not None
+        target = self.client
+        if self._cluster:
+            target = self.client.get_node_from_key(full).redis_connection
+        for command, body in (("EVALSHA", script.sha), ("EVAL", script.source)):
+            pipe = target.pipeline(transaction=False)
+            pipe.execute_command(command, body, 1, full, *args)
+            pipe.execute_command(*wait)
+            replies = pipe.execute(raise_on_error=False)
+            if not isinstance(replies[0], self._noscript):
+                break
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        self._note_wait(replies[1], full)
+        return replies[0]
 
     def _command(self, *command: Any) -> Any:
         try:
             return self.client.execute_command(*command)
-        except redis_errors() as exc:
+        except self._errors as exc:
             raise store_error(exc, str(command[1])) from exc
 
     # -- the protocol ------------------------------------------------------

@@ -32,13 +32,10 @@ def store_from_url(url: str) -> Store:
 
         return SQLiteStore(rest)
     if scheme in ("redis", "rediss", "redis+sentinel", "valkey", "valkeys"):
-        try:
-            from . import redis as redis_store  # type: ignore[attr-defined]
-        except ImportError as exc:  # the Redis store arrives with onceonly[redis]
-            raise IdempotencyConfigError(
-                f"{scheme}:// needs the Redis store: pip install 'onceonly[redis]'"
-            ) from exc
-        store: Store = redis_store.RedisStore.from_url(url)
+        # Needs redis-py: RedisStore says which extra installs it when it is missing.
+        from .redis import RedisStore
+
+        store: Store = RedisStore.from_url(url)
         return store
     raise IdempotencyConfigError(
         f"unknown store URL scheme {scheme!r}; use a SQLite path, sqlite:///path or redis://host"

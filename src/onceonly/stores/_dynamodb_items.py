@@ -1,0 +1,223 @@
+"""Items, errors and the table helper of the DynamoDB store (see ``dynamodb.py``).
+
+An item holds the key attribute(s), then ``status`` ("P" or "C"), ``token``,
+``deadline`` (integer ms since the epoch, a number), ``fingerprint``
+(optional string), ``outcome`` (binary, COMPLETED only) and the expiry
+attribute (epoch seconds, for DynamoDB's own TTL deletion). Items are read
+with the low-level client, so every value arrives as ``{"S": ...}``,
+``{"N": ...}`` or ``{"B": ...}``; :func:`record_from_item` checks each field
+through ``codec.from_fields`` and raises ``CorruptRecordError`` on anything
+else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import codec
+from ..errors import IdempotencyConfigError, IdempotencyStoreError
+from ..records import Record
+
+__all__ = [
+    "DATA_ATTRS",
+    "DEADLINE",
+    "FINGERPRINT",
+    "OUTCOME",
+    "STATUS",
+    "TOKEN",
+    "ensure_table",
+    "import_boto3",
+    "record_from_item",
+    "store_error",
+    "value",
+]
+
+STATUS = "status"
+TOKEN = "token"
+DEADLINE = "deadline"
+FINGERPRINT = "fingerprint"
+OUTCOME = "outcome"
+DATA_ATTRS = (STATUS, TOKEN, DEADLINE, FINGERPRINT, OUTCOME)
+
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_THROTTLED = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "MissingAuthenticationTokenException",
+    }
+)
+
+
+def import_boto3() -> tuple[Any, Any]:
+    """Import boto3 and ``botocore.exceptions``, or say which extra installs them."""
+    try:
+        import boto3
+        import botocore.exceptions
+    except ImportError as exc:
+        raise IdempotencyConfigError(
+            "the DynamoDB store needs boto3: pip install 'onceonly[dynamodb]'"
+        ) from exc
+    return boto3, botocore.exceptions
+
+
+def value(attribute: object) -> object:
+    """Return one low-level attribute value as Python: S -> str, N -> int, B -> bytes.
+
+    A number that is not an integer, a type onceonly never writes, or anything
+    that is not an attribute value comes back as it is, for
+    ``codec.from_fields`` to reject. A missing attribute (None) stays None.
+    """
+    if not isinstance(attribute, Mapping) or len(attribute) != 1:
+        return attribute
+    ((kind, raw),) = attribute.items()
+    if kind == "S" and isinstance(raw, str):
+        return raw
+    if kind == "N" and isinstance(raw, str) and _INTEGER.fullmatch(raw):
+        return int(raw)
+    if kind == "B" and isinstance(raw, (bytes, bytearray)):
+        return bytes(raw)
+    return attribute
+
+
+def record_from_item(item: Mapping[str, Any]) -> Record:
+    """Build the record an item holds.
+
+    Raises:
+        CorruptRecordError: A field is missing or malformed.
+    """
+    return codec.from_fields(*(value(item.get(name)) for name in DATA_ATTRS))
+
+
+def store_error(
+    exc: BaseException, exceptions: Any, table: str, key: str | None
+) -> IdempotencyStoreError:
+    """Map a boto3 / botocore exception to the documented error (the caller chains it)."""
+    where = f"table {table}" + (f", key {key}" if key is not None else "")
+    if isinstance(exc, exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code, text = str(error.get("Code", "")), str(error.get("Message", ""))
+        if code == "ResourceNotFoundException":
+            return IdempotencyStoreError(
+                f"DynamoDB table {table} does not exist in this account and region ({text}); "
+                f"create it with `onceonly dynamodb create-table {table}` or "
+                "DynamoDBStore.create_table(...), or check table_name and region"
+            )
+        if code in _THROTTLED:
+            return IdempotencyStoreError(
+                f"DynamoDB throttled the request ({where}): {code}: {text}; the client's "
+                "retries ran out. Retry later, raise the table's capacity or use on-demand "
+                "billing (PAY_PER_REQUEST)"
+            )
+        if code in _DENIED:
+            return IdempotencyStoreError(
+                f"DynamoDB refused the request ({where}): {code}: {text}; the credentials "
+                "need dynamodb:PutItem, UpdateItem, DeleteItem and GetItem on the table"
+            )
+        if code == "ValidationException":
+            return IdempotencyStoreError(
+                f"DynamoDB rejected the request ({where}): {text}; check that key_attr and "
+                "sort_key_attr match the table's key schema (both strings)"
+            )
+        return IdempotencyStoreError(f"DynamoDB failed ({where}): {code}: {text}")
+    if isinstance(exc, (exceptions.EndpointConnectionError, exceptions.ConnectTimeoutError)):
+        return IdempotencyStoreError(
+            f"cannot reach DynamoDB ({where}): {type(exc).__name__}: {exc}; check the region, "
+            "endpoint_url and the network (a VPC endpoint or NAT gateway for a Lambda in a VPC)"
+        )
+    if isinstance(exc, exceptions.NoCredentialsError):
+        return IdempotencyStoreError(
+            f"no AWS credentials for DynamoDB ({where}): {exc}; give the function a role or "
+            "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        )
+    return IdempotencyStoreError(f"DynamoDB failed ({where}): {type(exc).__name__}: {exc}")
+
+
+def _key_schema(description: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    types = {d["AttributeName"]: d["AttributeType"] for d in description["AttributeDefinitions"]}
+    order = {"HASH": 0, "RANGE": 1}
+    schema = sorted(description["KeySchema"], key=lambda k: order.get(k["KeyType"], 2))
+    return [(k["AttributeName"], k["KeyType"], types.get(k["AttributeName"], "?")) for k in schema]
+
+
+def ensure_table(
+    call: Callable[..., tuple[str | None, Any]],
+    client: Any,
+    table: str,
+    key_attr: str,
+    sort_key_attr: str | None,
+    expiry_attr: str,
+) -> bool:
+    """Create the table (on-demand billing, TTL on ``expiry_attr``) unless it exists.
+
+    Args:
+        call: ``call(method, tolerate, **request)`` runs one client method and
+            maps its errors; it returns ``(None, response)``, or ``(code,
+            error response)`` for an error code in ``tolerate``.
+        client: The boto3 client.
+        table, key_attr, sort_key_attr, expiry_attr: The layout.
+
+    Returns:
+        True when the table was created now, False when a matching one was there.
+
+    Raises:
+        IdempotencyConfigError: The table exists with another key schema, or
+            its TTL is on another attribute.
+        IdempotencyStoreError: DynamoDB failed.
+    """
+    expected = [(key_attr, "HASH", "S")]
+    if sort_key_attr is not None:
+        expected.append((sort_key_attr, "RANGE", "S"))
+    missing, found = call(client.describe_table, {"ResourceNotFoundException"}, TableName=table)
+    created = False
+    if missing is not None:
+        busy, _ = call(
+            client.create_table,
+            # Another process creating the same table right now: wait for it too.
+            {"ResourceInUseException"},
+            TableName=table,
+            KeySchema=[{"AttributeName": n, "KeyType": k} for n, k, _ in expected],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, _, t in expected],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        created = busy is None
+        waiter = client.get_waiter("table_exists")
+        call(waiter.wait, set(), TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 90})
+        _, found = call(client.describe_table, set(), TableName=table)
+    actual = _key_schema(found["Table"])
+    if actual != expected:
+        show = ", ".join(f"{n} ({k}, {t})" for n, k, t in actual)
+        want = ", ".join(f"{n} ({k}, {t})" for n, k, t in expected)
+        raise IdempotencyConfigError(
+            f"DynamoDB table {table} has the key schema {show}, but the store expects {want}; "
+            "pass key_attr= / sort_key_attr= to match the table, or use another table name"
+        )
+    _, ttl = call(client.describe_time_to_live, set(), TableName=table)
+    described = ttl.get("TimeToLiveDescription", {})
+    status, attribute = described.get("TimeToLiveStatus"), described.get("AttributeName")
+    if status in ("ENABLED", "ENABLING"):
+        if attribute != expiry_attr:
+            raise IdempotencyConfigError(
+                f"DynamoDB table {table} has TTL on attribute {attribute!r}, but the store "
+                f"writes expiry to {expiry_attr!r}; pass expiry_attr={attribute!r}"
+            )
+    else:
+        call(
+            client.update_time_to_live,
+            set(),
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": expiry_attr},
+        )
+    return created
