@@ -5,14 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Any, TypeVar
 
-from .engine import Claim, Complete, Execute, Invocation, Release, Sleep, Step
+from .batch import BatchResult, BatchStep, ClaimMany, CompleteMany, ReleaseMany, RunItem
+from .engine import (
+    CLAIM,
+    RELEASE,
+    Complete,
+    Execute,
+    Invocation,
+    Sleep,
+    Step,
+    claim_call,
+    complete_call,
+    release_call,
+)
 from .errors import IdempotencyStoreError
-from .stores.protocol import AsyncStore
+from .stores.protocol import (
+    AsyncStore,
+    claim_many_async,
+    complete_many_async,
+    release_many_async,
+)
 
-__all__ = ["drive"]
+__all__ = ["drive", "drive_batch"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("onceonly")
 
@@ -44,6 +63,22 @@ async def _execute(
             await beat
 
 
+async def _pump(steps: Generator[Any, Any, T], do: Callable[[Any], Awaitable[Any]]) -> T:
+    """Feed each step's reply (or its exception) back into the flow until it returns."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = await do(step)
+        except BaseException as exc:  # handed to the flow, which re-raises what it must
+            error = exc
+
+
 async def drive(
     steps: Generator[Step, Any, Any],
     store: AsyncStore,
@@ -61,35 +96,53 @@ async def drive(
     Returns:
         The call's result (fresh or replayed).
     """
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        reply, error = None, None
-        try:
-            if isinstance(step, Claim):
-                reply = await store.claim(
-                    inv.key,
-                    token=inv.token,
-                    lease_ms=inv.lease_ms,
-                    ttl_ms=inv.ttl_ms,
-                    fingerprint=inv.fingerprint,
-                )
-            elif isinstance(step, Execute):
-                reply = await _execute(step, store, inv, call)
-            elif isinstance(step, Complete):
-                reply = await store.complete(
-                    inv.key, token=inv.token, outcome=step.outcome, ttl_ms=inv.ttl_ms
-                )
-            elif isinstance(step, Release):
-                # Shielded: a caller cancelled mid-run must still give the key back.
-                reply = await asyncio.shield(store.release(inv.key, token=inv.token))
-            elif isinstance(step, Sleep):
-                await asyncio.sleep(step.ms / 1000)
-            else:  # pragma: no cover - the engine yields nothing else
-                raise AssertionError(f"unknown step {step!r}")
-        except BaseException as exc:  # handed to the flow, which re-raises what it must
-            error = exc
+
+    async def do(step: Step) -> Any:
+        if step is CLAIM:
+            return await store.claim(
+                inv.key,
+                token=inv.token,
+                lease_ms=inv.lease_ms,
+                ttl_ms=inv.ttl_ms,
+                fingerprint=inv.fingerprint,
+            )
+        if isinstance(step, Execute):
+            return await _execute(step, store, inv, call)
+        if isinstance(step, Complete):
+            return await store.complete(
+                inv.key, token=inv.token, outcome=step.outcome, ttl_ms=inv.ttl_ms
+            )
+        if step is RELEASE:
+            # Shielded: a caller cancelled mid-run must still give the key back.
+            return await asyncio.shield(store.release(inv.key, token=inv.token))
+        if isinstance(step, Sleep):
+            await asyncio.sleep(step.ms / 1000)
+            return None
+        raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
+
+    return await _pump(steps, do)
+
+
+async def drive_batch(
+    steps: Generator[BatchStep, Any, BatchResult],
+    store: AsyncStore,
+    records: Sequence[Any],
+    handler: Callable[[Any], Awaitable[Any]],
+) -> BatchResult:
+    """Carry out a batch flow's steps (see ``batch.batch_flow``); return its result."""
+
+    async def do(step: BatchStep) -> Any:
+        if isinstance(step, RunItem):
+            return await handler(records[step.index])
+        if isinstance(step, ClaimMany):
+            return await claim_many_async(store, [claim_call(inv) for inv in step.invocations])
+        if isinstance(step, CompleteMany):
+            return await complete_many_async(
+                store, [complete_call(inv, out) for inv, out in step.items]
+            )
+        if isinstance(step, ReleaseMany):
+            calls = [release_call(inv) for inv in step.invocations]
+            return await asyncio.shield(release_many_async(store, calls))
+        raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
+
+    return await _pump(steps, do)

@@ -5,14 +5,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
-from .engine import Claim, Complete, Execute, Invocation, Release, Sleep, Step
+from .batch import BatchResult, BatchStep, ClaimMany, CompleteMany, ReleaseMany, RunItem
+from .engine import (
+    CLAIM,
+    RELEASE,
+    Complete,
+    Execute,
+    Invocation,
+    Sleep,
+    Step,
+    claim_call,
+    complete_call,
+    release_call,
+)
 from .errors import IdempotencyStoreError
-from .stores.protocol import Store
+from .stores.protocol import Store, claim_many, complete_many, release_many
 
-__all__ = ["drive"]
+__all__ = ["drive", "drive_batch"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("onceonly")
 
@@ -56,6 +70,22 @@ def _execute(step: Execute, store: Store, inv: Invocation, call: Callable[[], An
         heartbeat.stop()
 
 
+def _pump(steps: Generator[Any, Any, T], do: Callable[[Any], Any]) -> T:
+    """Feed each step's reply (or its exception) back into the flow until it returns."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        reply, error = None, None
+        try:
+            reply = do(step)
+        except BaseException as exc:  # handed to the flow, which re-raises what it must
+            error = exc
+
+
 def drive(
     steps: Generator[Step, Any, Any], store: Store, inv: Invocation, call: Callable[[], Any]
 ) -> Any:
@@ -70,34 +100,47 @@ def drive(
     Returns:
         The call's result (fresh or replayed).
     """
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        reply, error = None, None
-        try:
-            if isinstance(step, Claim):
-                reply = store.claim(
-                    inv.key,
-                    token=inv.token,
-                    lease_ms=inv.lease_ms,
-                    ttl_ms=inv.ttl_ms,
-                    fingerprint=inv.fingerprint,
-                )
-            elif isinstance(step, Execute):
-                reply = _execute(step, store, inv, call)
-            elif isinstance(step, Complete):
-                reply = store.complete(
-                    inv.key, token=inv.token, outcome=step.outcome, ttl_ms=inv.ttl_ms
-                )
-            elif isinstance(step, Release):
-                reply = store.release(inv.key, token=inv.token)
-            elif isinstance(step, Sleep):
-                time.sleep(step.ms / 1000)
-            else:  # pragma: no cover - the engine yields nothing else
-                raise AssertionError(f"unknown step {step!r}")
-        except BaseException as exc:  # handed to the flow, which re-raises what it must
-            error = exc
+
+    def do(step: Step) -> Any:
+        if step is CLAIM:
+            return store.claim(
+                inv.key,
+                token=inv.token,
+                lease_ms=inv.lease_ms,
+                ttl_ms=inv.ttl_ms,
+                fingerprint=inv.fingerprint,
+            )
+        if isinstance(step, Execute):
+            return _execute(step, store, inv, call)
+        if isinstance(step, Complete):
+            return store.complete(inv.key, token=inv.token, outcome=step.outcome, ttl_ms=inv.ttl_ms)
+        if step is RELEASE:
+            return store.release(inv.key, token=inv.token)
+        if isinstance(step, Sleep):
+            time.sleep(step.ms / 1000)
+            return None
+        raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
+
+    return _pump(steps, do)
+
+
+def drive_batch(
+    steps: Generator[BatchStep, Any, BatchResult],
+    store: Store,
+    records: Sequence[Any],
+    handler: Callable[[Any], Any],
+) -> BatchResult:
+    """Carry out a batch flow's steps (see ``batch.batch_flow``); return its result."""
+
+    def do(step: BatchStep) -> Any:
+        if isinstance(step, RunItem):
+            return handler(records[step.index])
+        if isinstance(step, ClaimMany):
+            return claim_many(store, [claim_call(inv) for inv in step.invocations])
+        if isinstance(step, CompleteMany):
+            return complete_many(store, [complete_call(inv, out) for inv, out in step.items])
+        if isinstance(step, ReleaseMany):
+            return release_many(store, [release_call(inv) for inv in step.invocations])
+        raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
+
+    return _pump(steps, do)

@@ -26,6 +26,7 @@ from .errors import (
 from .metrics import Event, Stats
 from .records import Acquired, ClaimResult, Record, Status, decode_outcome, encode_outcome
 from .serializers import Serializer
+from .stores.protocol import ClaimCall, CompleteCall, ReleaseCall
 
 __all__ = [
     "Claim",
@@ -41,8 +42,13 @@ __all__ = [
     "Run",
     "Sleep",
     "Step",
+    "claim_call",
+    "complete_call",
     "decide",
+    "encode_result",
     "flow",
+    "release_call",
+    "replay",
 ]
 
 logger = logging.getLogger("onceonly")
@@ -195,6 +201,21 @@ class Policy:
     clock: Callable[[], int]
 
 
+def claim_call(inv: Invocation) -> ClaimCall:
+    """The store arguments of an invocation's claim."""
+    return ClaimCall(inv.key, inv.token, inv.lease_ms, inv.ttl_ms, inv.fingerprint)
+
+
+def complete_call(inv: Invocation, outcome: bytes) -> CompleteCall:
+    """The store arguments of an invocation's complete."""
+    return CompleteCall(inv.key, inv.token, outcome, inv.ttl_ms)
+
+
+def release_call(inv: Invocation) -> ReleaseCall:
+    """The store arguments of an invocation's release."""
+    return ReleaseCall(inv.key, inv.token)
+
+
 # -- the flow ----------------------------------------------------------------
 
 
@@ -217,7 +238,12 @@ def replay(policy: Policy, record: Record) -> Any:
     return value if hook is None else hook(value, record)
 
 
-def _encode(policy: Policy, value: Any) -> bytes:
+def encode_result(policy: Policy, value: Any) -> bytes:
+    """Serialize a result into an outcome envelope.
+
+    Raises:
+        IdempotencySerializationError: The serializer or JSON refused it.
+    """
     try:
         data = policy.serializer.to_json(value)
     except IdempotencySerializationError:
@@ -346,7 +372,7 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
         yield from _release_after_failure(policy, inv)
         raise
     try:
-        outcome = _encode(policy, value)
+        outcome = encode_result(policy, value)
     except IdempotencySerializationError:
         yield from _release_after_failure(policy, inv)
         raise

@@ -61,7 +61,7 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def key_of(prefix: str, selected: Any) -> str:
-    """The documented key: prefix and the md5 (default hash) of the canonical JSON of the selection."""
+    """The documented key: prefix and the md5 (default hash) of the selection's canonical JSON."""
     canonical = json.dumps(selected, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return f"{prefix}:{hashlib.md5(canonical.encode()).hexdigest()}"
 

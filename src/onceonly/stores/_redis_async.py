@@ -19,6 +19,7 @@ from ..records import ClaimResult, Record
 from . import _redis_scripts as scripts
 from ._redis_common import (
     RedisBase,
+    chained,
     check_waitaof_support,
     import_redis,
     redis_errors,
@@ -96,8 +97,7 @@ def _fail(item: _Pending, exc: BaseException) -> None:
     if item.future.done():  # the caller was cancelled meanwhile
         return
     if isinstance(exc, redis_errors()):
-        error: BaseException = store_error(exc, item.key)
-        error.__cause__ = exc
+        error: BaseException = chained(store_error(exc, item.key), exc)
     elif isinstance(exc, IdempotencyStoreError):
         error = exc
     else:

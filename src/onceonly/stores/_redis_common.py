@@ -18,7 +18,9 @@ from . import _redis_scripts as scripts
 from .protocol import check_claim, check_complete, check_key, check_ms, check_token
 
 __all__ = [
+    "Call",
     "RedisBase",
+    "chained",
     "check_options",
     "check_waitaof_support",
     "import_redis",
@@ -45,6 +47,12 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     """The exception classes a redis-py call can raise for a store failure."""
     redis = import_redis()
     return (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+
+
+def chained(error: IdempotencyStoreError, cause: BaseException) -> IdempotencyStoreError:
+    """``error`` with ``cause`` as its ``__cause__`` (for errors handed back, not raised)."""
+    error.__cause__ = cause
+    return error
 
 
 def store_error(exc: BaseException, key: str | None) -> IdempotencyStoreError:

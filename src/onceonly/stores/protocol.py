@@ -11,10 +11,13 @@ Times are judged by the store's own clock.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from ..errors import CorruptRecordError
 from ..records import ClaimResult, Record
 
 __all__ = [
@@ -134,3 +137,113 @@ def check_complete(key: object, token: object, outcome: object, ttl_ms: object) 
     check_ms("ttl_ms", ttl_ms)
     if type(outcome) is not bytes or not outcome:
         raise ValueError("outcome must be non-empty bytes (an outcome envelope)")
+
+
+# -- many keys at once (record batches) ---------------------------------------------
+#
+# A store may offer claim_many / complete_many / release_many, sending every
+# call in one round trip (RedisStore pipelines them). Otherwise the calls go
+# one by one. Either way each call gets its own answer: a result, or the
+# CorruptRecordError of its key. A failure of the store itself (it is down)
+# raises for the whole batch.
+
+
+class ClaimCall(NamedTuple):
+    """The arguments of one ``claim``."""
+
+    key: str
+    token: str
+    lease_ms: int
+    ttl_ms: int
+    fingerprint: str | None
+
+
+class CompleteCall(NamedTuple):
+    """The arguments of one ``complete``."""
+
+    key: str
+    token: str
+    outcome: bytes
+    ttl_ms: int
+
+
+class ReleaseCall(NamedTuple):
+    """The arguments of one ``release``."""
+
+    key: str
+    token: str
+
+
+def _one_by_one(calls: Sequence[Any], operation: Any) -> list[Any]:
+    answers: list[Any] = []
+    for call in calls:
+        try:
+            answers.append(operation(call))
+        except CorruptRecordError as exc:
+            answers.append(exc)
+    return answers
+
+
+def claim_many(store: Any, calls: Sequence[ClaimCall]) -> list[ClaimResult | Exception]:
+    """Claim many keys, in one round trip where the store can."""
+    if callable(getattr(store, "claim_many", None)):
+        return list(store.claim_many(calls))
+    return _one_by_one(
+        calls,
+        lambda c: store.claim(
+            c.key, token=c.token, lease_ms=c.lease_ms, ttl_ms=c.ttl_ms, fingerprint=c.fingerprint
+        ),
+    )
+
+
+def complete_many(store: Any, calls: Sequence[CompleteCall]) -> list[bool | Exception]:
+    """Complete many claims, in one round trip where the store can."""
+    if callable(getattr(store, "complete_many", None)):
+        return list(store.complete_many(calls))
+    return _one_by_one(
+        calls, lambda c: store.complete(c.key, token=c.token, outcome=c.outcome, ttl_ms=c.ttl_ms)
+    )
+
+
+def release_many(store: Any, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
+    """Release many claims, in one round trip where the store can."""
+    if callable(getattr(store, "release_many", None)):
+        return list(store.release_many(calls))
+    return _one_by_one(calls, lambda c: store.release(c.key, token=c.token))
+
+
+async def _gathered(awaitables: list[Any]) -> list[Any]:
+    # Issued in one loop turn: AsyncRedisStore pipelines them into one round trip.
+    answers = await asyncio.gather(*awaitables, return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException) and not isinstance(answer, CorruptRecordError):
+            raise answer  # the store itself failed (or a bug): the whole batch fails
+    return list(answers)
+
+
+async def claim_many_async(store: Any, calls: Sequence[ClaimCall]) -> list[ClaimResult | Exception]:
+    """The asyncio twin of :func:`claim_many`."""
+    return await _gathered(
+        [
+            store.claim(
+                c.key,
+                token=c.token,
+                lease_ms=c.lease_ms,
+                ttl_ms=c.ttl_ms,
+                fingerprint=c.fingerprint,
+            )
+            for c in calls
+        ]
+    )
+
+
+async def complete_many_async(store: Any, calls: Sequence[CompleteCall]) -> list[bool | Exception]:
+    """The asyncio twin of :func:`complete_many`."""
+    return await _gathered(
+        [store.complete(c.key, token=c.token, outcome=c.outcome, ttl_ms=c.ttl_ms) for c in calls]
+    )
+
+
+async def release_many_async(store: Any, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
+    """The asyncio twin of :func:`release_many`."""
+    return await _gathered([store.release(c.key, token=c.token) for c in calls])

@@ -15,22 +15,24 @@ asyncio twin, with automatic pipelining.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import IdempotencyConfigError
+from ..errors import CorruptRecordError, IdempotencyConfigError
 from ..records import ClaimResult, Record
 from . import _redis_scripts as scripts
 from ._redis_async import AsyncRedisStore
 from ._redis_common import (
+    Call,
     RedisBase,
+    chained,
     check_waitaof_support,
     import_redis,
     redis_errors,
     store_error,
     url_client,
 )
-from .protocol import check_key
+from .protocol import ClaimCall, CompleteCall, ReleaseCall, check_key
 
 __all__ = ["AsyncRedisStore", "RedisStore", "import_redis", "store_error"]
 
@@ -164,6 +166,70 @@ class RedisStore(RedisBase):
         self._note_wait(replies[1], full)
         return replies[0]
 
+    def _run_many(self, calls: list[Call]) -> list[Any]:
+        """Send many script calls in one pipeline: each answer is a reply or its own error."""
+        if not calls:
+            return []
+        if self._wait_command is not None and self._cluster:
+            # WAIT needs the connection of each key's node: one call (and WAIT) per key.
+            answers: list[Any] = []
+            for call in calls:
+                try:
+                    answers.append(self._run(*call))
+                except CorruptRecordError as exc:
+                    answers.append(exc)
+            return answers
+        now = self._now_arg()
+        fulls = [self.full_key(key) for _, key, _ in calls]
+        try:
+            replies = self._pipeline(calls, fulls, now, use_sha=True)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, self._noscript)]
+            if missing:
+                again = self._pipeline(
+                    [calls[i] for i in missing], [fulls[i] for i in missing], now, use_sha=False
+                )
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except self._errors as exc:
+            raise store_error(exc, None) from exc
+        return [
+            chained(store_error(r, full), r) if isinstance(r, Exception) else r
+            for r, full in zip(replies, fulls, strict=True)
+        ]
+
+    def _pipeline(
+        self, calls: list[Call], fulls: list[str], now: Any, *, use_sha: bool
+    ) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for (script, _, args), full in zip(calls, fulls, strict=True):
+            body = script.sha if use_sha else script.source
+            pipe.execute_command("EVALSHA" if use_sha else "EVAL", body, 1, full, *args, now)
+        if self._wait_command is not None:
+            pipe.execute_command(*self._wait_command)  # one WAIT covers every write before it
+        replies = list(pipe.execute(raise_on_error=False))
+        if self._wait_command is not None:
+            wait_reply = replies.pop()
+            if isinstance(wait_reply, Exception):
+                raise wait_reply
+            self._note_wait(wait_reply, fulls[0])
+        return replies
+
+    @staticmethod
+    def _each(
+        replies: list[Any], keys: Sequence[str], interpret: Callable[[Any, str], Any]
+    ) -> list[Any]:
+        """Interpret each reply; an error (handed back or raised) stays that key's answer."""
+        answers: list[Any] = []
+        for reply, key in zip(replies, keys, strict=True):
+            if isinstance(reply, Exception):
+                answers.append(reply)
+                continue
+            try:
+                answers.append(interpret(reply, key))
+            except CorruptRecordError as exc:
+                answers.append(exc)
+        return answers
+
     def _command(self, *command: Any) -> Any:
         try:
             return self.client.execute_command(*command)
@@ -198,6 +264,23 @@ class RedisStore(RedisBase):
     def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
         """Extend the lease if ``token`` still holds it: one script call."""
         return scripts.write_result(self._run(*self._renew_call(key, token, lease_ms)), key)
+
+    # -- many keys in one round trip (record batches) -----------------------
+
+    def claim_many(self, calls: Sequence[ClaimCall]) -> list[ClaimResult | Exception]:
+        """Claim many keys in one pipeline (one round trip per cluster node)."""
+        replies = self._run_many([self._claim_call(*c) for c in calls])
+        return self._each(replies, [c.key for c in calls], lambda r, _: scripts.claim_result(r))
+
+    def complete_many(self, calls: Sequence[CompleteCall]) -> list[bool | Exception]:
+        """Complete many claims in one pipeline."""
+        replies = self._run_many([self._complete_call(*c) for c in calls])
+        return self._each(replies, [c.key for c in calls], scripts.write_result)
+
+    def release_many(self, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
+        """Release many claims in one pipeline."""
+        replies = self._run_many([self._release_call(*c) for c in calls])
+        return self._each(replies, [c.key for c in calls], scripts.write_result)
 
     def get(self, key: str) -> Record | None:
         """Return the record under ``key`` (Redis drops expired ones), or None.
