@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import redis_harness as harness
+from dynamodb_harness import MotoServer
 from testkit import ManualClock, RedisFarm
 
 
@@ -42,3 +43,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "tls_engine" in metafunc.fixturenames:
         engines = [e for e in redis_engines() if e.tls] or [harness.NO_TLS_ENGINE]
         metafunc.parametrize("tls_engine", engines, ids=[e.id for e in engines])
+
+
+# -- DynamoDB through moto's server ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's server on a free loopback port, shared by the whole session."""
+    server = MotoServer()
+    try:
+        yield server
+    finally:
+        server.stop()

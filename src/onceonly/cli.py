@@ -1,4 +1,4 @@
-"""The ``onceonly`` command: demo, doctor, inspect, purge."""
+"""The ``onceonly`` command: demo, doctor, inspect, purge, dynamodb create-table."""
 
 from __future__ import annotations
 
@@ -77,6 +77,23 @@ def _parser() -> argparse.ArgumentParser:
     target = purge.add_mutually_exclusive_group(required=True)
     target.add_argument("--key", help="delete this key whatever it holds")
     target.add_argument("--expired", action="store_true", help="delete expired records")
+
+    dynamodb = commands.add_parser("dynamodb", help="DynamoDB store helpers")
+    dynamodb_commands = dynamodb.add_subparsers(dest="dynamodb_command", required=True)
+    create = dynamodb_commands.add_parser(
+        "create-table",
+        help="create the store's table (on-demand billing, TTL on) unless a matching one exists",
+    )
+    create.add_argument("name", help="table name")
+    create.add_argument("--endpoint-url", help="e.g. http://localhost:8000 for DynamoDB Local")
+    create.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    create.add_argument("--key-attr", default="id", help="partition key attribute (default id)")
+    create.add_argument(
+        "--sort-key", metavar="ATTR", help="sort key attribute that holds the idempotency key"
+    )
+    create.add_argument(
+        "--expiry-attr", default="expiration", help="TTL attribute (default expiration)"
+    )
     return parser
 
 
@@ -211,10 +228,37 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dynamodb(args: argparse.Namespace) -> int:
+    from .stores.dynamodb import DynamoDBStore
+
+    created = DynamoDBStore.create_table(
+        args.name,
+        region_name=args.region,
+        endpoint_url=args.endpoint_url,
+        key_attr=args.key_attr,
+        sort_key_attr=args.sort_key,
+        expiry_attr=args.expiry_attr,
+    )
+    layout = f"partition key {args.key_attr}"
+    if args.sort_key is not None:
+        layout += f", sort key {args.sort_key}"
+    if created:
+        print(f"created table {args.name}: {layout}, on-demand billing, TTL on {args.expiry_attr}")
+    else:
+        print(f"table {args.name} is already there: {layout}, TTL on {args.expiry_attr}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)
-    handlers = {"demo": _demo, "doctor": _doctor, "inspect": _inspect, "purge": _purge}
+    handlers = {
+        "demo": _demo,
+        "doctor": _doctor,
+        "inspect": _inspect,
+        "purge": _purge,
+        "dynamodb": _dynamodb,
+    }
     try:
         return handlers[args.command](args)
     except IdempotencyError as exc:

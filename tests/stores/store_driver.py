@@ -99,6 +99,42 @@ def redis_built(
     return Built(store, True, close)
 
 
+def dynamodb_built(layout: str, moto: Any, clock: Callable[[], int], *, is_async: bool) -> Built:
+    """A DynamoDB store on moto's server (real HTTP, real boto3), on the manual clock.
+
+    ``layout="table"``: the default layout (partition key ``id``) in a fresh
+    table. ``layout="sortkey"``: partition key ``pk`` and sort key ``sk`` in a
+    table shared by the session, under a fresh ``static_pk_value``. The skew
+    allowance is 0, so deadlines are judged to the millisecond as the suite
+    expects; moto never deletes items by TTL, so an orphan is still there
+    when it is taken over.
+    """
+    import uuid
+
+    from onceonly.stores.dynamodb import AsyncDynamoDBStore, DynamoDBStore
+
+    client = moto.shared_client
+    options: dict[str, Any]
+    if layout == "sortkey":
+        options = {"key_attr": "pk", "sort_key_attr": "sk"}
+        table = moto.shared_table(client, "contract-sortkey", **options)
+        options["static_pk_value"] = f"contract#{uuid.uuid4().hex}"
+        drop = False
+    else:
+        options = {}
+        table = moto.fresh_table(client)
+        drop = True
+    factory = AsyncDynamoDBStore if is_async else DynamoDBStore
+    store = factory(table, client=client, clock=clock, clock_skew_ms=0, **options)
+
+    def close() -> None:
+        if drop:
+            client.delete_table(TableName=table)
+
+    return Built(store, is_async, close)
+
+
+DYNAMODB_LAYOUTS = ("table", "sortkey")
 REDIS_TOPOLOGIES = ("standalone", "cluster", "sentinel")
 
 FACTORIES: dict[str, Callable[[Path, Callable[[], int]], Built]] = {

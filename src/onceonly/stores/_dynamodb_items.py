@@ -27,6 +27,8 @@ __all__ = [
     "OUTCOME",
     "STATUS",
     "TOKEN",
+    "build_client",
+    "check_layout",
     "ensure_table",
     "import_boto3",
     "record_from_item",
@@ -42,6 +44,7 @@ OUTCOME = "outcome"
 DATA_ATTRS = (STATUS, TOKEN, DEADLINE, FINGERPRINT, OUTCOME)
 
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _THROTTLED = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -71,6 +74,76 @@ def import_boto3() -> tuple[Any, Any]:
             "the DynamoDB store needs boto3: pip install 'onceonly[dynamodb]'"
         ) from exc
     return boto3, botocore.exceptions
+
+
+def _attribute_name(option: str, name: object) -> None:
+    if not isinstance(name, str) or not 1 <= len(name.encode()) <= 255:
+        raise IdempotencyConfigError(f"{option} must be an attribute name of 1-255 bytes")
+
+
+def check_layout(
+    table_name: object,
+    key_attr: object,
+    sort_key_attr: object,
+    static_pk_value: object,
+    expiry_attr: object,
+) -> None:
+    """Raise IdempotencyConfigError unless the table name and attribute names make a layout."""
+    if not isinstance(table_name, str) or _TABLE_NAME.fullmatch(table_name) is None:
+        raise IdempotencyConfigError(
+            f"table_name must be 3-255 letters, digits, '_', '-' or '.', got {table_name!r}"
+        )
+    _attribute_name("key_attr", key_attr)
+    _attribute_name("expiry_attr", expiry_attr)
+    own = [key_attr, expiry_attr]
+    if sort_key_attr is not None:
+        _attribute_name("sort_key_attr", sort_key_attr)
+        own.append(sort_key_attr)
+    if len(set(own)) != len(own) or set(own) & set(DATA_ATTRS):
+        raise IdempotencyConfigError(
+            "key_attr, sort_key_attr and expiry_attr must differ from each other and from "
+            f"the record's own attributes ({', '.join(DATA_ATTRS)}), got {own}"
+        )
+    if static_pk_value is not None and (
+        sort_key_attr is None or not isinstance(static_pk_value, str) or not static_pk_value
+    ):
+        raise IdempotencyConfigError(
+            "static_pk_value needs sort_key_attr and must be a non-empty string"
+        )
+
+
+def build_client(boto_config: Any, region_name: str | None, endpoint_url: str | None) -> Any:
+    """Build a boto3 DynamoDB client with the store's defaults.
+
+    The defaults are 5 s connect and 10 s read timeouts, "standard" retries (3
+    attempts) and 32 pooled connections; ``boto_config`` overrides them.
+
+    Raises:
+        IdempotencyConfigError: boto3 missing, no region, or a bad option.
+    """
+    boto3, exceptions = import_boto3()
+    from botocore.config import Config
+
+    if boto_config is not None and not isinstance(boto_config, Config):
+        raise IdempotencyConfigError("boto_config must be a botocore.config.Config")
+    config = Config(
+        connect_timeout=5,
+        read_timeout=10,
+        retries={"mode": "standard", "total_max_attempts": 3},
+        max_pool_connections=32,
+    )
+    if boto_config is not None:
+        config = config.merge(boto_config)
+    try:
+        return boto3.session.Session().client(
+            "dynamodb", config=config, region_name=region_name, endpoint_url=endpoint_url
+        )
+    except exceptions.NoRegionError as exc:
+        raise IdempotencyConfigError(
+            "no AWS region for DynamoDB: pass region_name=, or set AWS_REGION"
+        ) from exc
+    except ValueError as exc:  # a malformed endpoint_url
+        raise IdempotencyConfigError(f"cannot build a DynamoDB client: {exc}") from exc
 
 
 def value(attribute: object) -> object:

@@ -1,0 +1,182 @@
+"""Executions per second in one process against one local Redis / Valkey server.
+
+Run: bash scripts/bench async_throughput [--n 20000] [--rounds 3]
+
+Rows: sync onceonly (one call after another); async onceonly with 1, 64 and
+256 concurrent tasks (AsyncRedisStore pipelines the script calls of each
+event-loop turn); Powertools' sync idempotent_function on its Redis layer;
+and "naive redis-py asyncio": 256 tasks each sending the same two scripts
+(claim, complete) one command at a time, no onceonly and no pipelining. Every
+execution is a first execution (a fresh key). Rounds are interleaved and the
+median is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis_vs_powertools import find_server, running_server
+
+from onceonly import IdempotencyConfig, idempotent_function
+from onceonly.records import encode_outcome, new_token
+from onceonly.stores import _redis_scripts as scripts
+from onceonly.stores.redis import AsyncRedisStore, RedisStore
+
+RESULT = {"ok": True, "receipt": "r" * 60}
+NAIVE = "naive redis-py asyncio, 256 tasks"
+
+
+def _orders(n: int) -> list[dict[str, str]]:
+    tag = uuid.uuid4().hex[:8]
+    return [{"id": f"{tag}-{i}"} for i in range(n)]
+
+
+def sync_onceonly(port: int, n: int) -> float:
+    client = redis.Redis(port=port)
+    store = RedisStore(client, prefix="bench-sync")
+
+    @idempotent_function(store=store, data="order", config=IdempotencyConfig(key_prefix="s"))
+    def charge(order: dict[str, str]) -> dict[str, Any]:
+        return RESULT
+
+    orders = _orders(n)
+    start = time.perf_counter()
+    for order in orders:
+        charge(order)
+    rate = n / (time.perf_counter() - start)
+    client.close()
+    return rate
+
+
+def sync_powertools(port: int, n: int) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its Redis layer is marked deprecated
+        from aws_lambda_powertools.utilities.idempotency import (
+            IdempotencyConfig as PowertoolsConfig,
+        )
+        from aws_lambda_powertools.utilities.idempotency import (
+            idempotent_function as powertools_function,
+        )
+        from aws_lambda_powertools.utilities.idempotency.persistence.redis import (
+            RedisCachePersistenceLayer,
+        )
+
+        layer = RedisCachePersistenceLayer(client=redis.Redis(port=port, decode_responses=True))
+
+    @powertools_function(
+        data_keyword_argument="order",
+        persistence_store=layer,
+        config=PowertoolsConfig(event_key_jmespath="id"),
+    )
+    def charge(order: dict[str, str]) -> dict[str, Any]:
+        return RESULT
+
+    orders = _orders(n)
+    start = time.perf_counter()
+    for order in orders:
+        charge(order=order)
+    return n / (time.perf_counter() - start)
+
+
+async def _with_tasks(
+    concurrency: int, orders: list[dict[str, str]], call: Callable[[dict[str, str]], Awaitable[Any]]
+) -> float:
+    queue = iter(orders)
+
+    async def worker() -> None:
+        for order in queue:  # the tasks share one iterator: each order once
+            await call(order)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(orders) / (time.perf_counter() - start)
+
+
+async def async_onceonly(port: int, n: int, concurrency: int) -> float:
+    client = redis.asyncio.Redis(port=port, max_connections=concurrency + 8)
+    store = AsyncRedisStore(client, prefix="bench-async")
+
+    @idempotent_function(store=store, data="order", config=IdempotencyConfig(key_prefix="a"))
+    async def charge(order: dict[str, str]) -> dict[str, Any]:
+        return RESULT
+
+    await charge({"id": "warm"})
+    rate = await _with_tasks(concurrency, _orders(n), charge)
+    await client.aclose()
+    return rate
+
+
+async def naive_asyncio(port: int, n: int, concurrency: int) -> float:
+    """The same two scripts per execution with plain redis-py asyncio, one command at a time."""
+    client = redis.asyncio.Redis(port=port, max_connections=concurrency + 8)
+    for script in (scripts.CLAIM, scripts.COMPLETE):
+        await client.script_load(script.source)
+    outcome = encode_outcome(RESULT)
+
+    async def pair(order: dict[str, str]) -> None:
+        key, token = f"bench-naive:{order['id']}", new_token()
+        await client.evalsha(scripts.CLAIM.sha, 1, key, token, 60_000, "", "")
+        await client.evalsha(scripts.COMPLETE.sha, 1, key, token, outcome, 3_600_000, "")
+
+    rate = await _with_tasks(concurrency, _orders(n), pair)
+    await client.aclose()
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000, help="executions per async row")
+    parser.add_argument("--sync-n", type=int, default=4_000, help="executions per sync row")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    binary, how = find_server()
+    rows: dict[str, list[float]] = {}
+    n = args.n
+    with running_server(binary) as port:
+        info = redis.Redis(port=port).info("server")
+        name = "Valkey" if "valkey_version" in info else "Redis"
+        version = info.get("valkey_version", info["redis_version"])
+        print(f"server: {name} {version} ({how}), one process, {args.rounds} rounds")
+        for r in range(args.rounds):
+            runs: list[tuple[str, Callable[[], float]]] = [
+                ("sync onceonly", lambda: sync_onceonly(port, args.sync_n)),
+                ("Powertools sync", lambda: sync_powertools(port, args.sync_n)),
+                ("async onceonly, 1 task", lambda: asyncio.run(async_onceonly(port, n // 10, 1))),
+                ("async onceonly, 64 tasks", lambda: asyncio.run(async_onceonly(port, n, 64))),
+                ("async onceonly, 256 tasks", lambda: asyncio.run(async_onceonly(port, n, 256))),
+                (NAIVE, lambda: asyncio.run(naive_asyncio(port, n, 256))),
+            ]
+            if r % 2:
+                runs.reverse()  # alternate the order, so drift hits every row alike
+            for label, run in runs:
+                rows.setdefault(label, []).append(run())
+            redis.Redis(port=port).flushall()
+    median = {label: statistics.median(values) for label, values in rows.items()}
+    naive = median[NAIVE]
+    powertools = median["Powertools sync"]
+    width = max(map(len, median))
+    print(
+        f"\n{'executions per second':{width}}  {'median':>8}  {'x naive':>8}  {'x Powertools':>12}"
+    )
+    for label in rows:
+        value = median[label]
+        print(f"{label:{width}}  {value:8.0f}  {value / naive:8.2f}  {value / powertools:12.2f}")
+    best = median["async onceonly, 256 tasks"]
+    print(
+        f"\ngoals: >= 30000/s with 256 tasks: {'met' if best >= 30_000 else 'NOT met'} "
+        f"({best:.0f}); >= 3.5 x naive: {'met' if best >= 3.5 * naive else 'NOT met'} "
+        f"({best / naive:.2f} x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

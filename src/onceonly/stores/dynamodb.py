@@ -1,0 +1,485 @@
+"""The DynamoDB store: one item per key, one conditional call per step.
+
+The claim is one conditional ``PutItem`` that takes the key when it is absent,
+ended (its deadline passed), or IN_PROGRESS under the caller's own token. It
+asks for ``ReturnValuesOnConditionCheckFailure=ALL_OLD``, so a duplicate gets
+the holder's item from the failed call itself (one call, no ``GetItem``), and
+``ReturnValues=ALL_OLD``, so a successful claim sees the item it replaced and
+reports a takeover. ``complete`` and ``renew`` are an ``UpdateItem``, ``release``
+a ``DeleteItem``, each conditioned on status, token and deadline: the token
+fences every write.
+
+The default layout is the one Powertools' DynamoDB persistence layer uses: a
+string partition key ``id`` and DynamoDB TTL on ``expiration`` (epoch
+seconds), so a table made for Powertools, and its TTL setting, can be reused.
+With ``sort_key_attr`` the partition value is a constant and the idempotency
+key goes in the sort key. See ``_dynamodb_items.py`` for the item's fields.
+
+boto3 is imported when a store is built, so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection
+from typing import Any
+
+from ..errors import IdempotencyConfigError, IdempotencyStoreError
+from ..records import Acquired, ClaimResult, Found, Record, Status
+from . import _dynamodb_items as items
+from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
+
+__all__ = ["AsyncDynamoDBStore", "DynamoDBStore", "OutcomeTooLargeError"]
+
+# DynamoDB's item limit is 400 KB, attribute names and the key included.
+DEFAULT_MAX_OUTCOME_BYTES = 350_000
+_P, _C = Status.IN_PROGRESS.value, Status.COMPLETED.value
+# A claim whose item ends between its failed PutItem and the GetItem that a
+# backend without ALL_OLD on failure needs tries again; a few always suffice.
+_CLAIM_ATTEMPTS = 8
+_NUMBER = {"S": "N"}  # for attribute_type(#d, :n): a deadline that is not a number never ends
+
+
+class OutcomeTooLargeError(IdempotencyStoreError):
+    """An outcome is too large for a DynamoDB item; raised by ``complete`` before any write.
+
+    The function has run by then: the decorators return its result, log a
+    warning, and leave the claim to end with its lease (as for any failure to
+    store an outcome).
+    """
+
+
+class DynamoDBStore:
+    """A store in one DynamoDB table.
+
+    Leases and expiry are judged by this client's clock: DynamoDB has no clock
+    that a condition can read. ``clock_skew_ms`` is the allowance for clocks
+    that disagree across hosts. A claim counts a record as ended only once
+    ``deadline + clock_skew_ms <= now``, so a host whose clock runs up to that
+    far ahead of the owner's still waits out the owner's whole lease instead
+    of running the function beside it. The cost: an orphan is taken over, and
+    a completed record stops replaying, that much later. The owner's own
+    writes need no allowance (the token fences them).
+
+    Args:
+        table_name: The table (see :meth:`create_table`).
+        client: A boto3 DynamoDB client (``boto3.client("dynamodb")``). When
+            None one is built from ``boto_config``, ``region_name`` and
+            ``endpoint_url``, with 5 s connect and 10 s read timeouts, the
+            "standard" retry mode (3 attempts) and 32 pooled connections
+            unless ``boto_config`` says otherwise.
+        boto_config: A ``botocore.config.Config`` for the client built here.
+        region_name: Region of the client built here (else the AWS default chain).
+        endpoint_url: Endpoint of the client built here (DynamoDB Local, moto).
+        key_attr: The partition key attribute (a string).
+        sort_key_attr: A sort key attribute (a string) to hold the idempotency
+            key, under the constant partition value ``static_pk_value``.
+        static_pk_value: The partition value in sort-key mode; default
+            ``"idempotency#<table_name>"``.
+        expiry_attr: The TTL attribute, epoch seconds: the deadline (lease end
+            while IN_PROGRESS, retention end once COMPLETED) plus the skew
+            allowance, rounded up. DynamoDB deletes ended items by itself, up
+            to days late, so every read still checks the deadline.
+        clock: Integer milliseconds since the epoch; the host clock by default.
+        clock_skew_ms: The allowance above, in ms (default 1000; 0 judges
+            deadlines exactly, for tests on a manual clock).
+        max_outcome_bytes: The largest outcome ``complete`` writes (default
+            350 000, leaving room in the 400 KB item for the key and fields);
+            a larger one raises :class:`OutcomeTooLargeError` naming its size.
+
+    Raises:
+        IdempotencyConfigError: Bad options, boto3 missing, or no region.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        client: Any = None,
+        boto_config: Any = None,
+        region_name: str | None = None,
+        endpoint_url: str | None = None,
+        key_attr: str = "id",
+        sort_key_attr: str | None = None,
+        static_pk_value: str | None = None,
+        expiry_attr: str = "expiration",
+        clock: Callable[[], int] | None = None,
+        clock_skew_ms: int = 1_000,
+        max_outcome_bytes: int = DEFAULT_MAX_OUTCOME_BYTES,
+    ) -> None:
+        items.check_layout(table_name, key_attr, sort_key_attr, static_pk_value, expiry_attr)
+        if clock is not None and not callable(clock):
+            raise IdempotencyConfigError("clock must be a callable returning integer milliseconds")
+        if type(clock_skew_ms) is not int or not 0 <= clock_skew_ms <= 3_600_000:
+            raise IdempotencyConfigError(
+                f"clock_skew_ms must be an integer from 0 to 3600000, got {clock_skew_ms!r}"
+            )
+        if type(max_outcome_bytes) is not int or not 1 <= max_outcome_bytes <= 400_000:
+            raise IdempotencyConfigError(
+                "max_outcome_bytes must be an integer from 1 to 400000 (an item holds at most "
+                f"400 KB with its key and fields), got {max_outcome_bytes!r}"
+            )
+        _, self._exceptions = items.import_boto3()
+        self._owns_client = client is None
+        if client is None:
+            client = items.build_client(boto_config, region_name, endpoint_url)
+        elif boto_config is not None or region_name is not None or endpoint_url is not None:
+            raise IdempotencyConfigError(
+                "pass either client= or the options to build one (boto_config, region_name, "
+                "endpoint_url), not both"
+            )
+        if not callable(getattr(client, "put_item", None)):
+            raise IdempotencyConfigError(
+                f"client must be a boto3 DynamoDB client (boto3.client('dynamodb')), "
+                f"got {type(client).__name__}"
+            )
+        self.client = client
+        self.table_name = table_name
+        self.key_attr = key_attr
+        self.sort_key_attr = sort_key_attr
+        self.static_pk_value = static_pk_value or f"idempotency#{table_name}"
+        self.expiry_attr = expiry_attr
+        self.clock_skew_ms = clock_skew_ms
+        self.max_outcome_bytes = max_outcome_bytes
+        self._clock = clock or wall_ms
+
+    @classmethod
+    def create_table(cls, table_name: str, **options: Any) -> bool:
+        """Create the store's table unless a matching one exists; enable TTL on it.
+
+        The table has on-demand billing (``PAY_PER_REQUEST``), the key schema
+        the options describe (string keys) and TTL on ``expiry_attr``. Calling
+        it again, from anywhere, is harmless. It waits until the table is
+        ACTIVE (up to 3 minutes).
+
+        Args:
+            table_name: The table.
+            **options: The constructor's options (``client``, ``region_name``,
+                ``endpoint_url``, ``key_attr``, ``sort_key_attr``, ``expiry_attr``...).
+
+        Returns:
+            True when it created the table, False when a matching one was there.
+
+        Raises:
+            IdempotencyConfigError: The table exists with another key schema
+                or TTL attribute, or bad options.
+            IdempotencyStoreError: DynamoDB failed or could not be reached.
+        """
+        store = cls(table_name, **options)
+        return items.ensure_table(
+            store._call,
+            store.client,
+            store.table_name,
+            store.key_attr,
+            store.sort_key_attr,
+            store.expiry_attr,
+        )
+
+    def close(self) -> None:
+        """Close the client's connections if this store built it; an injected client stays open."""
+        if self._owns_client:
+            self.client.close()
+
+    # -- I/O ---------------------------------------------------------------
+
+    def _call(
+        self, method: Any, tolerate: Collection[str] = (), key: str | None = None, **request: Any
+    ) -> tuple[str | None, Any]:
+        """Run one client call: ``(None, response)``, or ``(code, error response)`` if tolerated."""
+        exceptions = self._exceptions
+        try:
+            return None, method(**request)
+        except exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in tolerate:
+                return str(code), exc.response
+            raise items.store_error(exc, exceptions, self.table_name, key) from exc
+        except exceptions.BotoCoreError as exc:
+            raise items.store_error(exc, exceptions, self.table_name, key) from exc
+
+    def _key(self, key: str) -> dict[str, Any]:
+        if self.sort_key_attr is None:
+            return {self.key_attr: {"S": key}}
+        return {self.key_attr: {"S": self.static_pk_value}, self.sort_key_attr: {"S": key}}
+
+    def _expiry(self, deadline_ms: int) -> dict[str, str]:
+        # TTL deletion runs on AWS's clock: never before a claim here may take the key.
+        return {"N": str(-(-(deadline_ms + self.clock_skew_ms) // 1000))}
+
+    def _write(self, method: Any, key: str, condition: str, **request: Any) -> tuple[bool, Any]:
+        """A conditional write: (True, response), or (False, the item as it was or {})."""
+        failed, response = self._call(
+            method,
+            ("ConditionalCheckFailedException",),
+            key,
+            TableName=self.table_name,
+            ConditionExpression=condition,
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            **request,
+        )
+        if failed is None:
+            return True, response
+        return False, response.get("Item") or {}
+
+    def _owned(self, token: str, now: int) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """(condition, names, values) of complete / release / renew: IN_PROGRESS, token, lease."""
+        return (
+            "#s = :p AND #t = :tok AND attribute_type(#d, :n) AND #d > :now",
+            {"#s": items.STATUS, "#t": items.TOKEN, "#d": items.DEADLINE},
+            {":p": {"S": _P}, ":tok": {"S": token}, ":n": _NUMBER, ":now": {"N": str(now)}},
+        )
+
+    def _read(self, key: str) -> Record | None:
+        _, response = self._call(
+            self.client.get_item,
+            (),
+            key,
+            TableName=self.table_name,
+            Key=self._key(key),
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return None if not item else items.record_from_item(item)
+
+    # -- the protocol ------------------------------------------------------
+    #
+    # The skew rule: a claim judges a record ended when deadline + skew <= now
+    # (the condition compares deadline <= now - skew), and get agrees with it;
+    # Found.now_ms is now - skew, the instant expiry is judged by here, so the
+    # time left it implies is the time until a claim may take the key over.
+    # complete / renew / release are fenced by the token and judge the lease on
+    # the owner's clock, deadline > now, like stores/_rules.py: an owner whose
+    # clock lags by up to the skew stops trusting its lease before anyone else
+    # may take the key. With clock_skew_ms=0 every rule is the one of
+    # _rules.py to the millisecond (the contract suite runs so).
+
+    def claim(
+        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
+    ) -> ClaimResult:
+        """Take the key, or return the live record holding it: one conditional PutItem.
+
+        Raises:
+            CorruptRecordError: The item under the key is not a record.
+            IdempotencyStoreError: DynamoDB failed or could not be reached.
+        """
+        check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+        for _ in range(_CLAIM_ATTEMPTS):
+            now = self._clock()
+            ended = now - self.clock_skew_ms
+            deadline = now + lease_ms
+            item = {
+                **self._key(key),
+                items.STATUS: {"S": _P},
+                items.TOKEN: {"S": token},
+                items.DEADLINE: {"N": str(deadline)},
+                self.expiry_attr: self._expiry(deadline),
+            }
+            if fingerprint is not None:
+                item[items.FINGERPRINT] = {"S": fingerprint}
+            done, response = self._write(
+                self.client.put_item,
+                key,
+                "attribute_not_exists(#k) OR (attribute_type(#d, :n) AND #d <= :ended) "
+                "OR (#s = :p AND #t = :tok)",
+                Item=item,
+                ExpressionAttributeNames={
+                    "#k": self.key_attr,
+                    "#d": items.DEADLINE,
+                    "#s": items.STATUS,
+                    "#t": items.TOKEN,
+                },
+                ExpressionAttributeValues={
+                    ":n": _NUMBER,
+                    ":ended": {"N": str(ended)},
+                    ":p": {"S": _P},
+                    ":tok": {"S": token},
+                },
+                ReturnValues="ALL_OLD",
+            )
+            if done:
+                old = response.get("Attributes") or {}
+                takeover = (
+                    items.value(old.get(items.STATUS)) == _P
+                    and items.value(old.get(items.TOKEN)) != token
+                )
+                return Acquired(takeover=takeover)
+            if response:
+                return Found(items.record_from_item(response), ended)
+            # A backend that does not return the item on a failed condition
+            # (old DynamoDB-compatible servers): read it. If it ended meanwhile,
+            # claim again.
+            record = self._read(key)
+            now = self._clock()
+            ended = now - self.clock_skew_ms
+            if record is not None and record.deadline_ms > ended:
+                return Found(record, ended)
+        raise IdempotencyStoreError(
+            f"DynamoDB table {self.table_name}: key {key} changed hands {_CLAIM_ATTEMPTS} "
+            "times during one claim; retry"
+        )
+
+    def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        """Store the outcome if ``token`` still holds the claim: one conditional UpdateItem.
+
+        Raises:
+            OutcomeTooLargeError: The outcome is over ``max_outcome_bytes``
+                (nothing is written; the claim ends with its lease).
+            IdempotencyStoreError: DynamoDB failed or could not be reached.
+        """
+        check_complete(key, token, outcome, ttl_ms)
+        if len(outcome) > self.max_outcome_bytes:
+            raise OutcomeTooLargeError(
+                f"the outcome for key {key} is {len(outcome)} bytes, over the DynamoDB store's "
+                f"limit of {self.max_outcome_bytes} bytes (an item holds at most 400 KB); "
+                "return less (e.g. a reference to data kept in S3), or use another store"
+            )
+        now = self._clock()
+        deadline = now + ttl_ms
+        condition, names, values = self._owned(token, now)
+        done, old = self._write(
+            self.client.update_item,
+            key,
+            condition,
+            Key=self._key(key),
+            UpdateExpression="SET #s = :c, #o = :o, #d = :dl, #e = :exp",
+            ExpressionAttributeNames={**names, "#o": items.OUTCOME, "#e": self.expiry_attr},
+            ExpressionAttributeValues={
+                **values,
+                ":c": {"S": _C},
+                ":o": {"B": outcome},
+                ":dl": {"N": str(deadline)},
+                ":exp": self._expiry(deadline),
+            },
+        )
+        if done:
+            return True
+        # A complete retried after its reply was lost finds its own COMPLETED
+        # item: it succeeds again and changes nothing.
+        old_deadline = items.value(old.get(items.DEADLINE))
+        return (
+            items.value(old.get(items.STATUS)) == _C
+            and items.value(old.get(items.TOKEN)) == token
+            and isinstance(old_deadline, int)
+            and old_deadline > now
+        )
+
+    def release(self, key: str, *, token: str) -> bool:
+        """Drop the claim if ``token`` still holds it: one conditional DeleteItem."""
+        check_key(key)
+        check_token(token)
+        condition, names, values = self._owned(token, self._clock())
+        done, _ = self._write(
+            self.client.delete_item,
+            key,
+            condition,
+            Key=self._key(key),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        return done
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        """Extend the lease if ``token`` still holds it: one conditional UpdateItem."""
+        check_key(key)
+        check_token(token)
+        check_ms("lease_ms", lease_ms)
+        now = self._clock()
+        deadline = now + lease_ms
+        condition, names, values = self._owned(token, now)
+        done, _ = self._write(
+            self.client.update_item,
+            key,
+            condition,
+            Key=self._key(key),
+            UpdateExpression="SET #d = :dl, #e = :exp",
+            ExpressionAttributeNames={**names, "#e": self.expiry_attr},
+            ExpressionAttributeValues={
+                **values,
+                ":dl": {"N": str(deadline)},
+                ":exp": self._expiry(deadline),
+            },
+        )
+        return done
+
+    def get(self, key: str) -> Record | None:
+        """Return the live record under ``key`` (a consistent GetItem), or None.
+
+        Raises:
+            CorruptRecordError: The item under the key is not a record.
+        """
+        check_key(key)
+        record = self._read(key)
+        if record is None or record.deadline_ms + self.clock_skew_ms <= self._clock():
+            return None
+        return record
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` whatever it holds (a corrupt item too); True if an item was there."""
+        check_key(key)
+        _, response = self._call(
+            self.client.delete_item,
+            (),
+            key,
+            TableName=self.table_name,
+            Key=self._key(key),
+            ReturnValues="ALL_OLD",
+        )
+        return bool(response.get("Attributes"))
+
+
+class AsyncDynamoDBStore:
+    """The asyncio twin of :class:`DynamoDBStore`: each call runs in a worker thread.
+
+    boto3 has no asyncio interface; ``asyncio.to_thread`` keeps its blocking
+    HTTP calls off the event loop. Every decision is the sync store's.
+
+    Args:
+        table_name: As for :class:`DynamoDBStore`, with the same keyword options.
+    """
+
+    def __init__(self, table_name: str, **options: Any) -> None:
+        self.sync = DynamoDBStore(table_name, **options)
+
+    @classmethod
+    def create_table(cls, table_name: str, **options: Any) -> bool:
+        """Create the table unless a matching one exists; see ``DynamoDBStore.create_table``."""
+        return DynamoDBStore.create_table(table_name, **options)
+
+    async def claim(
+        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
+    ) -> ClaimResult:
+        """Take the key, or return the live record that holds it."""
+        return await asyncio.to_thread(
+            self.sync.claim,
+            key,
+            token=token,
+            lease_ms=lease_ms,
+            ttl_ms=ttl_ms,
+            fingerprint=fingerprint,
+        )
+
+    async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        """Store the outcome if ``token`` still holds the claim."""
+        return await asyncio.to_thread(
+            self.sync.complete, key, token=token, outcome=outcome, ttl_ms=ttl_ms
+        )
+
+    async def release(self, key: str, *, token: str) -> bool:
+        """Drop the claim if ``token`` still holds it."""
+        return await asyncio.to_thread(self.sync.release, key, token=token)
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        """Extend the lease if ``token`` still holds the claim."""
+        return await asyncio.to_thread(self.sync.renew, key, token=token, lease_ms=lease_ms)
+
+    async def get(self, key: str) -> Record | None:
+        """Return the live record under ``key``, or None."""
+        return await asyncio.to_thread(self.sync.get, key)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True if an item was there."""
+        return await asyncio.to_thread(self.sync.delete, key)
+
+    def close(self) -> None:
+        """Close the client's connections if the store built the client."""
+        self.sync.close()
