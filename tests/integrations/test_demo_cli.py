@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,6 +12,7 @@ from onceonly.cli import main
 from onceonly.demo import render, run_demo
 from onceonly.records import Status, encode_outcome, new_token
 from onceonly.stores import SQLiteStore
+from onceonly.stores.url import store_from_url
 
 
 def test_demo_charges_each_order_once_with_onceonly_and_more_without(tmp_path: Path) -> None:
@@ -72,3 +75,27 @@ def test_cli_reports_store_errors_with_exit_code_2(
 def test_record_status_names_are_stable() -> None:
     # inspect prints these names; scripts may parse them.
     assert [s.name for s in Status] == ["IN_PROGRESS", "COMPLETED"]
+
+
+def test_cli_reaches_dynamodb_by_url(
+    capsys: pytest.CaptureFixture[str], moto_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fake credentials and no instance-metadata lookups: everything stays on loopback.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    table = f"cli-{uuid.uuid4().hex[:8]}"
+    url = f"dynamodb://{table}?region=us-east-1&endpoint_url={moto_server.url}"
+    assert main(["dynamodb", "create-table", table, "--region", "us-east-1",
+                 "--endpoint-url", moto_server.url]) == 0  # fmt: skip
+    store = store_from_url(url)
+    token = new_token()
+    store.claim("k:1", token=token, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+    store.complete("k:1", token=token, outcome=encode_outcome("ok"), ttl_ms=60_000)
+    capsys.readouterr()
+    assert main(["inspect", "--store", url, "k:1"]) == 0
+    assert '"status": "COMPLETED"' in capsys.readouterr().out
+    assert main(["purge", "--store", url, "--key", "k:1"]) == 0
+    assert store.get("k:1") is None
+    assert main(["inspect", "--store", f"dynamodb://{table}?bogus=1", "k"]) == 2
+    assert "dynamodb://TABLE" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from ..errors import IdempotencyConfigError
 from .protocol import Store
 
@@ -14,7 +16,9 @@ def store_from_url(url: str) -> Store:
     Args:
         url: ``sqlite:///absolute/path.db``, ``sqlite://relative/path.db`` or a
             plain file path (SQLite); ``redis://``, ``rediss://`` and
-            ``redis+sentinel://`` URLs once the Redis store is installed.
+            ``redis+sentinel://`` URLs (needs ``onceonly[redis]``);
+            ``dynamodb://TABLE?region=R&endpoint_url=URL&sort_key=SK``
+            (needs ``onceonly[dynamodb]``; both query parameters optional).
 
     Returns:
         The store.
@@ -37,6 +41,30 @@ def store_from_url(url: str) -> Store:
 
         store: Store = RedisStore.from_url(url)
         return store
+    if scheme == "dynamodb":
+        from .dynamodb import DynamoDBStore
+
+        table, _, query = rest.partition("?")
+        options = dict(parse_qsl(query, strict_parsing=False))
+        allowed = {
+            "region": "region_name",
+            "endpoint_url": "endpoint_url",
+            "sort_key": "sort_key_attr",
+        }
+        unknown = set(options) - set(allowed)
+        if unknown or not table:
+            raise IdempotencyConfigError(
+                "dynamodb:// URLs are dynamodb://TABLE with optional ?region=, ?endpoint_url=, "
+                f"?sort_key=; got {url!r}"
+            )
+        dynamo: Store = DynamoDBStore(
+            table,
+            region_name=options.get("region"),
+            endpoint_url=options.get("endpoint_url"),
+            sort_key_attr=options.get("sort_key"),
+        )
+        return dynamo
     raise IdempotencyConfigError(
-        f"unknown store URL scheme {scheme!r}; use a SQLite path, sqlite:///path or redis://host"
+        f"unknown store URL scheme {scheme!r}; use a SQLite path, sqlite:///path, "
+        "redis://host or dynamodb://table"
     )
