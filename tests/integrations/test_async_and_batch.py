@@ -32,6 +32,7 @@ from onceonly import (
 from onceonly.batch import ItemStatus, process_batch, process_batch_async
 from onceonly.records import Acquired, Status, new_token
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
+from onceonly.stores.dynamodb import AsyncDynamoDBStore
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
 from testkit import RedisFarm
 
@@ -70,15 +71,29 @@ def _prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-ASYNC_STORES = ["async-memory", "async-sqlite", "async-redis-standalone", "async-redis-cluster"]
+# Every async store once; the Redis ones once per engine (Redis 7, Valkey 8).
+ENGINES = {engine.id: engine for engine in harness.engines_or_fail()}
+ASYNC_STORES = ["async-memory", "async-sqlite", "async-dynamodb"] + [
+    f"async-redis-{topology}-{engine_id}"
+    for engine_id in ENGINES
+    for topology in ("standalone", "cluster")
+]
 
 
 async def _open(
-    kind: str, tmp_path: Path, farm: RedisFarm, engine: harness.Engine
+    kind: str, tmp_path: Path, farm: RedisFarm, moto: Any = None
 ) -> tuple[Any, Callable[[], Awaitable[None]]]:
     """An async store of the given kind, and how to close it (in the same loop)."""
     if kind == "async-memory":
         return AsyncMemoryStore(), _nothing
+    if kind == "async-dynamodb":
+        client = moto.client()
+        dynamo = AsyncDynamoDBStore(moto.fresh_table(client), client=client)
+
+        async def close_dynamo() -> None:
+            client.close()
+
+        return dynamo, close_dynamo
     if kind == "async-sqlite":
         store = AsyncSQLiteStore(tmp_path / "a.sqlite3")
 
@@ -86,7 +101,9 @@ async def _open(
             store.close()
 
         return store, close_sqlite
-    if kind == "async-redis-standalone":
+    _, _, topology, engine_id = kind.split("-")
+    engine = ENGINES[engine_id]
+    if topology == "standalone":
         client: Any = _counting_async(farm.standalone(engine).port)
     else:
         client = redis.asyncio.RedisCluster(
@@ -104,18 +121,24 @@ async def _nothing() -> None:
 
 @pytest.mark.parametrize("kind", ASYNC_STORES)
 def test_2000_keys_times_4_gathered_duplicates_run_2000_times(
-    kind: str, tmp_path: Path, redis_farm: RedisFarm, redis_engine: harness.Engine
+    kind: str, tmp_path: Path, redis_farm: RedisFarm, request: pytest.FixtureRequest
 ) -> None:
+    moto = request.getfixturevalue("moto_server") if kind == "async-dynamodb" else None
     executions: list[int] = []
 
     async def main() -> list[Any]:
-        store, close = await _open(kind, tmp_path, redis_farm, redis_engine)
+        store, close = await _open(kind, tmp_path, redis_farm, moto)
 
         @idempotent_function(
             store=store,
             data="order",
+            # A generous wait: 6000 waiters poll while 2000 owners finish (through
+            # moto and a worker thread per call, for DynamoDB).
             config=IdempotencyConfig(
-                event_key_jmespath="id", on_in_progress="wait", lease_seconds=60
+                event_key_jmespath="id",
+                on_in_progress="wait",
+                lease_seconds=600,
+                wait_timeout_seconds=600,
             ),
         )
         async def charge(order: dict[str, int]) -> dict[str, int]:
@@ -217,10 +240,12 @@ def test_pipelining_off_sends_each_call_alone(
 
 @pytest.mark.parametrize("kind", ASYNC_STORES)
 def test_cancelling_the_caller_releases_the_claim(
-    kind: str, tmp_path: Path, redis_farm: RedisFarm, redis_engine: harness.Engine
+    kind: str, tmp_path: Path, redis_farm: RedisFarm, request: pytest.FixtureRequest
 ) -> None:
+    moto = request.getfixturevalue("moto_server") if kind == "async-dynamodb" else None
+
     async def main() -> tuple[list[str], Any]:
-        store, close = await _open(kind, tmp_path, redis_farm, redis_engine)
+        store, close = await _open(kind, tmp_path, redis_farm, moto)
         started = asyncio.Event()
         runs: list[str] = []
 
