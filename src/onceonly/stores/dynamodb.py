@@ -20,13 +20,13 @@ boto3 is imported when a store is built, so this module imports without it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Collection
 from typing import Any
 
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
 from ..records import Acquired, ClaimResult, Found, Record, Status
 from . import _dynamodb_items as items
+from ._threaded import InThreadStore
 from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
 
 __all__ = ["AsyncDynamoDBStore", "DynamoDBStore", "OutcomeTooLargeError"]
@@ -427,7 +427,7 @@ class DynamoDBStore:
         return bool(response.get("Attributes"))
 
 
-class AsyncDynamoDBStore:
+class AsyncDynamoDBStore(InThreadStore):
     """The asyncio twin of :class:`DynamoDBStore`: each call runs in a worker thread.
 
     boto3 has no asyncio interface; ``asyncio.to_thread`` keeps its blocking
@@ -444,42 +444,3 @@ class AsyncDynamoDBStore:
     def create_table(cls, table_name: str, **options: Any) -> bool:
         """Create the table unless a matching one exists; see ``DynamoDBStore.create_table``."""
         return DynamoDBStore.create_table(table_name, **options)
-
-    async def claim(
-        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
-    ) -> ClaimResult:
-        """Take the key, or return the live record that holds it."""
-        return await asyncio.to_thread(
-            self.sync.claim,
-            key,
-            token=token,
-            lease_ms=lease_ms,
-            ttl_ms=ttl_ms,
-            fingerprint=fingerprint,
-        )
-
-    async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
-        """Store the outcome if ``token`` still holds the claim."""
-        return await asyncio.to_thread(
-            self.sync.complete, key, token=token, outcome=outcome, ttl_ms=ttl_ms
-        )
-
-    async def release(self, key: str, *, token: str) -> bool:
-        """Drop the claim if ``token`` still holds it."""
-        return await asyncio.to_thread(self.sync.release, key, token=token)
-
-    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
-        """Extend the lease if ``token`` still holds the claim."""
-        return await asyncio.to_thread(self.sync.renew, key, token=token, lease_ms=lease_ms)
-
-    async def get(self, key: str) -> Record | None:
-        """Return the live record under ``key``, or None."""
-        return await asyncio.to_thread(self.sync.get, key)
-
-    async def delete(self, key: str) -> bool:
-        """Remove ``key``; True if an item was there."""
-        return await asyncio.to_thread(self.sync.delete, key)
-
-    def close(self) -> None:
-        """Close the client's connections if the store built the client."""
-        self.sync.close()

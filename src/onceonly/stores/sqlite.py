@@ -13,7 +13,6 @@ walks the key space a bounded batch at a time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 from .. import codec
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
 from ..records import Acquired, ClaimResult, Found, Record, Status
+from ._threaded import InThreadStore
 from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
 
 __all__ = ["AsyncSQLiteStore", "SQLiteStore"]
@@ -375,7 +375,7 @@ class SQLiteStore:
         )
 
 
-class AsyncSQLiteStore:
+class AsyncSQLiteStore(InThreadStore):
     """The asyncio twin of :class:`SQLiteStore`: each operation runs in a worker thread.
 
     SQLite has no async interface; ``asyncio.to_thread`` keeps its blocking
@@ -387,42 +387,3 @@ class AsyncSQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], **options: Any) -> None:
         self.sync = SQLiteStore(path, **options)
-
-    async def claim(
-        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
-    ) -> ClaimResult:
-        """Take the key, or return the live record that holds it."""
-        return await asyncio.to_thread(
-            self.sync.claim,
-            key,
-            token=token,
-            lease_ms=lease_ms,
-            ttl_ms=ttl_ms,
-            fingerprint=fingerprint,
-        )
-
-    async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
-        """Store the outcome if ``token`` still holds the claim."""
-        return await asyncio.to_thread(
-            self.sync.complete, key, token=token, outcome=outcome, ttl_ms=ttl_ms
-        )
-
-    async def release(self, key: str, *, token: str) -> bool:
-        """Drop the claim if ``token`` still holds it."""
-        return await asyncio.to_thread(self.sync.release, key, token=token)
-
-    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
-        """Extend the lease if ``token`` still holds the claim."""
-        return await asyncio.to_thread(self.sync.renew, key, token=token, lease_ms=lease_ms)
-
-    async def get(self, key: str) -> Record | None:
-        """Return the live record under ``key``, or None."""
-        return await asyncio.to_thread(self.sync.get, key)
-
-    async def delete(self, key: str) -> bool:
-        """Remove ``key``; True if a row was there."""
-        return await asyncio.to_thread(self.sync.delete, key)
-
-    def close(self) -> None:
-        """Close the underlying connections."""
-        self.sync.close()
