@@ -62,6 +62,13 @@ def _check_store(store: object, is_async: bool, name: str) -> None:
     )
 
 
+def _outcome_limit(store: Any) -> int | None:
+    # A store with a size limit says so (DynamoDB's items hold at most 400 KB).
+    sync = getattr(store, "sync", store)  # the async twins wrap a sync store
+    limit = getattr(sync, "max_outcome_bytes", None)
+    return limit if type(limit) is int else None
+
+
 class _Call(NamedTuple):
     """What one call carries: payload, key material, lease, and the args to call with."""
 
@@ -102,6 +109,9 @@ class _Guard:
             config._validation_expr,
         )
         self.stats = Stats()
+        # The config is frozen: its derived figures are read once, not per call.
+        self.lease_ms = config.lease_ms
+        self.ttl_ms = config.ttl_ms
         # Read once, when the decorator is applied (at import in a Lambda):
         # a per-call os.environ read costs more than the rest of a cache hit.
         self.switched_off = _disabled()
@@ -112,6 +122,7 @@ class _Guard:
             stats=self.stats,
             cache=LocalCache(config.local_cache_max_items) if config.use_local_cache else None,
             clock=wall_ms,
+            max_outcome_bytes=_outcome_limit(store),
         )
 
     def invocation(
@@ -135,12 +146,13 @@ class _Guard:
             )
             self.stats.add(Event.UNPROTECTED)
             return None
+        # Positional: a NamedTuple built from keywords costs more, on every call.
         return Invocation(
-            key=key,
-            fingerprint=fingerprint,
-            token=new_token(),
-            lease_ms=lease_ms if lease_ms is not None else self.config.lease_ms,
-            ttl_ms=self.config.ttl_ms,
+            key,
+            fingerprint,
+            new_token(),
+            lease_ms if lease_ms is not None else self.lease_ms,
+            self.ttl_ms,
         )
 
     def disabled(self) -> bool:

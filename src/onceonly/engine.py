@@ -91,6 +91,10 @@ class Mismatch:
 
 Decision = Run | Replay | InProgress | Mismatch
 
+# Frozen, so shared: made once instead of on every call.
+_RUN = Run(takeover=False)
+_RUN_TAKEOVER = Run(takeover=True)
+
 
 def decide(result: ClaimResult, fingerprint: str | None) -> Decision:
     """Decide what a call does with the store's answer to its claim.
@@ -104,7 +108,7 @@ def decide(result: ClaimResult, fingerprint: str | None) -> Decision:
         Run, Replay, InProgress or Mismatch.
     """
     if isinstance(result, Acquired):
-        return Run(takeover=result.takeover)
+        return _RUN_TAKEOVER if result.takeover else _RUN
     record = result.record
     # A record written before validation was turned on has no fingerprint:
     # nothing to compare, so it replays (as it would have before).
@@ -160,6 +164,7 @@ Step = Claim | Execute | Complete | Release | Sleep
 # The steps without fields, made once.
 CLAIM = Claim()
 RELEASE = Release()
+_EXECUTE = Execute(protected=True)  # the usual one: no heartbeat
 
 
 class Invocation(NamedTuple):
@@ -191,6 +196,8 @@ class Policy:
         stats: Its counters.
         cache: Its local cache, or None.
         clock: Wall-clock milliseconds (for the cache and wait budgets).
+        max_outcome_bytes: The largest outcome its store can hold (None: no
+            limit), checked before the function's claim is completed.
     """
 
     name: str
@@ -199,6 +206,7 @@ class Policy:
     stats: Stats
     cache: LocalCache | None
     clock: Callable[[], int]
+    max_outcome_bytes: int | None = None
 
 
 def claim_call(inv: Invocation) -> ClaimCall:
@@ -242,7 +250,8 @@ def encode_result(policy: Policy, value: Any) -> bytes:
     """Serialize a result into an outcome envelope.
 
     Raises:
-        IdempotencySerializationError: The serializer or JSON refused it.
+        IdempotencySerializationError: The serializer or JSON refused it, or the
+            outcome is larger than the store can hold.
     """
     try:
         data = policy.serializer.to_json(value)
@@ -253,7 +262,15 @@ def encode_result(policy: Policy, value: Any) -> bytes:
             f"{policy.name}: output serializer could not convert the result "
             f"({type(value).__name__}): {exc}"
         ) from exc
-    return encode_outcome(data)
+    outcome = encode_outcome(data)
+    limit = policy.max_outcome_bytes
+    if limit is not None and len(outcome) > limit:
+        # Refused before any write: the claim is released and the caller told.
+        raise IdempotencySerializationError(
+            f"{policy.name}: the result is {len(outcome)} bytes stored, over the store's limit "
+            f"of {limit} bytes; return less (e.g. a reference to data kept elsewhere)"
+        )
+    return outcome
 
 
 def _in_progress(policy: Policy, inv: Invocation, retry_after_ms: int) -> Exception:
@@ -363,9 +380,13 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
 
     if decision.takeover:
         stats.add(Event.TAKEOVER)
-    heartbeat_ms = max(1, inv.lease_ms // 3) if config.heartbeat else None
+    execute = (
+        Execute(protected=True, heartbeat_ms=max(1, inv.lease_ms // 3))
+        if config.heartbeat
+        else _EXECUTE
+    )
     try:
-        value = yield Execute(protected=True, heartbeat_ms=heartbeat_ms)
+        value = yield execute
     except GeneratorExit:
         raise
     except BaseException:
@@ -384,11 +405,12 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
         # lease ends, so a duplicate meanwhile is told "in progress".
         stats.add(Event.STORE_ERROR)
         logger.warning(
-            "onceonly: %s ran but could not store its outcome for key %s (%s); "
+            "onceonly: %s ran but could not store its outcome for key %s (%s: %s); "
             "a retry after the lease will run it again",
             policy.name,
             inv.key,
             type(exc).__name__,
+            exc,
         )
         return value
     if completed is not True:

@@ -24,6 +24,7 @@ import jmespath
 from jmespath import functions as jp_functions
 
 from .errors import IdempotencyConfigError, IdempotencySerializationError
+from .records import one_shot_encoder
 
 __all__ = [
     "JMESPATH_OPTIONS",
@@ -117,10 +118,13 @@ def is_missing(selected: Any) -> bool:
     if selected is None:
         return True
     if isinstance(selected, dict):
-        return all(v is None for v in selected.values())
-    if isinstance(selected, (list, tuple)):
-        return all(v is None for v in selected)
-    return False
+        selected = selected.values()
+    elif not isinstance(selected, (list, tuple)):
+        return False
+    for value in selected:  # noqa: SIM110 - all() over a generator costs more per call
+        if value is not None:
+            return False
+    return True
 
 
 def _default(value: Any) -> Any:
@@ -148,6 +152,7 @@ def _default(value: Any) -> Any:
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
 )
+_FAST_CANONICAL = one_shot_encoder(_CANONICAL)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -166,6 +171,11 @@ def canonical_json(value: Any) -> bytes:
     Raises:
         IdempotencySerializationError: The value holds something else.
     """
+    if _FAST_CANONICAL is not None:
+        try:
+            return _FAST_CANONICAL(value).encode()
+        except Exception:  # the full encoder below raises the documented error
+            pass
     try:
         # Encoded to bytes inside the try: a lone surrogate fails there.
         data = _CANONICAL.encode(value).encode()
@@ -220,6 +230,9 @@ class Keyer:
         self.digest = hasher(hash_function)
         self.key_expr = key_expr
         self.validation_expr = validation_expr
+        # Whether the payload is made plain data (for JMESPath) without and with key material.
+        self._plain = validation_expr is not None or key_expr is not None
+        self._plain_with_material = validation_expr is not None
 
     def key_and_fingerprint(
         self, payload: Any, key_material: Any = _UNSET
@@ -234,11 +247,12 @@ class Keyer:
         Raises:
             IdempotencySerializationError: The payload cannot be made canonical JSON.
         """
-        needs_plain = self.validation_expr is not None or (
-            key_material is _UNSET and self.key_expr is not None
-        )
-        data = json_native(payload) if needs_plain else payload
-        selected = select(self.key_expr, data) if key_material is _UNSET else key_material
+        if key_material is _UNSET:
+            data = json_native(payload) if self._plain else payload
+            selected = select(self.key_expr, data)
+        else:
+            data = json_native(payload) if self._plain_with_material else payload
+            selected = key_material
         if is_missing(selected):
             return None, None
         key = f"{self.prefix}:{self.digest(canonical_json(selected))}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,10 +90,47 @@ def new_token() -> str:
     return os.urandom(16).hex()
 
 
+def one_shot_encoder(encoder: json.JSONEncoder) -> Callable[[Any], str] | None:
+    """A faster twin of ``encoder.encode`` for values it can write, or None.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call. The one made
+    here is built once, without the circular-reference bookkeeping (a dict per
+    call, which is what makes it unsafe to share): a circular value ends in a
+    RecursionError instead. So it only serves the success path; on any error the
+    caller runs ``encoder.encode`` itself, which raises exactly what it always did.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or encoder.indent is not None:  # pragma: no cover - no C accelerator
+        return None
+    encoding = json.encoder
+    quote = encoding.encode_basestring_ascii if encoder.ensure_ascii else encoding.encode_basestring
+    try:
+        chunks = make(
+            None,
+            encoder.default,
+            quote,
+            None,
+            encoder.key_separator,
+            encoder.item_separator,
+            encoder.sort_keys,
+            encoder.skipkeys,
+            encoder.allow_nan,
+        )
+    except TypeError:  # pragma: no cover - another interpreter's signature
+        return None
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
 # The envelope is a tag byte and compact JSON. The tag leaves room for other
 # kinds (an HTTP response) and makes a stray value fail loudly.
 _JSON_TAG = b"j"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_FAST_ENCODE = one_shot_encoder(_ENCODER)
+_DECODER = json.JSONDecoder()
 
 
 def encode_outcome(value: Any) -> bytes:
@@ -107,6 +145,11 @@ def encode_outcome(value: Any) -> bytes:
     Raises:
         IdempotencySerializationError: The value is not JSON-native.
     """
+    if _FAST_ENCODE is not None:
+        try:
+            return _JSON_TAG + _FAST_ENCODE(value).encode()
+        except Exception:  # the full encoder below raises the documented error
+            pass
     try:
         # Encoded inside the try: a lone surrogate fails there (UnicodeEncodeError).
         text = _ENCODER.encode(value).encode()
@@ -131,6 +174,14 @@ def decode_outcome(data: bytes) -> Any:
     Raises:
         CorruptRecordError: The bytes are not an outcome envelope.
     """
+    if type(data) is bytes and data[:1] == _JSON_TAG:
+        # The usual case, UTF-8 JSON as encode_outcome wrote it, without
+        # json.loads's encoding detection. Anything it refuses goes the full way
+        # below, which accepts or rejects it exactly as it always did.
+        try:
+            return _DECODER.decode(data[1:].decode())
+        except (ValueError, RecursionError):
+            pass
     if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[:1]) != _JSON_TAG:
         raise CorruptRecordError(
             "stored outcome has an unknown envelope tag; delete the key (onceonly purge) "

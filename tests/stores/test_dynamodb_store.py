@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import logging
 import multiprocessing
 import os
 import random
@@ -31,6 +30,7 @@ from onceonly import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfig,
     IdempotencyConfigError,
+    IdempotencySerializationError,
     IdempotencyStoreError,
     idempotent_function,
 )
@@ -488,8 +488,8 @@ def test_an_outcome_over_the_limit_fails_before_the_write_naming_its_size(
     assert len(record.outcome) == 350_000
 
 
-def test_a_result_too_large_is_returned_and_logged_not_stored(
-    moto_server: MotoServer, table: str, caplog: pytest.LogCaptureFixture
+def test_a_result_too_large_fails_before_the_write_and_releases_the_claim(
+    moto_server: MotoServer, table: str
 ) -> None:
     store = DynamoDBStore(table, client=moto_server.shared_client, max_outcome_bytes=1_000)
     runs: list[str] = []
@@ -501,12 +501,13 @@ def test_a_result_too_large_is_returned_and_logged_not_stored(
         runs.append(order["id"])
         return "x" * 5_000
 
-    with caplog.at_level(logging.WARNING, logger="onceonly"):
-        assert big({"id": "o-1"}) == "x" * 5_000
-    assert "OutcomeTooLargeError" in caplog.text
-    record = store.get(big.key_for({"id": "o-1"}))
-    assert record is not None
-    assert record.status is Status.IN_PROGRESS  # held until its lease ends
+    # The decorator knows the store's limit: the outcome is refused before any
+    # write, with its size, and the claim is released (as for any result that
+    # cannot be stored), so the caller hears of it at once.
+    with pytest.raises(IdempotencySerializationError, match=r"5003 bytes.*limit of 1000 bytes"):
+        big({"id": "o-1"})
+    assert runs == ["o-1"]
+    assert store.get(big.key_for({"id": "o-1"})) is None  # type: ignore[attr-defined]
     assert issubclass(OutcomeTooLargeError, IdempotencyStoreError)
 
 

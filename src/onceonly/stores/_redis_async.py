@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+import math
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
 from ..records import ClaimResult, Record
@@ -21,7 +23,9 @@ from ._redis_common import (
     RedisBase,
     chained,
     check_waitaof_support,
+    hiredis_packer,
     import_redis,
+    needs_command_name,
     redis_errors,
     store_error,
     url_client,
@@ -32,6 +36,18 @@ __all__ = ["AsyncRedisStore"]
 
 # A pipeline is cut at this many calls; the rest go in the next one.
 _MAX_BATCH = 512
+
+T = TypeVar("T")
+
+
+async def _within(seconds: float | None, work: Awaitable[T]) -> T:
+    """Await ``work``, raising the builtin TimeoutError past ``seconds`` (None: no limit)."""
+    if seconds is None:
+        return await work
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await work
+    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10
 
 
 @dataclass
@@ -69,15 +85,16 @@ class _Batcher:
             task.add_done_callback(self.tasks.discard)
 
     async def send(self, batch: list[_Pending]) -> None:
-        redis = import_redis()
+        store = self.store
+        # A cluster client splits the batch per node with redis-py's cluster
+        # pipeline; on one server the batch goes straight to one connection.
+        round_trip = store._pipeline if store._cluster else store._raw_batch
         try:
-            replies = await self.store._pipeline(batch, use_sha=True)
-            missing = [
-                i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)
-            ]
+            replies = await round_trip(batch, use_sha=True)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, store._noscript)]
             if missing:
                 # A restart, failover or SCRIPT FLUSH: EVAL runs and caches the scripts.
-                again = await self.store._pipeline([batch[i] for i in missing], use_sha=False)
+                again = await round_trip([batch[i] for i in missing], use_sha=False)
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except BaseException as exc:  # the whole pipeline failed: every caller hears of it
@@ -153,6 +170,11 @@ class AsyncRedisStore(RedisBase):
             raise IdempotencyConfigError("pipelining must be True or False")
         self.pipelining = pipelining
         self._batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
+        self._hiredis_pack = hiredis_packer()
+        exceptions = import_redis().exceptions
+        self._response_error: type[BaseException] = exceptions.ResponseError
+        self._timeout_error: type[BaseException] = exceptions.TimeoutError
+        self._pool_wants_name: bool | None = None  # redis-py < 5.3: get_connection(name)
         self._waitaof_checked = not wait_aof
 
     @classmethod
@@ -193,6 +215,81 @@ class AsyncRedisStore(RedisBase):
             raise store_error(exc, None) from exc
         check_waitaof_support(server, persistence)
         self._waitaof_checked = True
+
+    async def _raw_batch(self, batch: list[_Pending], *, use_sha: bool) -> list[Any]:
+        """Send a batch of script calls (and WAIT, if asked) on one pooled connection.
+
+        What redis-py's pipeline does, without its per-command machinery: the
+        commands are packed together (by hiredis when it is there), written
+        at once, and their replies read in order. An error reply is that
+        call's answer; a connection failure is retried as the client's retry
+        policy says and otherwise fails the whole batch, and the connection
+        is closed before it goes back to the pool, so a half-read stream is
+        never reused.
+        """
+        if use_sha:
+            commands: list[tuple[Any, ...]] = [
+                ("EVALSHA", item.script.sha, 1, item.key, *item.args) for item in batch
+            ]
+        else:
+            commands = [("EVAL", item.script.source, 1, item.key, *item.args) for item in batch]
+        waits = self._wait_command
+        if waits is not None:
+            commands.append(waits)  # one WAIT covers every write before it
+        pool = self.client.connection_pool
+        if self._pool_wants_name is None:
+            self._pool_wants_name = needs_command_name(pool.get_connection)
+        conn = await (
+            pool.get_connection("EVALSHA") if self._pool_wants_name else pool.get_connection()
+        )
+        try:
+            packed = self._pack(conn, commands)
+            replies: list[Any] = await conn.retry.call_with_retry(
+                lambda: self._exchange(conn, packed, len(commands)),
+                lambda _error: conn.disconnect(),
+            )
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+        if waits is not None:
+            wait_reply = replies.pop()
+            if isinstance(wait_reply, Exception):
+                raise wait_reply
+            self._note_wait(wait_reply, batch[0].key)
+        return replies
+
+    def _pack(self, conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+        encoder = conn.encoder
+        if (
+            self._hiredis_pack is not None
+            and encoder.encoding.lower().replace("-", "") == "utf8"
+            and encoder.encoding_errors == "strict"
+        ):
+            pack = self._hiredis_pack
+            return b"".join([pack(command) for command in commands])
+        return conn.pack_commands(commands)
+
+    async def _exchange(self, conn: Any, packed: Any, count: int) -> list[Any]:
+        """Write the packed commands, read ``count`` replies (one deadline for them all)."""
+        await conn.send_packed_command(packed)
+        try:
+            return await _within(conn.socket_timeout, self._read_replies(conn, count))
+        except asyncio.TimeoutError:  # the deadline: read_response has closed the connection
+            where = getattr(conn, "host", None) or getattr(conn, "path", "the server")
+            raise self._timeout_error(f"Timeout reading from {where}") from None
+
+    async def _read_replies(self, conn: Any, count: int) -> list[Any]:
+        response_error = self._response_error
+        read = conn.read_response
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(await read(timeout=math.inf))
+            except response_error as exc:  # that call's own error (NOSCRIPT, WRONGTYPE...)
+                replies.append(exc)
+        return replies
 
     async def _pipeline(self, batch: list[_Pending], *, use_sha: bool) -> list[Any]:
         """Send a batch of script calls (and WAIT, if asked) in one round trip."""

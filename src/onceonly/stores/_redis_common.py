@@ -6,6 +6,7 @@ in ``redis.py`` (sync) and ``_redis_async.py`` (asyncio) only send.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -23,7 +24,9 @@ __all__ = [
     "chained",
     "check_options",
     "check_waitaof_support",
+    "hiredis_packer",
     "import_redis",
+    "needs_command_name",
     "redis_errors",
     "store_error",
     "url_client",
@@ -41,6 +44,28 @@ def import_redis() -> Any:
             "the Redis store needs redis-py: pip install 'onceonly[redis]'"
         ) from exc
     return redis
+
+
+def hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    """``hiredis.pack_command`` (one command as RESP bytes, packed in C), or None."""
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    pack: Callable[[tuple[Any, ...]], bytes] | None = getattr(hiredis, "pack_command", None)
+    return pack
+
+
+def needs_command_name(get_connection: Callable[..., Any]) -> bool:
+    """Whether a pool's ``get_connection`` needs a command name (redis-py before 5.3)."""
+    try:
+        parameters = list(inspect.signature(get_connection).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - a pool without a signature
+        return False
+    return bool(parameters) and (
+        parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and parameters[0].default is inspect.Parameter.empty
+    )
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:

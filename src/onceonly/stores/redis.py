@@ -27,7 +27,9 @@ from ._redis_common import (
     RedisBase,
     chained,
     check_waitaof_support,
+    hiredis_packer,
     import_redis,
+    needs_command_name,
     redis_errors,
     store_error,
     url_client,
@@ -35,6 +37,8 @@ from ._redis_common import (
 from .protocol import ClaimCall, CompleteCall, ReleaseCall, check_key
 
 __all__ = ["AsyncRedisStore", "RedisStore", "import_redis", "store_error"]
+
+_UTF8 = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
 
 
 class RedisStore(RedisBase):
@@ -83,6 +87,20 @@ class RedisStore(RedisBase):
         )
         if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
             raise IdempotencyConfigError("this is an asyncio client: use AsyncRedisStore")
+        exceptions = import_redis().exceptions
+        self._response_error: type[BaseException] = exceptions.ResponseError
+        self._hiredis_pack = hiredis_packer()
+        pool = getattr(client, "connection_pool", None)
+        # Single calls skip redis-py's per-command machinery on a plain pooled
+        # client (standalone or Sentinel master) when hiredis packs the command.
+        self._direct = (
+            self._hiredis_pack is not None
+            and not self._cluster
+            and pool is not None
+            and getattr(client, "connection", None) is None  # not single_connection_client
+            and getattr(pool, "cache", None) is None  # no client-side caching
+        )
+        self._pool_wants_name = pool is not None and needs_command_name(pool.get_connection)
         if wait_aof:
             self._check_waitaof()
 
@@ -137,6 +155,8 @@ class RedisStore(RedisBase):
         try:
             if self._wait_command is None:
                 try:
+                    if self._direct:
+                        return self._direct_evalsha(script, full, args)
                     return self.client.evalsha(script.sha, 1, full, *args)
                 except self._noscript:
                     # First use on this server, a restart, a failover or SCRIPT FLUSH:
@@ -145,6 +165,42 @@ class RedisStore(RedisBase):
             return self._run_and_wait(script, full, args)
         except self._errors as exc:
             raise store_error(exc, full) from exc
+
+    def _direct_evalsha(self, script: scripts.Script, full: str, args: tuple[Any, ...]) -> Any:
+        """EVALSHA on a pooled connection, without the client's per-command machinery.
+
+        What ``client.evalsha`` does, less its bookkeeping: take a pooled
+        connection, send, read, under the connection's retry policy (a failed
+        attempt closes the connection; the next one reconnects, to the new
+        primary after a Sentinel failover), and give the connection back. An
+        error reply (NOSCRIPT included) is raised as the client raises it.
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection("EVALSHA") if self._pool_wants_name else pool.get_connection()
+        try:
+            command = ("EVALSHA", script.sha, 1, full, *args)
+            encoder, pack = conn.encoder, self._hiredis_pack
+            if (
+                pack is not None
+                and encoder.encoding in _UTF8
+                and encoder.encoding_errors == "strict"
+            ):
+                packed = [pack(command)]
+            else:
+                packed = conn.pack_command(*command)
+
+            def attempt() -> Any:
+                conn.send_packed_command(packed)
+                return conn.read_response()
+
+            return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        except self._response_error:
+            raise  # a whole reply was read: the connection is fine
+        except BaseException:
+            conn.disconnect()  # never hand back a half-read connection
+            raise
+        finally:
+            pool.release(conn)
 
     def _run_and_wait(self, script: scripts.Script, full: str, args: tuple[Any, ...]) -> Any:
         # WAIT acts on its own connection's writes: send both in one pipeline.

@@ -1,0 +1,426 @@
+"""The Redis stores' fast paths, on real servers.
+
+``AsyncRedisStore`` sends a loop turn's script calls on one pooled connection
+(packed by hiredis, replies read in order) instead of through redis-py's
+pipeline; ``RedisStore`` sends a single call straight on a pooled connection, under the
+client's retry policy as ``client.evalsha`` would.
+Each must answer every caller exactly as the client would: its own reply, its
+own error, or, when the connection dies, an IdempotencyStoreError for every
+caller and a fresh connection for the next call.
+
+A connection is killed while its commands wait in the server: ``CLIENT PAUSE
+WRITE`` holds the (write) script calls, ``CLIENT KILL ID`` drops the connection
+from another client, ``CLIENT UNPAUSE`` lets the server go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
+
+import redis_harness as harness
+from onceonly import CorruptRecordError, IdempotencyStoreError
+from onceonly.records import Acquired, Found, Status, new_token
+from onceonly.stores import _redis_scripts as scripts
+from onceonly.stores.redis import AsyncRedisStore, RedisStore
+from testkit import RedisFarm
+
+LEASE = 60_000
+TTL = 60_000
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def server(redis_engine: harness.Engine, tmp_path: Path) -> Iterator[harness.Server]:
+    """A server of its own: these tests pause it and kill its clients."""
+    srv = harness.standalone(redis_engine, tmp_path / "srv")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _kill_clients_named(admin: redis.Redis, name: str) -> int:
+    killed = 0
+    for client in admin.client_list():
+        if client.get("name") == name:
+            admin.execute_command("CLIENT", "KILL", "ID", client["id"])
+            killed += 1
+    return killed
+
+
+# -- AsyncRedisStore: one connection per batch -----------------------------------------
+
+
+def test_an_error_reply_in_the_middle_of_a_batch_fails_only_its_caller(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    prefix = _prefix()
+    sync = redis.Redis(host=harness.HOST, port=port)
+    sync.hset(f"{prefix}:k5", "a", "b")  # a hash: WRONGTYPE inside the script
+
+    async def main() -> list[Any]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=port)
+        store = AsyncRedisStore(client, prefix=prefix)
+        try:
+            calls = [
+                store.claim(
+                    f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                )
+                for i in range(10)
+            ]
+            first = await asyncio.gather(*calls, return_exceptions=True)
+            # The connection went back to the pool whole: the next batch uses it.
+            again = await asyncio.gather(
+                *(
+                    store.claim(
+                        f"j{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                    )
+                    for i in range(3)
+                )
+            )
+            return [*first, *again]
+        finally:
+            await client.aclose()
+
+    answers = asyncio.run(main())
+    assert isinstance(answers[5], CorruptRecordError)
+    assert isinstance(answers[5].__cause__, redis.exceptions.ResponseError)
+    assert all(a == Acquired(takeover=False) for i, a in enumerate(answers) if i != 5)
+    sync.close()
+
+
+def test_noscript_in_a_batch_is_answered_with_eval_for_those_calls(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    prefix = _prefix()
+    sync = redis.Redis(host=harness.HOST, port=port)
+    token = new_token()
+    setup = RedisStore(sync, prefix=prefix)
+    setup.claim("done", token=token, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+    setup.complete("done", token=token, outcome=b"j7", ttl_ms=TTL)
+    sync.script_flush()
+
+    async def main() -> list[Any]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=port, decode_responses=True)
+        store = AsyncRedisStore(client, prefix=prefix)
+        try:
+            return await asyncio.gather(
+                store.claim("new", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None),
+                store.claim(
+                    "done", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                ),
+                store.release("nothing", token=new_token()),
+            )
+        finally:
+            await client.aclose()
+
+    new, done, released = asyncio.run(main())
+    assert new == Acquired(takeover=False)
+    assert isinstance(done, Found)
+    assert done.record.status is Status.COMPLETED
+    assert done.record.outcome == b"j7"
+    assert released is False
+    assert sync.script_exists(scripts.CLAIM.sha, scripts.RELEASE.sha) == [True, True]
+    sync.close()
+
+
+def test_a_client_with_another_encoding_packs_with_redis_py(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    prefix = _prefix()
+
+    async def main() -> tuple[Any, Any, Any]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=port, encoding="latin-1")
+        store = AsyncRedisStore(client, prefix=prefix)
+        token = new_token()
+        try:
+            claimed = await store.claim(
+                "clé", token=token, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            completed = await store.complete("clé", token=token, outcome=b"j1", ttl_ms=TTL)
+            return claimed, completed, await store.get("clé")
+        finally:
+            await client.aclose()
+
+    claimed, completed, record = asyncio.run(main())
+    assert claimed == Acquired(takeover=False)
+    assert completed is True
+    assert record is not None
+    assert record.outcome == b"j1"
+    # latin-1 bytes on the wire, as redis-py itself would have sent them.
+    sync = redis.Redis(host=harness.HOST, port=port)
+    assert sync.exists(f"{prefix}:clé".encode("latin-1")) == 1
+    sync.close()
+
+
+def test_a_caller_cancelled_while_its_batch_is_in_flight_leaves_the_others_their_answers(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    prefix = _prefix()
+
+    async def main() -> tuple[list[Any], bool]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=port)
+        store = AsyncRedisStore(client, prefix=prefix)
+        try:
+            await store.get("warm")  # connected
+            tasks = [
+                asyncio.ensure_future(
+                    store.claim(
+                        f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                    )
+                )
+                for i in range(20)
+            ]
+            await asyncio.sleep(0)  # every task has submitted its call
+            await asyncio.sleep(0)  # the batch is on its way
+            tasks[7].cancel()
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+            # The connection is fine for the next batch.
+            after = await store.claim(
+                "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            return answers, after == Acquired(takeover=False)
+        finally:
+            await client.aclose()
+
+    answers, after_ok = asyncio.run(main())
+    assert isinstance(answers[7], asyncio.CancelledError)
+    assert all(a == Acquired(takeover=False) for i, a in enumerate(answers) if i != 7)
+    assert after_ok
+
+
+def _paused_batch(server: harness.Server, *, retries: int) -> tuple[list[Any], Any, int]:
+    """Send a batch, kill its connection while the server holds it, then one more call."""
+    name = f"victim-{uuid.uuid4().hex[:8]}"
+    admin = server.client()
+    prefix = _prefix()
+
+    async def main() -> tuple[list[Any], Any, int]:
+        client = redis.asyncio.Redis(
+            host=harness.HOST,
+            port=server.port,
+            client_name=name,
+            retry=redis.asyncio.retry.Retry(NoBackoff(), retries),
+        )
+        store = AsyncRedisStore(client, prefix=prefix)
+        try:
+            await store.claim(
+                "warm", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                batch = asyncio.gather(
+                    *(
+                        store.claim(
+                            f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                        )
+                        for i in range(8)
+                    ),
+                    return_exceptions=True,
+                )
+                await asyncio.sleep(0.3)  # written, held by the pause
+                killed = await asyncio.to_thread(_kill_clients_named, admin, name)
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            answers = await batch
+            after = await store.claim(
+                "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            return list(answers), after, killed
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        admin.close()
+
+
+def test_a_batch_whose_connection_is_killed_fails_every_caller_and_the_next_works(
+    server: harness.Server,
+) -> None:
+    answers, after, killed = _paused_batch(server, retries=0)
+    assert killed >= 1
+    assert len(answers) == 8
+    for answer in answers:
+        assert isinstance(answer, IdempotencyStoreError)
+        assert isinstance(answer.__cause__, redis.exceptions.ConnectionError)
+        assert "cannot reach Redis" in str(answer)
+    assert after == Acquired(takeover=False)  # a fresh connection
+
+
+def test_a_killed_batch_is_sent_again_under_the_clients_retry_policy(
+    server: harness.Server,
+) -> None:
+    answers, after, killed = _paused_batch(server, retries=3)
+    assert killed >= 1
+    # Resent on a new connection: each claim (same token) is Acquired, as the
+    # scripts answer a retried claim.
+    assert answers == [Acquired(takeover=False)] * 8
+    assert after == Acquired(takeover=False)
+
+
+def test_a_batch_past_the_socket_timeout_fails_every_caller_and_the_next_works(
+    server: harness.Server,
+) -> None:
+    admin = server.client()
+
+    async def main() -> tuple[list[Any], Any]:
+        client = redis.asyncio.Redis(
+            host=harness.HOST,
+            port=server.port,
+            socket_timeout=0.5,
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+        )
+        store = AsyncRedisStore(client, prefix=_prefix())
+        try:
+            await store.claim(
+                "warm", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                answers = await asyncio.gather(
+                    *(
+                        store.claim(
+                            f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                        )
+                        for i in range(8)
+                    ),
+                    return_exceptions=True,
+                )
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            after = await store.claim(
+                "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            return answers, after
+        finally:
+            await client.aclose()
+
+    try:
+        answers, after = asyncio.run(main())
+    finally:
+        admin.close()
+    for answer in answers:
+        assert isinstance(answer, IdempotencyStoreError)
+        assert isinstance(answer.__cause__, redis.exceptions.TimeoutError)
+        assert "cannot reach Redis" in str(answer)
+    assert after == Acquired(takeover=False)  # not the stale replies of the timed-out batch
+
+
+# -- RedisStore: single calls straight on a pooled connection ----------------------------
+
+
+def test_a_single_call_uses_one_pooled_connection_and_returns_it(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    client = redis.Redis(host=harness.HOST, port=port)
+    store = RedisStore(client, prefix=_prefix())
+    assert store._direct
+    token = new_token()
+    for i in range(50):
+        store.claim(f"k{i}", token=token, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+    pool = client.connection_pool
+    assert len(pool._in_use_connections) == 0
+    assert len(pool._available_connections) == 1
+    client.close()
+
+
+def test_an_error_reply_on_the_direct_path_is_that_calls_error_only(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    prefix = _prefix()
+    client = redis.Redis(host=harness.HOST, port=port)
+    client.hset(f"{prefix}:hash", "a", "b")
+    store = RedisStore(client, prefix=prefix)
+    with pytest.raises(CorruptRecordError) as caught:
+        store.claim("hash", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+    assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
+    # The same connection answers the next call.
+    assert store.claim(
+        "fine", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+    ) == Acquired(takeover=False)
+    assert len(client.connection_pool._available_connections) == 1
+    client.close()
+
+
+def _sync_killed_mid_call(server: harness.Server, *, retries: int) -> tuple[Any, Any]:
+    name = f"victim-{uuid.uuid4().hex[:8]}"
+    admin = server.client()
+    client = server.client(client_name=name, retry=redis.retry.Retry(NoBackoff(), retries))
+    store = RedisStore(client, prefix=_prefix())
+    store.claim("warm", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(
+                store.claim("k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        worker = threading.Thread(target=call)
+        worker.start()
+        time.sleep(0.3)  # sent, held by the pause
+        assert _kill_clients_named(admin, name) >= 1
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    worker.join(30)
+    after = store.claim("after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+    client.close()
+    admin.close()
+    return outcome[0], after
+
+
+def test_a_direct_call_whose_connection_dies_is_sent_again_under_the_retry_policy(
+    server: harness.Server,
+) -> None:
+    answer, after = _sync_killed_mid_call(server, retries=3)
+    assert answer == Acquired(takeover=False)  # sent again on a new connection
+    assert after == Acquired(takeover=False)
+
+
+def test_a_direct_call_whose_connection_dies_fails_closed_without_retries(
+    server: harness.Server,
+) -> None:
+    answer, after = _sync_killed_mid_call(server, retries=0)
+    assert isinstance(answer, IdempotencyStoreError)
+    assert "cannot reach Redis" in str(answer)
+    assert after == Acquired(takeover=False)
+
+
+def test_the_direct_path_is_off_where_the_client_path_is_needed(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    single = redis.Redis(host=harness.HOST, port=port, single_connection_client=True)
+    assert not RedisStore(single, prefix=_prefix())._direct
+    single.close()
+    cluster = redis_farm.cluster(redis_engine).client()
+    assert not RedisStore(cluster, prefix=_prefix())._direct
+    cluster.close()
