@@ -81,10 +81,13 @@ def sync_powertools(port: int, n: int) -> float:
         return RESULT
 
     orders = _orders(n)
-    start = time.perf_counter()
-    for order in orders:
-        charge(order=order)
-    return n / (time.perf_counter() - start)
+    with warnings.catch_warnings():
+        # Outside Lambda it warns on every call that it has no remaining time.
+        warnings.simplefilter("ignore", UserWarning)
+        start = time.perf_counter()
+        for order in orders:
+            charge(order=order)
+        return n / (time.perf_counter() - start)
 
 
 async def _with_tasks(
