@@ -253,12 +253,7 @@ class AsyncRedisStore(RedisBase):
             raise
         finally:
             await pool.release(conn)
-        if waits is not None:
-            wait_reply = replies.pop()
-            if isinstance(wait_reply, Exception):
-                raise wait_reply
-            self._note_wait(wait_reply, batch[0].key)
-        return replies
+        return self._split_wait(replies, batch[0].key)
 
     def _pack(self, conn: Any, commands: list[tuple[Any, ...]]) -> Any:
         encoder = conn.encoder
@@ -301,12 +296,7 @@ class AsyncRedisStore(RedisBase):
         if waits is not None:
             pipe.execute_command(*waits)  # one WAIT covers every write before it
         replies = list(await pipe.execute(raise_on_error=False))
-        if waits is not None:
-            wait_reply = replies.pop()
-            if isinstance(wait_reply, Exception):
-                raise wait_reply
-            self._note_wait(wait_reply, batch[0].key)
-        return replies
+        return self._split_wait(replies, batch[0].key)
 
     async def _run(self, script: scripts.Script, key: str, args: tuple[Any, ...]) -> Any:
         if not self._waitaof_checked:

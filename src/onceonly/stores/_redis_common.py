@@ -250,6 +250,15 @@ class RedisBase:
             return ("WAIT", self.wait_replicas, self.wait_timeout_ms)
         return None
 
+    def _split_wait(self, replies: list[Any], key: str) -> list[Any]:
+        """Take a pipeline's trailing WAIT / WAITAOF reply off (when one was sent) and note it."""
+        if self._wait_command is not None:
+            wait_reply = replies.pop()
+            if isinstance(wait_reply, Exception):
+                raise wait_reply
+            self._note_wait(wait_reply, key)
+        return replies
+
     def _note_wait(self, reply: Any, key: str) -> None:
         if isinstance(reply, list):  # WAITAOF: [local fsyncs, replica fsyncs]
             short = int(reply[0]) < 1 or int(reply[1]) < self.wait_replicas

@@ -263,12 +263,7 @@ class RedisStore(RedisBase):
         if self._wait_command is not None:
             pipe.execute_command(*self._wait_command)  # one WAIT covers every write before it
         replies = list(pipe.execute(raise_on_error=False))
-        if self._wait_command is not None:
-            wait_reply = replies.pop()
-            if isinstance(wait_reply, Exception):
-                raise wait_reply
-            self._note_wait(wait_reply, fulls[0])
-        return replies
+        return self._split_wait(replies, fulls[0])
 
     @staticmethod
     def _each(
