@@ -20,11 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import IdempotencyConfig, StoreErrorPolicy
-from .engine import Invocation, Mismatch, Policy, Replay, Run, decide, encode_result, replay
+from .engine import (
+    Invocation,
+    Mismatch,
+    Policy,
+    Replay,
+    Run,
+    decide,
+    encode_result,
+    in_progress_error,
+    key_reuse_error,
+    replay,
+)
 from .errors import (
-    IdempotencyAlreadyInProgressError,
     IdempotencyConfigError,
-    IdempotencyKeyReuseError,
     IdempotencyStoreError,
 )
 from .metrics import Event
@@ -199,18 +208,10 @@ def batch_flow(
             stats.add(Event.REPLAYED)
             by_key[inv.key] = _replayed(policy, record, inv.key, decision)
         elif isinstance(decision, Mismatch):
-            stats.add(Event.KEY_REUSE)
-            error: Exception = IdempotencyKeyReuseError(
-                f"{policy.name}: key {inv.key} was used before with a different payload"
-            )
+            error = key_reuse_error(policy, inv)
             by_key[inv.key] = ItemResult(record, ItemStatus.FAILED, error=error, key=inv.key)
         else:
-            stats.add(Event.IN_PROGRESS)
-            error = IdempotencyAlreadyInProgressError(
-                f"{policy.name}: another execution holds key {inv.key}",
-                key=inv.key,
-                retry_after_ms=decision.retry_after_ms,
-            )
+            error = in_progress_error(policy, inv, decision.retry_after_ms)
             by_key[inv.key] = ItemResult(record, ItemStatus.IN_PROGRESS, error=error, key=inv.key)
 
     # Run the claimed records in batch order; store the outcomes together.

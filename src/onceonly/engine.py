@@ -47,6 +47,8 @@ __all__ = [
     "decide",
     "encode_result",
     "flow",
+    "in_progress_error",
+    "key_reuse_error",
     "release_call",
     "replay",
 ]
@@ -273,7 +275,17 @@ def encode_result(policy: Policy, value: Any) -> bytes:
     return outcome
 
 
-def _in_progress(policy: Policy, inv: Invocation, retry_after_ms: int) -> Exception:
+def key_reuse_error(policy: Policy, inv: Invocation) -> Exception:
+    """The error for a key taken by another payload; counts it."""
+    policy.stats.add(Event.KEY_REUSE)
+    return IdempotencyKeyReuseError(
+        f"{policy.name}: key {inv.key} was used before with a different payload "
+        "(payload_validation_jmespath); use a new key for a new request"
+    )
+
+
+def in_progress_error(policy: Policy, inv: Invocation, retry_after_ms: int) -> Exception:
+    """The error for a key held by a live claim elsewhere; counts it."""
     policy.stats.add(Event.IN_PROGRESS)
     return IdempotencyAlreadyInProgressError(
         f"{policy.name}: another execution holds key {inv.key} for {retry_after_ms} ms more; "
@@ -360,19 +372,15 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
                 cache.put(inv.key, decision.record)
             return value
         if isinstance(decision, Mismatch):
-            stats.add(Event.KEY_REUSE)
-            raise IdempotencyKeyReuseError(
-                f"{policy.name}: key {inv.key} was used before with a different payload "
-                "(payload_validation_jmespath); use a new key for a new request"
-            )
+            raise key_reuse_error(policy, inv)
         if config.on_in_progress is InProgressPolicy.RAISE:
-            raise _in_progress(policy, inv, decision.retry_after_ms)
+            raise in_progress_error(policy, inv, decision.retry_after_ms)
         now = policy.clock()
         if wait_until is None:
             # round, not int: 1.001 s is 1000.999... ms as a float.
             wait_until = now + round(config.wait_timeout_seconds * 1000)
         if now >= wait_until:
-            raise _in_progress(policy, inv, decision.retry_after_ms)
+            raise in_progress_error(policy, inv, decision.retry_after_ms)
         # Wake no later than the other lease's end, so an orphan is taken over promptly.
         stats.add(Event.WAITED)
         yield Sleep(max(1, min(delay, decision.retry_after_ms + 1, wait_until - now)))
