@@ -174,21 +174,15 @@ def decode_outcome(data: bytes) -> Any:
     Raises:
         CorruptRecordError: The bytes are not an outcome envelope.
     """
-    if type(data) is bytes and data[:1] == _JSON_TAG:
-        # The usual case, UTF-8 JSON as encode_outcome wrote it, without
-        # json.loads's encoding detection. Anything it refuses goes the full way
-        # below, which accepts or rejects it exactly as it always did.
-        try:
-            return _DECODER.decode(data[1:].decode())
-        except (ValueError, RecursionError):
-            pass
     if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[:1]) != _JSON_TAG:
         raise CorruptRecordError(
             "stored outcome has an unknown envelope tag; delete the key (onceonly purge) "
             "or upgrade onceonly if a newer version wrote it"
         )
     try:
-        return json.loads(bytes(data[1:]))
+        # encode_outcome writes UTF-8: decoding it directly skips json.loads's
+        # encoding detection (UTF-16/32), which a stored outcome never needs.
+        return _DECODER.decode(bytes(data[1:]).decode())
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise CorruptRecordError(
             "stored outcome is not valid JSON; delete the key (onceonly purge) to let it run again"
