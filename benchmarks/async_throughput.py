@@ -28,8 +28,7 @@ from redis_vs_powertools import find_server, running_server
 
 from onceonly import IdempotencyConfig, idempotent_function
 from onceonly.records import encode_outcome, new_token
-from onceonly.stores import _redis_scripts as scripts
-from onceonly.stores.redis import AsyncRedisStore, RedisStore
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
 
 RESULT = {"ok": True, "receipt": "r" * 60}
 NAIVE = "naive redis-py asyncio, 256 tasks"

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
 from testkit import ManualClock, RedisFarm
+
+# -- Hypothesis ----------------------------------------------------------------------
+
+# The examples stay as many and as large as the properties need; what no profile
+# does is judge wall time, which a busy machine (a benchmark beside the suite, a
+# loaded CI runner) stretches without anything being wrong. ``ci`` is the
+# default and what scripts/test selects; ``thorough`` is for a long local run.
+settings.register_profile(
+    "ci",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis_harness as harness
+
+EVENTS = Path(__file__).resolve().parent / "events"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """A sample Lambda event from ``tests/events/`` (a fresh dict on every call)."""
+    event: dict[str, Any] = json.loads((EVENTS / name).read_text(encoding="utf-8"))
+    return event
 
 
 class ManualClock:

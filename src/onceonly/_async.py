@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-from .batch import BatchResult, BatchStep, ClaimMany, CompleteMany, ReleaseMany, RunItem
+from .batch_engine import BatchResult, BatchStep, ClaimMany, CompleteMany, ReleaseMany, RunItem
 from .engine import (
     CLAIM,
     RELEASE,

@@ -1,4 +1,6 @@
-"""Record batches: an SQS / Kinesis / DynamoDB-streams event, or Redis Stream entries.
+"""The batch flow: the I/O-free decisions for a batch of records, beside ``engine.py``.
+
+A batch is an SQS / Kinesis / DynamoDB-streams event, or Redis Stream entries.
 
 All records' keys are claimed together (one round trip per store node on
 Redis), the records whose claim was taken run one by one, and their outcomes
@@ -7,19 +9,20 @@ run, replayed, in progress or failed, so that a Lambda handler can report a
 partial batch failure and let only those records come back. Records of the
 same key inside one batch run once; the others replay that run's result.
 
-``batch_flow`` decides (no I/O); ``process_batch`` and ``process_batch_async``
-carry it out, like the single-call ``engine.flow`` and its drivers.
+``batch_flow`` decides (no I/O); the drivers' ``drive_batch`` carry it out for
+``batch.process_batch`` and ``batch.process_batch_async``, as they carry out
+the single-call ``engine.flow`` for the decorators.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import IdempotencyConfig, StoreErrorPolicy
+from .config import StoreErrorPolicy
 from .engine import (
     Invocation,
     Mismatch,
@@ -32,20 +35,21 @@ from .engine import (
     key_reuse_error,
     replay,
 )
-from .errors import (
-    IdempotencyConfigError,
-    IdempotencyStoreError,
-)
+from .errors import IdempotencyStoreError
 from .metrics import Event
 from .records import ClaimResult
 
 __all__ = [
     "BatchResult",
+    "BatchStep",
+    "ClaimMany",
+    "CompleteMany",
     "ItemResult",
     "ItemStatus",
+    "ReleaseMany",
+    "RunItem",
+    "batch_flow",
     "lambda_item_identifier",
-    "process_batch",
-    "process_batch_async",
 ]
 
 logger = logging.getLogger("onceonly")
@@ -295,89 +299,3 @@ def _run_unprotected(
     except Exception as exc:
         return ItemResult(record, ItemStatus.FAILED, error=exc)
     return ItemResult(record, ItemStatus.RUN, value=value)
-
-
-# -- entry points -------------------------------------------------------------------
-
-
-def _prepare(
-    handler: Callable[..., Any],
-    records: Iterable[Any],
-    store: Any,
-    config: IdempotencyConfig | None,
-    output_serializer: Any,
-    lease_ms: int | None,
-) -> tuple[Any, list[Any], list[Invocation | None]]:
-    from .decorators import _Guard
-
-    if lease_ms is not None and (type(lease_ms) is not int or lease_ms <= 0):
-        raise IdempotencyConfigError(f"lease_ms must be a positive integer, got {lease_ms!r}")
-    guard = _Guard(handler, store, config, output_serializer)
-    items = list(records)
-    invocations = [guard.invocation(record, lease_ms=lease_ms) for record in items]
-    return guard, items, invocations
-
-
-def process_batch(
-    records: Iterable[Any],
-    handler: Callable[[Any], Any],
-    *,
-    store: Any,
-    config: IdempotencyConfig | None = None,
-    output_serializer: Any = None,
-    lease_ms: int | None = None,
-) -> BatchResult:
-    """Run ``handler(record)`` once per idempotency key over a batch of records.
-
-    Args:
-        records: The records (e.g. ``event["Records"]``).
-        handler: Called with one record; its result is stored per key.
-        store: A sync store.
-        config: Options (``event_key_jmespath`` selects each record's key).
-        output_serializer: As for ``idempotent_function``.
-        lease_ms: How long the batch's claims hold (e.g. the Lambda's remaining
-            time); ``config.lease_seconds`` by default. Every claim is taken
-            before the first record runs, so it must cover the whole batch.
-
-    Returns:
-        Every record's outcome; ``.batch_item_failures()`` is Lambda's response.
-
-    Raises:
-        IdempotencyConfigError: Bad options, or an async store or handler.
-        IdempotencySerializationError: A record cannot be made canonical JSON.
-        IdempotencyStoreError: The claims failed (fail closed; nothing ran).
-    """
-    from . import _sync
-
-    guard, items, invocations = _prepare(
-        handler, records, store, config, output_serializer, lease_ms
-    )
-    if guard.is_async:
-        raise IdempotencyConfigError("process_batch takes a sync handler: use process_batch_async")
-    return _sync.drive_batch(batch_flow(guard.policy, items, invocations), store, items, handler)
-
-
-async def process_batch_async(
-    records: Iterable[Any],
-    handler: Callable[[Any], Any],
-    *,
-    store: Any,
-    config: IdempotencyConfig | None = None,
-    output_serializer: Any = None,
-    lease_ms: int | None = None,
-) -> BatchResult:
-    """The asyncio twin of :func:`process_batch`: an async handler and an async store.
-
-    The claims go out together (one pipeline on ``AsyncRedisStore``), the
-    records run one after the other, and the outcomes go out together.
-    """
-    from . import _async
-
-    guard, items, invocations = _prepare(
-        handler, records, store, config, output_serializer, lease_ms
-    )
-    if not guard.is_async:
-        raise IdempotencyConfigError("process_batch_async takes an async handler")
-    return await _async.drive_batch(
-        batch_flow(guard.policy, items, invocations), store, items, handler
-    )

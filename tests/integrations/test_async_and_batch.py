@@ -34,9 +34,7 @@ from onceonly.records import Acquired, Status, new_token
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
 from onceonly.stores.dynamodb import AsyncDynamoDBStore
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
-from testkit import RedisFarm
-
-EVENTS = Path(__file__).resolve().parents[3] / "shared" / "events"
+from testkit import RedisFarm, load_event
 
 
 class CountingConnection(redis.Connection):
@@ -345,7 +343,7 @@ def test_partials_and_async_callables_use_the_async_driver() -> None:
 
 
 def _sqs_batch(n: int, *, duplicate_of: dict[int, int] | None = None) -> list[dict[str, Any]]:
-    template = json.loads((EVENTS / "sqsEvent.json").read_text())["Records"][0]
+    template = load_event("sqsEvent.json")["Records"][0]
     records = []
     for i in range(n):
         record = copy.deepcopy(template)

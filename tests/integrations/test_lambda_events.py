@@ -1,4 +1,4 @@
-"""The decorators end to end, driven by the sample Lambda events in ../shared/events/.
+"""The decorators end to end, driven by the sample Lambda events in tests/events/.
 
 Most tests run over four flavours: a sync handler on MemoryStore and on
 SQLiteStore, and an async handler on AsyncMemoryStore and on AsyncSQLiteStore,
@@ -42,22 +42,9 @@ from onceonly import (
 )
 from onceonly.records import Acquired, Found
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
+from testkit import load_event
 
-EVENTS = Path(__file__).resolve().parents[3] / "shared" / "events"
 HOUR_MS = 3_600_000
-
-
-def load_event(name: str) -> dict[str, Any]:
-    """A sample event; a missing file fails the test (it is never skipped)."""
-    path = EVENTS / name
-    if not path.is_file():
-        pytest.fail(
-            f"sample Lambda event {path} is missing: the tests expect the shared/ folder "
-            f"(with events/) next to the repository clone, at {EVENTS.parent}",
-            pytrace=False,
-        )
-    event: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return event
 
 
 def key_of(prefix: str, selected: Any) -> str:

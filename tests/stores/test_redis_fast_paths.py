@@ -33,8 +33,7 @@ from redis.backoff import NoBackoff
 import redis_harness as harness
 from onceonly import CorruptRecordError, IdempotencyStoreError
 from onceonly.records import Acquired, Found, Status, new_token
-from onceonly.stores import _redis_scripts as scripts
-from onceonly.stores.redis import AsyncRedisStore, RedisStore
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
 from testkit import RedisFarm
 
 LEASE = 60_000

@@ -1,4 +1,4 @@
-"""Items, errors and the table helper of the DynamoDB store (see ``dynamodb.py``).
+"""Items, errors and the table helper of the DynamoDB store (see ``store.py``).
 
 An item holds the key attribute(s), then ``status`` ("P" or "C"), ``token``,
 ``deadline`` (integer ms since the epoch, a number), ``fingerprint``
@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import codec
-from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..records import Record
+from ... import codec
+from ...errors import IdempotencyConfigError, IdempotencyStoreError
+from ...records import Record
 
 __all__ = [
     "DATA_ATTRS",

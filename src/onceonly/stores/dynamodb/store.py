@@ -13,7 +13,7 @@ The default layout is the one Powertools' DynamoDB persistence layer uses: a
 string partition key ``id`` and DynamoDB TTL on ``expiration`` (epoch
 seconds), so a table made for Powertools, and its TTL setting, can be reused.
 With ``sort_key_attr`` the partition value is a constant and the idempotency
-key goes in the sort key. See ``_dynamodb_items.py`` for the item's fields.
+key goes in the sort key. See ``items.py`` for the item's fields.
 
 boto3 is imported when a store is built, so this module imports without it.
 """
@@ -23,13 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..records import Acquired, ClaimResult, Found, Record, Status
-from . import _dynamodb_items as items
-from ._threaded import InThreadStore
-from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
+from ...errors import IdempotencyConfigError, IdempotencyStoreError
+from ...records import Acquired, ClaimResult, Found, Record, Status
+from ..protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
+from . import items
 
-__all__ = ["AsyncDynamoDBStore", "DynamoDBStore", "OutcomeTooLargeError"]
+__all__ = ["DEFAULT_MAX_OUTCOME_BYTES", "DynamoDBStore", "OutcomeTooLargeError"]
 
 # DynamoDB's item limit is 400 KB, attribute names and the key included.
 DEFAULT_MAX_OUTCOME_BYTES = 350_000
@@ -425,22 +424,3 @@ class DynamoDBStore:
             ReturnValues="ALL_OLD",
         )
         return bool(response.get("Attributes"))
-
-
-class AsyncDynamoDBStore(InThreadStore):
-    """The asyncio twin of :class:`DynamoDBStore`: each call runs in a worker thread.
-
-    boto3 has no asyncio interface; ``asyncio.to_thread`` keeps its blocking
-    HTTP calls off the event loop. Every decision is the sync store's.
-
-    Args:
-        table_name: As for :class:`DynamoDBStore`, with the same keyword options.
-    """
-
-    def __init__(self, table_name: str, **options: Any) -> None:
-        self.sync = DynamoDBStore(table_name, **options)
-
-    @classmethod
-    def create_table(cls, table_name: str, **options: Any) -> bool:
-        """Create the table unless a matching one exists; see ``DynamoDBStore.create_table``."""
-        return DynamoDBStore.create_table(table_name, **options)

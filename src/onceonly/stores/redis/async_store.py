@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..records import ClaimResult, Record
-from . import _redis_scripts as scripts
-from ._redis_common import (
+from ...errors import IdempotencyConfigError, IdempotencyStoreError
+from ...records import ClaimResult, Record
+from ..protocol import check_key
+from . import scripts
+from .common import (
     RedisBase,
     chained,
     check_waitaof_support,
@@ -30,7 +31,6 @@ from ._redis_common import (
     store_error,
     url_client,
 )
-from .protocol import check_key
 
 __all__ = ["AsyncRedisStore"]
 

@@ -1,7 +1,7 @@
 """What the sync and async Redis stores share: options, errors, URLs, replies.
 
 Nothing here does I/O except building clients in ``url_client``; the stores
-in ``redis.py`` (sync) and ``_redis_async.py`` (asyncio) only send.
+in ``store.py`` (sync) and ``async_store.py`` (asyncio) only send.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..errors import CorruptRecordError, IdempotencyConfigError, IdempotencyStoreError
-from ..records import Record
-from . import _redis_scripts as scripts
-from .protocol import check_claim, check_complete, check_key, check_ms, check_token
+from ...errors import CorruptRecordError, IdempotencyConfigError, IdempotencyStoreError
+from ...records import Record
+from ..protocol import check_claim, check_complete, check_key, check_ms, check_token
+from . import scripts
 
 __all__ = [
     "Call",

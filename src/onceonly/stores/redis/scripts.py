@@ -10,9 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-from .. import codec
-from ..errors import CorruptRecordError
-from ..records import Acquired, ClaimResult, Found, Record
+from ... import codec
+from ...errors import CorruptRecordError
+from ...records import Acquired, ClaimResult, Found, Record
 
 __all__ = [
     "CLAIM",
@@ -36,7 +36,7 @@ class Script:
 
 
 def _load(name: str) -> Script:
-    folder = resources.files("onceonly.stores") / "lua"
+    folder = resources.files(__package__) / "lua"
     source = (folder / "_prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
     return Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 

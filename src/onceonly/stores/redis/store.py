@@ -18,11 +18,11 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import CorruptRecordError, IdempotencyConfigError
-from ..records import ClaimResult, Record
-from . import _redis_scripts as scripts
-from ._redis_async import AsyncRedisStore
-from ._redis_common import (
+from ...errors import CorruptRecordError, IdempotencyConfigError
+from ...records import ClaimResult, Record
+from ..protocol import ClaimCall, CompleteCall, ReleaseCall, check_key
+from . import scripts
+from .common import (
     Call,
     RedisBase,
     chained,
@@ -34,9 +34,8 @@ from ._redis_common import (
     store_error,
     url_client,
 )
-from .protocol import ClaimCall, CompleteCall, ReleaseCall, check_key
 
-__all__ = ["AsyncRedisStore", "RedisStore", "import_redis", "store_error"]
+__all__ = ["RedisStore"]
 
 _UTF8 = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
 

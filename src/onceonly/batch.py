@@ -1,0 +1,110 @@
+"""Record batches: run a handler once per idempotency key over an SQS, Kinesis or
+DynamoDB-streams batch (or Redis Stream entries), with Lambda's partial batch response.
+
+All records' keys are claimed together (one round trip per store node on
+Redis), the records whose claim was taken run one by one, and their outcomes
+are stored together (one more round trip). Each record gets its own outcome:
+run, replayed, in progress or failed, so that a Lambda handler can report a
+partial batch failure and let only those records come back. Records of the
+same key inside one batch run once; the others replay that run's result.
+
+The decisions are ``batch_engine.batch_flow``'s; the drivers carry them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _async, _sync
+from .batch_engine import BatchResult, ItemResult, ItemStatus, batch_flow, lambda_item_identifier
+from .config import IdempotencyConfig
+from .decorators import _Guard
+from .engine import Invocation
+from .errors import IdempotencyConfigError
+
+__all__ = [
+    "BatchResult",
+    "ItemResult",
+    "ItemStatus",
+    "lambda_item_identifier",
+    "process_batch",
+    "process_batch_async",
+]
+
+
+def _prepare(
+    handler: Callable[..., Any],
+    records: Iterable[Any],
+    store: Any,
+    config: IdempotencyConfig | None,
+    output_serializer: Any,
+    lease_ms: int | None,
+) -> tuple[Any, list[Any], list[Invocation | None]]:
+    if lease_ms is not None and (type(lease_ms) is not int or lease_ms <= 0):
+        raise IdempotencyConfigError(f"lease_ms must be a positive integer, got {lease_ms!r}")
+    guard = _Guard(handler, store, config, output_serializer)
+    items = list(records)
+    invocations = [guard.invocation(record, lease_ms=lease_ms) for record in items]
+    return guard, items, invocations
+
+
+def process_batch(
+    records: Iterable[Any],
+    handler: Callable[[Any], Any],
+    *,
+    store: Any,
+    config: IdempotencyConfig | None = None,
+    output_serializer: Any = None,
+    lease_ms: int | None = None,
+) -> BatchResult:
+    """Run ``handler(record)`` once per idempotency key over a batch of records.
+
+    Args:
+        records: The records (e.g. ``event["Records"]``).
+        handler: Called with one record; its result is stored per key.
+        store: A sync store.
+        config: Options (``event_key_jmespath`` selects each record's key).
+        output_serializer: As for ``idempotent_function``.
+        lease_ms: How long the batch's claims hold (e.g. the Lambda's remaining
+            time); ``config.lease_seconds`` by default. Every claim is taken
+            before the first record runs, so it must cover the whole batch.
+
+    Returns:
+        Every record's outcome; ``.batch_item_failures()`` is Lambda's response.
+
+    Raises:
+        IdempotencyConfigError: Bad options, or an async store or handler.
+        IdempotencySerializationError: A record cannot be made canonical JSON.
+        IdempotencyStoreError: The claims failed (fail closed; nothing ran).
+    """
+    guard, items, invocations = _prepare(
+        handler, records, store, config, output_serializer, lease_ms
+    )
+    if guard.is_async:
+        raise IdempotencyConfigError("process_batch takes a sync handler: use process_batch_async")
+    return _sync.drive_batch(batch_flow(guard.policy, items, invocations), store, items, handler)
+
+
+async def process_batch_async(
+    records: Iterable[Any],
+    handler: Callable[[Any], Any],
+    *,
+    store: Any,
+    config: IdempotencyConfig | None = None,
+    output_serializer: Any = None,
+    lease_ms: int | None = None,
+) -> BatchResult:
+    """The asyncio twin of :func:`process_batch`: an async handler and an async store.
+
+    The claims go out together (one pipeline on ``AsyncRedisStore``), the
+    records run one after the other, and the outcomes go out together.
+    """
+    guard, items, invocations = _prepare(
+        handler, records, store, config, output_serializer, lease_ms
+    )
+    if not guard.is_async:
+        raise IdempotencyConfigError("process_batch_async takes an async handler")
+    return await _async.drive_batch(
+        batch_flow(guard.policy, items, invocations), store, items, handler
+    )
