@@ -9,13 +9,14 @@ is patched. Child processes (the storm) build their own clients to
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import boto3
@@ -44,14 +45,18 @@ def client_for(url: str, **config: Any) -> Any:
     )
 
 
-def _serial(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
-    lock = threading.Lock()
+class _Serial:
+    """A WSGI app applying requests one at a time; ``lock`` held by a test pauses the server."""
 
-    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        with lock:
-            return list(app(environ, start_response))
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.requests = 0
 
-    return serve
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self.lock:
+            self.requests += 1
+            return list(self.app(environ, start_response))
 
 
 class MotoServer:
@@ -70,7 +75,8 @@ class MotoServer:
         self._server.start()
         wsgi = self._server._server  # werkzeug's server, made by start()
         assert wsgi is not None
-        wsgi.app = _serial(wsgi.app)
+        self._serial = _Serial(wsgi.app)
+        wsgi.app = self._serial
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
         self._shared: dict[str, str] = {}
@@ -79,6 +85,17 @@ class MotoServer:
         # tests that need no client of their own share this one (boto3 clients
         # are thread-safe).
         self.shared_client = client_for(self.url)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold every request that arrives until the block ends (they are then applied)."""
+        with self._serial.lock:
+            yield
+
+    @property
+    def requests(self) -> int:
+        """How many requests the server has applied so far."""
+        return self._serial.requests
 
     def client(self, **config: Any) -> Any:
         """A new real boto3 client to this server."""

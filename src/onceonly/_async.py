@@ -22,6 +22,7 @@ from .engine import (
     release_call,
 )
 from .errors import IdempotencyStoreError
+from .records import Acquired
 from .stores.protocol import (
     AsyncStore,
     claim_many_async,
@@ -34,6 +35,37 @@ __all__ = ["drive", "drive_batch"]
 T = TypeVar("T")
 
 logger = logging.getLogger("onceonly")
+
+# Releases started after their caller was cancelled: held here so that they are
+# not garbage-collected before they finish.
+_giving_back: set[asyncio.Future[Any]] = set()
+
+
+async def _claim(claim: Awaitable[T], give_back: Callable[[T], Awaitable[Any] | None]) -> T:
+    """Await a claim; if the caller is cancelled while it is in flight, undo what it took.
+
+    A claim already sent lands whether or not its caller still waits (the
+    pipeline went out; the worker thread runs on). Left alone, a claim that
+    took the key after its caller was cancelled would lock the key until the
+    lease ends. So the claim is shielded, and when it finishes after the
+    cancellation, ``give_back(answer)`` releases whatever it acquired.
+    """
+    inflight = asyncio.ensure_future(claim)
+    try:
+        return await asyncio.shield(inflight)
+    except asyncio.CancelledError:
+        inflight.add_done_callback(lambda done: _give_back(done, give_back))
+        raise
+
+
+def _give_back(done: asyncio.Future[T], give_back: Callable[[T], Awaitable[Any] | None]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return  # nothing was taken, or nobody can tell: the lease ends it
+    release = give_back(done.result())
+    if release is not None:
+        task = asyncio.ensure_future(release)
+        _giving_back.add(task)
+        task.add_done_callback(_giving_back.discard)
 
 
 async def _heartbeat(store: AsyncStore, inv: Invocation, interval_ms: int) -> None:
@@ -99,12 +131,20 @@ async def drive(
 
     async def do(step: Step) -> Any:
         if step is CLAIM:
-            return await store.claim(
+            claim = store.claim(
                 inv.key,
                 token=inv.token,
                 lease_ms=inv.lease_ms,
                 ttl_ms=inv.ttl_ms,
                 fingerprint=inv.fingerprint,
+            )
+            return await _claim(
+                claim,
+                lambda answer: (
+                    store.release(inv.key, token=inv.token)
+                    if isinstance(answer, Acquired)
+                    else None
+                ),
             )
         if isinstance(step, Execute):
             return await _execute(step, store, inv, call)
@@ -135,7 +175,18 @@ async def drive_batch(
         if isinstance(step, RunItem):
             return await handler(records[step.index])
         if isinstance(step, ClaimMany):
-            return await claim_many_async(store, [claim_call(inv) for inv in step.invocations])
+            invocations = step.invocations
+
+            def give_back(answers: list[Any]) -> Awaitable[Any] | None:
+                taken = [
+                    release_call(inv)
+                    for inv, answer in zip(invocations, answers, strict=True)
+                    if isinstance(answer, Acquired)
+                ]
+                return release_many_async(store, taken) if taken else None
+
+            claims = claim_many_async(store, [claim_call(inv) for inv in invocations])
+            return await _claim(claims, give_back)
         if isinstance(step, CompleteMany):
             return await complete_many_async(
                 store, [complete_call(inv, out) for inv, out in step.items]

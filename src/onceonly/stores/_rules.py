@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..records import Acquired, ClaimResult, Found, Record, Status
 
-__all__ = ["claim", "complete", "is_live", "owns", "renew"]
+__all__ = ["claim", "complete", "is_live", "owns", "release", "renew"]
 
 
 def is_live(record: Record | None, now: int) -> bool:
@@ -61,6 +61,19 @@ def complete(
     if existing is None or not owns(existing, now, token):
         return None
     return Record(Status.COMPLETED, token, now + ttl_ms, existing.fingerprint, outcome)
+
+
+def release(existing: Record | None, now: int, *, token: str) -> tuple[bool, bool]:
+    """Return (delete the record?, answer) for a release.
+
+    The caller's running claim is deleted (True). No live record at all is
+    also True, with nothing to delete: a release retried after its reply was
+    lost finds the key gone, and that is what it asked for. A live record of
+    another owner, or a completed one, is False and stays.
+    """
+    if owns(existing, now, token):
+        return True, True
+    return False, not is_live(existing, now)
 
 
 def renew(existing: Record | None, now: int, *, token: str, lease_ms: int) -> Record | None:

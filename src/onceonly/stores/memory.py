@@ -68,14 +68,14 @@ class MemoryStore:
             return True
 
     def release(self, key: str, *, token: str) -> bool:
-        """Drop the claim if ``token`` still holds it."""
+        """Drop the claim if ``token`` still holds it; True too when no live record is left."""
         check_key(key)
         check_token(token)
         with self._lock:
-            if not _rules.owns(self._records.get(key), self._clock(), token):
-                return False
-            del self._records[key]
-            return True
+            drop, released = _rules.release(self._records.get(key), self._clock(), token=token)
+            if drop:
+                del self._records[key]
+            return released
 
     def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
         """Extend the lease if ``token`` still holds the claim."""
@@ -131,7 +131,7 @@ class AsyncMemoryStore:
         return self._store.complete(key, token=token, outcome=outcome, ttl_ms=ttl_ms)
 
     async def release(self, key: str, *, token: str) -> bool:
-        """Drop the claim if ``token`` still holds it."""
+        """Drop the claim if ``token`` still holds it; True too when no live record is left."""
         return self._store.release(key, token=token)
 
     async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:

@@ -3,10 +3,13 @@
 A store keeps one record per key. ``claim`` takes the key when it is absent,
 expired, or an orphan (IN_PROGRESS past its lease), and also when it is
 IN_PROGRESS under the caller's own token (a retried claim whose reply was
-lost); otherwise it returns the live record in the same call. ``complete``,
-``release`` and ``renew`` succeed only while the record is IN_PROGRESS under
-the caller's token with its lease running: the token fences every write.
-Times are judged by the store's own clock.
+lost); otherwise it returns the live record in the same call. ``complete``
+and ``renew`` succeed only while the record is IN_PROGRESS under the caller's
+token with its lease running: the token fences every write. ``release`` drops
+such a claim; it also answers True, writing nothing, when no live record is
+there at all (a release retried after its reply was lost finds the key gone:
+its job is done), and False only when a live record of another owner (or a
+completed one) holds the key. Times are judged by the store's own clock.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Store(Protocol):
         ...
 
     def release(self, key: str, *, token: str) -> bool:
-        """Drop the caller's claim so that a retry can run."""
+        """Drop the caller's claim for a retry; True too when no live record is left."""
         ...
 
     def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
@@ -86,7 +89,7 @@ class AsyncStore(Protocol):
         ...
 
     async def release(self, key: str, *, token: str) -> bool:
-        """Drop the caller's claim so that a retry can run."""
+        """Drop the caller's claim for a retry; True too when no live record is left."""
         ...
 
     async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:

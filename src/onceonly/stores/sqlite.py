@@ -147,6 +147,11 @@ class SQLiteStore:
         )
         self._sql_renew = f"UPDATE {t} SET deadline = ?3 + ?4 WHERE {owned}"
         self._sql_release = f"DELETE FROM {t} WHERE {owned}"
+        # Whether anything still holds the key: a live row, or one that is not a record.
+        self._sql_held = (
+            f"SELECT count(*) FROM {t} "
+            "WHERE key = ?1 AND NOT (typeof(deadline) = 'integer' AND deadline <= ?2)"
+        )
         self._sql_delete = f"DELETE FROM {t} WHERE key = ?"
         self._sql_window = f"SELECT key, deadline FROM {t} WHERE key > ? ORDER BY key LIMIT ?"
         self._sql_purge_one = f"DELETE FROM {t} WHERE key = ? AND deadline <= ?"
@@ -293,10 +298,21 @@ class SQLiteStore:
         return self._owned_write(self._sql_complete, key, token, ttl_ms, outcome)
 
     def release(self, key: str, *, token: str) -> bool:
-        """Drop the claim if ``token`` still holds it."""
+        """Drop the claim if ``token`` still holds it; True too when no live record is left."""
         check_key(key)
         check_token(token)
-        return self._owned_write(self._sql_release, key, token)
+
+        def run() -> bool:
+            conn, now = self._conn(), self._clock()
+            if conn.execute(self._sql_release, (key, token, now)).rowcount == 1:
+                self._wrote()
+                return True
+            # Nothing of ours to drop. With no live row left (a release retried
+            # after its reply was lost), the release has done its job.
+            (held,) = conn.execute(self._sql_held, (key, now)).fetchone()
+            return bool(held == 0)
+
+        return self._guard(run)
 
     def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
         """Extend the lease if ``token`` still holds the claim."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ...errors import IdempotencyConfigError, IdempotencyStoreError
+from ...errors import CorruptRecordError, IdempotencyConfigError, IdempotencyStoreError
 from ...records import Acquired, ClaimResult, Found, Record, Status
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
 from . import items
@@ -363,11 +363,15 @@ class DynamoDBStore:
         )
 
     def release(self, key: str, *, token: str) -> bool:
-        """Drop the claim if ``token`` still holds it: one conditional DeleteItem."""
+        """Drop the claim if ``token`` still holds it: one conditional DeleteItem.
+
+        True too when no live item is left (see the store protocol).
+        """
         check_key(key)
         check_token(token)
-        condition, names, values = self._owned(token, self._clock())
-        done, _ = self._write(
+        now = self._clock()
+        condition, names, values = self._owned(token, now)
+        done, old = self._write(
             self.client.delete_item,
             key,
             condition,
@@ -375,7 +379,13 @@ class DynamoDBStore:
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
         )
-        return done
+        if done or not old:
+            return True  # released, or no item at all (a retried release): done either way
+        # Another item holds the key: done only if it has ended (the claim's skew rule).
+        try:
+            return items.record_from_item(old).deadline_ms + self.clock_skew_ms <= now
+        except CorruptRecordError:
+            return False
 
     def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
         """Extend the lease if ``token`` still holds it: one conditional UpdateItem."""
