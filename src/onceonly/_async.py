@@ -8,7 +8,16 @@ import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-from .batch_engine import BatchResult, BatchStep, ClaimMany, CompleteMany, ReleaseMany, RunItem
+from .batch_engine import (
+    BatchResult,
+    BatchStep,
+    ClaimMany,
+    CompleteMany,
+    ReleaseMany,
+    RunItem,
+    renew_call,
+    still_held,
+)
 from .engine import (
     CLAIM,
     RELEASE,
@@ -28,6 +37,7 @@ from .stores.protocol import (
     claim_many_async,
     complete_many_async,
     release_many_async,
+    renew_many_async,
 )
 
 __all__ = ["drive", "drive_batch"]
@@ -68,17 +78,30 @@ def _give_back(done: asyncio.Future[T], give_back: Callable[[T], Awaitable[Any] 
         task.add_done_callback(_giving_back.discard)
 
 
-async def _heartbeat(store: AsyncStore, inv: Invocation, interval_ms: int) -> None:
+async def _heartbeat(beat: Callable[[], Awaitable[bool]], interval_ms: int, what: str) -> None:
+    """Await ``beat`` every interval until cancelled or it returns False.
+
+    ``beat`` renews one call's claim, or every claim a batch holds. A store
+    error is logged and the next beat tried: the store may come back before
+    the lease ends.
+    """
     while True:
         await asyncio.sleep(interval_ms / 1000)
         try:
-            renewed = await store.renew(inv.key, token=inv.token, lease_ms=inv.lease_ms)
+            if await beat() is not True:
+                return
         except IdempotencyStoreError as exc:
-            logger.warning("onceonly: heartbeat for key %s failed (%s)", inv.key, exc)
-            continue
-        if renewed is not True:
-            logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
-            return
+            logger.warning("onceonly: heartbeat for %s failed (%s)", what, exc)
+
+
+def _renew_one(store: AsyncStore, inv: Invocation) -> Callable[[], Awaitable[bool]]:
+    async def beat() -> bool:
+        if await store.renew(inv.key, token=inv.token, lease_ms=inv.lease_ms) is True:
+            return True
+        logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
+        return False
+
+    return beat
 
 
 async def _execute(
@@ -86,7 +109,9 @@ async def _execute(
 ) -> Any:
     if step.heartbeat_ms is None:
         return await call()
-    beat = asyncio.ensure_future(_heartbeat(store, inv, step.heartbeat_ms))
+    beat = asyncio.ensure_future(
+        _heartbeat(_renew_one(store, inv), step.heartbeat_ms, f"key {inv.key}")
+    )
     try:
         return await call()
     finally:
@@ -169,9 +194,11 @@ async def drive_batch(
     records: Sequence[Any],
     handler: Callable[[Any], Awaitable[Any]],
 ) -> BatchResult:
-    """Carry out a batch flow's steps (see ``batch.batch_flow``); return its result."""
+    """Carry out a batch flow's steps (see ``batch_engine.batch_flow``); return its result."""
+    heartbeat = _BatchHeartbeat(store)
 
     async def do(step: BatchStep) -> Any:
+        heartbeat.follow(step)
         if isinstance(step, RunItem):
             return await handler(records[step.index])
         if isinstance(step, ClaimMany):
@@ -188,12 +215,84 @@ async def drive_batch(
             claims = claim_many_async(store, [claim_call(inv) for inv in invocations])
             return await _claim(claims, give_back)
         if isinstance(step, CompleteMany):
-            return await complete_many_async(
-                store, [complete_call(inv, out) for inv, out in step.items]
-            )
+            calls = [complete_call(inv, out) for inv, out in step.items]
+            return await _settled(complete_many_async(store, calls))
         if isinstance(step, ReleaseMany):
-            calls = [release_call(inv) for inv in step.invocations]
-            return await asyncio.shield(release_many_async(store, calls))
+            return await _settled(
+                release_many_async(store, [release_call(inv) for inv in step.invocations])
+            )
         raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
 
-    return await _pump(steps, do)
+    try:
+        return await _pump(steps, do)
+    finally:
+        await heartbeat.end()
+
+
+async def _settled(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even when cancelled meanwhile, then raise the cancellation.
+
+    For the writes that store a batch's outcomes and give its claims back: a
+    cancelled batch (cancelled again while it settles) still makes them, and
+    they have landed by the time the cancellation reaches the caller.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller gets
+        raise
+
+
+class _BatchHeartbeat:
+    """One heartbeat over the consecutive RunItems of a batch that carry claims.
+
+    Started at the first of them, it renews that step's claims (gathered: one
+    pipeline on AsyncRedisStore) until a step of another kind.
+    """
+
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+        self._held: list[Invocation] = []
+        self._beating: asyncio.Task[None] | None = None
+        self._ended: list[asyncio.Task[None]] = []
+
+    def follow(self, step: BatchStep) -> None:
+        """Start the heartbeat, keep it, or stop it, as ``step`` asks."""
+        if isinstance(step, RunItem) and step.renew and step.heartbeat_ms is not None:
+            if self._beating is None:
+                self._held = list(step.renew)
+                what = f"{len(self._held)} claims of a batch"
+                self._beating = asyncio.ensure_future(
+                    _heartbeat(self._beat, step.heartbeat_ms, what)
+                )
+        else:
+            self._halt()
+
+    def _halt(self) -> None:
+        # Not awaited here: the outcomes are stored at once, and a cancellation
+        # of the batch meanwhile must reach the flow at its own step.
+        if self._beating is not None:
+            self._beating.cancel()
+            self._ended.append(self._beating)
+            self._beating = None
+
+    async def _beat(self) -> bool:
+        held = self._held
+        answers = await renew_many_async(self._store, [renew_call(inv) for inv in held])
+        self._held = still_held(held, answers)
+        return len(self._held) > 0
+
+    async def end(self) -> None:
+        """Stop the heartbeat and wait for its task to end."""
+        self._halt()
+        if not self._ended:
+            return
+        await asyncio.wait(self._ended)
+        for beat in self._ended:
+            if not beat.cancelled() and beat.exception() is not None:
+                logger.warning(
+                    "onceonly: heartbeat of a batch failed (%s)", type(beat.exception()).__name__
+                )

@@ -8,7 +8,16 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-from .batch_engine import BatchResult, BatchStep, ClaimMany, CompleteMany, ReleaseMany, RunItem
+from .batch_engine import (
+    BatchResult,
+    BatchStep,
+    ClaimMany,
+    CompleteMany,
+    ReleaseMany,
+    RunItem,
+    renew_call,
+    still_held,
+)
 from .engine import (
     CLAIM,
     RELEASE,
@@ -22,7 +31,7 @@ from .engine import (
     release_call,
 )
 from .errors import IdempotencyStoreError
-from .stores.protocol import Store, claim_many, complete_many, release_many
+from .stores.protocol import Store, claim_many, complete_many, release_many, renew_many
 
 __all__ = ["drive", "drive_batch"]
 
@@ -32,38 +41,53 @@ logger = logging.getLogger("onceonly")
 
 
 class _Heartbeat:
-    """Renews a lease from a daemon thread until stopped or the lease is lost."""
+    """Calls ``beat`` from a daemon thread every interval until stopped or it returns False.
 
-    def __init__(self, store: Store, inv: Invocation, interval_ms: int) -> None:
-        self._store = store
-        self._inv = inv
+    ``beat`` renews one call's claim, or every claim a batch holds. A store
+    error is logged and the next beat tried: the store may come back before
+    the lease ends.
+    """
+
+    def __init__(self, beat: Callable[[], bool], interval_ms: int, what: str) -> None:
+        self._beat = beat
+        self._what = what
         self._interval = interval_ms / 1000
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="onceonly-heartbeat", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        inv = self._inv
         while not self._stop.wait(self._interval):
             try:
-                renewed = self._store.renew(inv.key, token=inv.token, lease_ms=inv.lease_ms)
+                if self._beat() is not True:
+                    return
             except IdempotencyStoreError as exc:
-                # Keep trying: the store may come back before the lease ends.
-                logger.warning("onceonly: heartbeat for key %s failed (%s)", inv.key, exc)
-                continue
-            if renewed is not True:
-                logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
-                return
+                logger.warning("onceonly: heartbeat for %s failed (%s)", self._what, exc)
+
+    def halt(self) -> None:
+        """Stop beating, without waiting for a renewal in flight."""
+        self._stop.set()
 
     def stop(self) -> None:
+        """Stop beating and wait for the thread to end."""
         self._stop.set()
         self._thread.join()
+
+
+def _renew_one(store: Store, inv: Invocation) -> Callable[[], bool]:
+    def beat() -> bool:
+        if store.renew(inv.key, token=inv.token, lease_ms=inv.lease_ms) is True:
+            return True
+        logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
+        return False
+
+    return beat
 
 
 def _execute(step: Execute, store: Store, inv: Invocation, call: Callable[[], Any]) -> Any:
     if step.heartbeat_ms is None:
         return call()
-    heartbeat = _Heartbeat(store, inv, step.heartbeat_ms)
+    heartbeat = _Heartbeat(_renew_one(store, inv), step.heartbeat_ms, f"key {inv.key}")
     try:
         return call()
     finally:
@@ -130,9 +154,11 @@ def drive_batch(
     records: Sequence[Any],
     handler: Callable[[Any], Any],
 ) -> BatchResult:
-    """Carry out a batch flow's steps (see ``batch.batch_flow``); return its result."""
+    """Carry out a batch flow's steps (see ``batch_engine.batch_flow``); return its result."""
+    heartbeat = _BatchHeartbeat(store)
 
     def do(step: BatchStep) -> Any:
+        heartbeat.follow(step)
         if isinstance(step, RunItem):
             return handler(records[step.index])
         if isinstance(step, ClaimMany):
@@ -143,4 +169,56 @@ def drive_batch(
             return release_many(store, [release_call(inv) for inv in step.invocations])
         raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
 
-    return _pump(steps, do)
+    try:
+        return _pump(steps, do)
+    finally:
+        heartbeat.end()
+
+
+class _BatchHeartbeat:
+    """One heartbeat over the consecutive RunItems of a batch that carry claims.
+
+    Started at the first of them, it renews that step's claims (one
+    ``renew_many``: one pipeline on Redis) until a step of another kind.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._held: list[Invocation] = []
+        self._beating: _Heartbeat | None = None
+        self._ended: list[_Heartbeat] = []
+        self._halted = False
+
+    def follow(self, step: BatchStep) -> None:
+        """Start the heartbeat, keep it, or stop it, as ``step`` asks."""
+        if isinstance(step, RunItem) and step.renew and step.heartbeat_ms is not None:
+            if self._beating is None:
+                self._held = list(step.renew)
+                what = f"{len(self._held)} claims of a batch"
+                self._beating = _Heartbeat(self._beat, step.heartbeat_ms, what)
+        else:
+            self._halt()
+
+    def _halt(self) -> None:
+        # Not joined here: a renewal still in flight is fenced by the record's
+        # state, and the outcomes are stored without waiting for it.
+        if self._beating is not None:
+            self._halted = True
+            self._beating.halt()
+            self._ended.append(self._beating)
+            self._beating = None
+
+    def _beat(self) -> bool:
+        held = self._held
+        answers = renew_many(self._store, [renew_call(inv) for inv in held])
+        if self._halted:
+            # Halted meanwhile: a refusal may be the outcome stored, not a lost lease.
+            return False
+        self._held = still_held(held, answers)
+        return len(self._held) > 0
+
+    def end(self) -> None:
+        """Stop the heartbeat and wait for its thread."""
+        self._halt()
+        for beat in self._ended:
+            beat.stop()

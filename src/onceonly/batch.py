@@ -6,7 +6,12 @@ Redis), the records whose claim was taken run one by one, and their outcomes
 are stored together (one more round trip). Each record gets its own outcome:
 run, replayed, in progress or failed, so that a Lambda handler can report a
 partial batch failure and let only those records come back. Records of the
-same key inside one batch run once; the others replay that run's result.
+same key inside one batch run once; the others replay that run's result (or,
+with payload validation, fail with IdempotencyKeyReuseError when their payload
+differs, as they would in another batch). With ``heartbeat=True`` every claim
+the batch holds is renewed (all in one round trip) while its records run. An
+interrupted batch (KeyboardInterrupt, cancellation) stores the outcomes of the
+records that finished and releases the other claims before it re-raises.
 
 The decisions are ``batch_engine.batch_flow``'s; the drivers carry them out.
 """
@@ -68,7 +73,8 @@ def process_batch(
         output_serializer: As for ``idempotent_function``.
         lease_ms: How long the batch's claims hold (e.g. the Lambda's remaining
             time); ``config.lease_seconds`` by default. Every claim is taken
-            before the first record runs, so it must cover the whole batch.
+            before the first record runs, so it must cover the whole batch,
+            unless ``config.heartbeat`` renews them (every third of it).
 
     Returns:
         Every record's outcome; ``.batch_item_failures()`` is Lambda's response.
@@ -77,6 +83,8 @@ def process_batch(
         IdempotencyConfigError: Bad options, or an async store or handler.
         IdempotencySerializationError: A record cannot be made canonical JSON.
         IdempotencyStoreError: The claims failed (fail closed; nothing ran).
+        KeyboardInterrupt: From the handler, after the outcomes of the records
+            that finished are stored and the other claims released.
     """
     guard, items, invocations = _prepare(
         handler, records, store, config, output_serializer, lease_ms
@@ -98,7 +106,10 @@ async def process_batch_async(
     """The asyncio twin of :func:`process_batch`: an async handler and an async store.
 
     The claims go out together (one pipeline on ``AsyncRedisStore``), the
-    records run one after the other, and the outcomes go out together.
+    records run one after the other, and the outcomes go out together. A
+    cancelled batch stores the outcomes of the records that finished and
+    releases the other claims (shielded: a second cancellation does not stop
+    those writes) before the cancellation reaches the caller.
     """
     guard, items, invocations = _prepare(
         handler, records, store, config, output_serializer, lease_ms

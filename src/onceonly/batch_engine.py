@@ -7,7 +7,12 @@ Redis), the records whose claim was taken run one by one, and their outcomes
 are stored together (one more round trip). Each record gets its own outcome:
 run, replayed, in progress or failed, so that a Lambda handler can report a
 partial batch failure and let only those records come back. Records of the
-same key inside one batch run once; the others replay that run's result.
+same key inside one batch run once; the others replay that run's result (or,
+with payload validation, fail with IdempotencyKeyReuseError when their payload
+differs, as they would in another batch). With ``heartbeat=True`` every claim
+the batch holds is renewed (all in one round trip) while its records run. An
+interrupted batch (KeyboardInterrupt, cancellation) stores the outcomes of the
+records that finished and releases the other claims before it re-raises.
 
 ``batch_flow`` decides (no I/O); the drivers' ``drive_batch`` carry it out for
 ``batch.process_batch`` and ``batch.process_batch_async``, as they carry out
@@ -24,6 +29,7 @@ from typing import Any
 
 from .config import StoreErrorPolicy
 from .engine import (
+    InProgress,
     Invocation,
     Mismatch,
     Policy,
@@ -37,7 +43,8 @@ from .engine import (
 )
 from .errors import IdempotencyStoreError
 from .metrics import Event
-from .records import ClaimResult
+from .records import ClaimResult, Found, Record, Status
+from .stores.protocol import RenewCall
 
 __all__ = [
     "BatchResult",
@@ -50,6 +57,8 @@ __all__ = [
     "RunItem",
     "batch_flow",
     "lambda_item_identifier",
+    "renew_call",
+    "still_held",
 ]
 
 logger = logging.getLogger("onceonly")
@@ -137,9 +146,21 @@ class ClaimMany:
 
 @dataclass(frozen=True)
 class RunItem:
-    """Run the handler on record ``index``; send back its value or throw its exception."""
+    """Run the handler on record ``index``; send back its value or throw its exception.
+
+    Attributes:
+        index: The record's position in the batch.
+        renew: Claims to keep renewed while it runs (``heartbeat=True``), each
+            to its own lease; empty for no heartbeat. A driver keeps one
+            heartbeat going across consecutive RunItems that carry claims (its
+            cadence does not restart with each record) and stops it at any
+            other step.
+        heartbeat_ms: How often to renew them, when ``renew`` is not empty.
+    """
 
     index: int
+    renew: tuple[Invocation, ...] = ()
+    heartbeat_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,31 @@ class ReleaseMany:
 BatchStep = ClaimMany | RunItem | CompleteMany | ReleaseMany
 
 
+def renew_call(inv: Invocation) -> RenewCall:
+    """The store arguments of the renewal of an invocation's claim (to its own lease)."""
+    return RenewCall(inv.key, inv.token, inv.lease_ms)
+
+
+def still_held(held: Sequence[Invocation], answers: Sequence[bool | Exception]) -> list[Invocation]:
+    """The claims a batch's heartbeat goes on renewing after one beat: not those found lost.
+
+    Args:
+        held: The claims the beat renewed.
+        answers: Each renewal's answer (``renew_many``).
+
+    Returns:
+        The claims renewed; a lost one (another execution took it over, or its
+        value is no record) is logged and not renewed again.
+    """
+    kept: list[Invocation] = []
+    for inv, answer in zip(held, answers, strict=True):
+        if answer is True:
+            kept.append(inv)
+        else:
+            logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
+    return kept
+
+
 def batch_flow(
     policy: Policy, records: Sequence[Any], invocations: Sequence[Invocation | None]
 ) -> Generator[BatchStep, Any, BatchResult]:
@@ -172,7 +218,8 @@ def batch_flow(
     Raises:
         IdempotencyStoreError: The claims failed and ``on_store_error`` is "raise".
         BaseException: A KeyboardInterrupt / cancellation inside the handler,
-            after every claim of the batch is released.
+            after the outcomes of the records that finished are stored and
+            every other claim of the batch is released.
     """
     stats = policy.stats
     first: dict[str, int] = {}  # key -> index of its first record
@@ -194,31 +241,37 @@ def batch_flow(
         answers, unprotected = [], True
 
     by_key: dict[str, ItemResult] = {}
+    # What a later record of each key meets: the store's record, or this batch's own claim.
+    holders: dict[str, Found] = {}
     to_run: list[int] = []
     for index, answer in zip(first.values(), answers, strict=True):
         inv = invocations[index]
         assert inv is not None
-        record = records[index]
         if isinstance(answer, BaseException):
             stats.add(Event.STORE_ERROR)
-            by_key[inv.key] = ItemResult(record, ItemStatus.FAILED, error=answer, key=inv.key)
+            by_key[inv.key] = ItemResult(
+                records[index], ItemStatus.FAILED, error=answer, key=inv.key
+            )
             continue
         decision = decide(answer, inv.fingerprint)
         if isinstance(decision, Run):
             if decision.takeover:
                 stats.add(Event.TAKEOVER)
             to_run.append(index)
-        elif isinstance(decision, Replay):
-            stats.add(Event.REPLAYED)
-            by_key[inv.key] = _replayed(policy, record, inv.key, decision)
-        elif isinstance(decision, Mismatch):
-            error = key_reuse_error(policy, inv)
-            by_key[inv.key] = ItemResult(record, ItemStatus.FAILED, error=error, key=inv.key)
+            holders[inv.key] = _own_claim(inv)
         else:
-            error = in_progress_error(policy, inv, decision.retry_after_ms)
-            by_key[inv.key] = ItemResult(record, ItemStatus.IN_PROGRESS, error=error, key=inv.key)
+            assert isinstance(answer, Found)
+            holders[inv.key] = answer
+            by_key[inv.key] = _met(policy, records[index], inv, decision)
 
     # Run the claimed records in batch order; store the outcomes together.
+    renew: tuple[Invocation, ...] = ()
+    heartbeat_ms: int | None = None
+    if policy.config.heartbeat and to_run:
+        # Every claim the batch runs stays held until the outcomes are stored
+        # at the end: each is renewed all along, every third of its lease.
+        renew = tuple(inv for inv in (invocations[i] for i in to_run) if inv is not None)
+        heartbeat_ms = max(1, min(inv.lease_ms for inv in renew) // 3)
     finished: list[tuple[Invocation, bytes]] = []
     to_release: list[Invocation] = []
     ran: dict[str, ItemResult] = {}
@@ -226,7 +279,7 @@ def batch_flow(
         inv = invocations[index]
         assert inv is not None
         try:
-            value = yield RunItem(index)
+            value = yield RunItem(index, renew, heartbeat_ms)
             outcome = encode_result(policy, value)
         except Exception as exc:  # one record's failure is that record's alone
             stats.add(Event.RELEASED)
@@ -234,9 +287,9 @@ def batch_flow(
             ran[inv.key] = ItemResult(records[index], ItemStatus.FAILED, error=exc, key=inv.key)
             continue
         except BaseException:
-            # Interrupted or cancelled: give back every claim not yet finished.
+            # Interrupted or cancelled: keep what finished, give back every other claim.
             pending = [invocations[i] for i in to_run[position:]] + to_release
-            yield ReleaseMany([p for p in pending if p is not None])
+            yield from _settle_interrupted(policy, finished, [p for p in pending if p is not None])
             raise
         stats.add(Event.EXECUTED)
         finished.append((inv, outcome))
@@ -254,11 +307,52 @@ def batch_flow(
         elif first[inv.key] == index:
             items.append(by_key[inv.key])
         else:
-            # A later record of a key already seen in this batch: same outcome.
-            head = by_key[inv.key]
-            status = ItemStatus.REPLAYED if head.status is ItemStatus.RUN else head.status
-            items.append(ItemResult(record, status, head.value, head.error, inv.key))
+            head, holder = by_key[inv.key], holders.get(inv.key)
+            items.append(_repeated(policy, record, inv, head, holder, inv.key in ran))
     return BatchResult(items)
+
+
+def _own_claim(inv: Invocation) -> Found:
+    """This batch's claim on a key, as a later record of the key meets it."""
+    return Found(Record(Status.IN_PROGRESS, inv.token, 0, inv.fingerprint), 0)
+
+
+def _met(
+    policy: Policy, record: Any, inv: Invocation, decision: Replay | Mismatch | InProgress
+) -> ItemResult:
+    """The outcome of a record whose key is held by a stored record."""
+    if isinstance(decision, Replay):
+        policy.stats.add(Event.REPLAYED)
+        return _replayed(policy, record, inv.key, decision)
+    if isinstance(decision, Mismatch):
+        error = key_reuse_error(policy, inv)
+        return ItemResult(record, ItemStatus.FAILED, error=error, key=inv.key)
+    error = in_progress_error(policy, inv, decision.retry_after_ms)
+    return ItemResult(record, ItemStatus.IN_PROGRESS, error=error, key=inv.key)
+
+
+def _repeated(
+    policy: Policy,
+    record: Any,
+    inv: Invocation,
+    head: ItemResult,
+    holder: Found | None,
+    own: bool,
+) -> ItemResult:
+    """A later record of a key already seen in this batch: what it would meet on its own.
+
+    Another payload under the key is key reuse, as it is across batches; the
+    same payload gets the stored record's answer, or (``own``: this batch
+    claimed the key) the outcome of this batch's run.
+    """
+    if holder is None:  # the claim itself failed: the same failure
+        return ItemResult(record, head.status, head.value, head.error, inv.key)
+    decision = decide(holder, inv.fingerprint)
+    assert not isinstance(decision, Run)  # a Found is never ours to run
+    if isinstance(decision, Mismatch) or not own:
+        return _met(policy, record, inv, decision)
+    status = ItemStatus.REPLAYED if head.status is ItemStatus.RUN else head.status
+    return ItemResult(record, status, head.value, head.error, inv.key)
 
 
 def _replayed(policy: Policy, record: Any, key: str, decision: Replay) -> ItemResult:
@@ -287,6 +381,45 @@ def _store_outcomes(
             policy.name,
             inv.key,
             type(answer).__name__ if isinstance(answer, BaseException) else "lease lost",
+        )
+
+
+def _settle_interrupted(
+    policy: Policy, finished: list[tuple[Invocation, bytes]], held: list[Invocation]
+) -> Generator[BatchStep, Any, None]:
+    """Store the outcomes of the records that finished, release every other claim.
+
+    Runs when a record was interrupted (KeyboardInterrupt, cancellation), before
+    that is re-raised: the records that ran are not run again on redelivery,
+    the others run at once instead of after their lease. A store error here is
+    logged, never raised in the interruption's place.
+    """
+    try:
+        if finished:
+            yield from _store_outcomes(policy, finished)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        # Interrupted again while storing (the async driver lets that write
+        # finish): the other claims are still given back.
+        yield from _release_quietly(policy, held)
+        raise
+    yield from _release_quietly(policy, held)
+
+
+def _release_quietly(policy: Policy, held: list[Invocation]) -> Generator[BatchStep, Any, None]:
+    if not held:
+        return
+    try:
+        yield ReleaseMany(held)
+    except IdempotencyStoreError as exc:
+        policy.stats.add(Event.STORE_ERROR)
+        logger.warning(
+            "onceonly: %s could not release %d claims of an interrupted batch (%s); "
+            "they are held until their lease ends",
+            policy.name,
+            len(held),
+            type(exc).__name__,
         )
 
 

@@ -144,9 +144,9 @@ def check_complete(key: object, token: object, outcome: object, ttl_ms: object) 
 
 # -- many keys at once (record batches) ---------------------------------------------
 #
-# A store may offer claim_many / complete_many / release_many, sending every
-# call in one round trip (RedisStore pipelines them). Otherwise the calls go
-# one by one. Either way each call gets its own answer: a result, or the
+# A store may offer claim_many / complete_many / release_many / renew_many,
+# sending every call in one round trip (RedisStore pipelines them). Otherwise
+# the calls go one by one. Either way each call gets its own answer: a result, or the
 # CorruptRecordError of its key. A failure of the store itself (it is down)
 # raises for the whole batch.
 
@@ -175,6 +175,14 @@ class ReleaseCall(NamedTuple):
 
     key: str
     token: str
+
+
+class RenewCall(NamedTuple):
+    """The arguments of one ``renew``."""
+
+    key: str
+    token: str
+    lease_ms: int
 
 
 def _one_by_one(calls: Sequence[Any], operation: Any) -> list[Any]:
@@ -215,6 +223,13 @@ def release_many(store: Any, calls: Sequence[ReleaseCall]) -> list[bool | Except
     return _one_by_one(calls, lambda c: store.release(c.key, token=c.token))
 
 
+def renew_many(store: Any, calls: Sequence[RenewCall]) -> list[bool | Exception]:
+    """Renew many claims, in one round trip where the store can (a batch's heartbeat)."""
+    if callable(getattr(store, "renew_many", None)):
+        return list(store.renew_many(calls))
+    return _one_by_one(calls, lambda c: store.renew(c.key, token=c.token, lease_ms=c.lease_ms))
+
+
 async def _gathered(awaitables: list[Any]) -> list[Any]:
     # Issued in one loop turn: AsyncRedisStore pipelines them into one round trip.
     answers = await asyncio.gather(*awaitables, return_exceptions=True)
@@ -250,3 +265,8 @@ async def complete_many_async(store: Any, calls: Sequence[CompleteCall]) -> list
 async def release_many_async(store: Any, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
     """The asyncio twin of :func:`release_many`."""
     return await _gathered([store.release(c.key, token=c.token) for c in calls])
+
+
+async def renew_many_async(store: Any, calls: Sequence[RenewCall]) -> list[bool | Exception]:
+    """The asyncio twin of :func:`renew_many`."""
+    return await _gathered([store.renew(c.key, token=c.token, lease_ms=c.lease_ms) for c in calls])

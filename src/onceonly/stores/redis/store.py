@@ -20,7 +20,7 @@ from typing import Any
 
 from ...errors import CorruptRecordError, IdempotencyConfigError
 from ...records import ClaimResult, Record
-from ..protocol import ClaimCall, CompleteCall, ReleaseCall, check_key
+from ..protocol import ClaimCall, CompleteCall, ReleaseCall, RenewCall, check_key
 from . import scripts
 from .common import (
     Call,
@@ -330,6 +330,11 @@ class RedisStore(RedisBase):
     def release_many(self, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
         """Release many claims in one pipeline."""
         replies = self._run_many([self._release_call(*c) for c in calls])
+        return self._each(replies, [c.key for c in calls], scripts.write_result)
+
+    def renew_many(self, calls: Sequence[RenewCall]) -> list[bool | Exception]:
+        """Renew many claims in one pipeline (a batch's heartbeat)."""
+        replies = self._run_many([self._renew_call(*c) for c in calls])
         return self._each(replies, [c.key for c in calls], scripts.write_result)
 
     def get(self, key: str) -> Record | None:
