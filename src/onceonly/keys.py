@@ -23,7 +23,7 @@ from typing import Any
 import jmespath
 from jmespath import functions as jp_functions
 
-from .errors import IdempotencyConfigError, IdempotencySerializationError
+from .errors import IdempotencyConfigError, IdempotencyKeyError, IdempotencySerializationError
 from .records import one_shot_encoder
 
 __all__ = [
@@ -36,13 +36,39 @@ __all__ = [
 ]
 
 
+class _InvalidBase64(Exception):
+    """A base64 JMESPath function got text that is not canonical base64."""
+
+    def __init__(self, function: str) -> None:
+        super().__init__(function)
+        self.function = function
+
+
+def _strict_b64decode(value: str, function: str) -> bytes:
+    # Strict: the standard alphabet, padding required, nothing else (no
+    # whitespace, no url-safe characters, no data after the padding), and the
+    # one canonical spelling (unused low bits zero). So one text decodes to one
+    # byte string and one byte string has one text: two different payloads
+    # can never meet in one key through a lenient decoder.
+    try:
+        raw = base64.b64decode(value, validate=True)
+        canonical = base64.b64encode(raw).decode("ascii") == value
+    except ValueError:  # binascii.Error and non-ASCII text are ValueErrors
+        canonical = False
+    if not canonical:
+        raise _InvalidBase64(function) from None
+    return raw
+
+
 class _Functions(jp_functions.Functions):
     """JMESPath functions that decode data embedded in events.
 
     ``from_json`` parses a JSON string (an API Gateway or SQS body),
     ``from_base64`` decodes base64 text (a Kinesis record), ``from_base64_gzip``
     decodes and gunzips (CloudWatch Logs). The Powertools names are accepted
-    too so existing expressions keep working.
+    too so existing expressions keep working. Base64 is decoded strictly
+    (standard alphabet with padding, canonical form); other text raises
+    :class:`IdempotencyKeyError` from :func:`select`.
     """
 
     @jp_functions.signature({"types": ["string"]})
@@ -51,15 +77,21 @@ class _Functions(jp_functions.Functions):
 
     @jp_functions.signature({"types": ["string"]})
     def _func_from_base64(self, value: str) -> str:
-        return base64.b64decode(value).decode()
+        return _strict_b64decode(value, "from_base64").decode()
 
     @jp_functions.signature({"types": ["string"]})
     def _func_from_base64_gzip(self, value: str) -> str:
-        return gzip.decompress(base64.b64decode(value)).decode()
+        return gzip.decompress(_strict_b64decode(value, "from_base64_gzip")).decode()
+
+    @jp_functions.signature({"types": ["string"]})
+    def _func_powertools_base64(self, value: str) -> str:
+        return _strict_b64decode(value, "powertools_base64").decode()
+
+    @jp_functions.signature({"types": ["string"]})
+    def _func_powertools_base64_gzip(self, value: str) -> str:
+        return gzip.decompress(_strict_b64decode(value, "powertools_base64_gzip")).decode()
 
     _func_powertools_json = _func_from_json
-    _func_powertools_base64 = _func_from_base64
-    _func_powertools_base64_gzip = _func_from_base64_gzip
 
 
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=_Functions())
@@ -93,12 +125,20 @@ def select(expression: Any, payload: Any) -> Any:
         The selected value.
 
     Raises:
+        IdempotencyKeyError: A base64 function got text that is not valid base64.
         IdempotencySerializationError: An embedded value failed to decode.
     """
     if expression is None:
         return payload
     try:
         return expression.search(payload, options=JMESPATH_OPTIONS)
+    except _InvalidBase64 as exc:
+        # The message names the function and the expression, never the text.
+        raise IdempotencyKeyError(
+            f"JMESPath expression {expression.expression!r}: {exc.function}() got a value that "
+            "is not valid base64 (standard alphabet, padded, canonical); send the data base64 "
+            "encoded as AWS does, or select the key with another expression"
+        ) from None
     except (ValueError, OSError, EOFError) as exc:
         # from_json / from_base64 / from_base64_gzip on text that is not that.
         raise IdempotencySerializationError(
@@ -107,22 +147,29 @@ def select(expression: Any, payload: Any) -> Any:
 
 
 def is_missing(selected: Any) -> bool:
-    """Whether a selection holds no key: None, empty, or a multi-select of nulls.
+    """Whether a selection holds no key: None, blank, or a multi-select of blanks.
+
+    Blank is an empty or whitespace-only string, an empty list or dict, and a
+    list or dict (a multi-select) whose items are all None or blank. ``0`` and
+    ``False`` are keys: only what carries no identity at all is missing, so that
+    two requests without a key never share one record.
 
     Args:
-        selected: What the key expression selected.
+        selected: What the key expression (or ``key=callable``) selected.
 
     Returns:
         True when there is nothing to key on.
     """
     if selected is None:
         return True
+    if isinstance(selected, str):
+        return not selected or selected.isspace()
     if isinstance(selected, dict):
         selected = selected.values()
     elif not isinstance(selected, (list, tuple)):
         return False
     for value in selected:  # noqa: SIM110 - all() over a generator costs more per call
-        if value is not None:
+        if not is_missing(value):
             return False
     return True
 

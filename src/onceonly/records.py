@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -133,33 +134,95 @@ _FAST_ENCODE = one_shot_encoder(_ENCODER)
 _DECODER = json.JSONDecoder()
 
 
+def _bad_key(value: Any) -> tuple[str, list[str]] | None:
+    # The first dict key that is not a str, depth first: (its type, the path
+    # to its dict, innermost segment first). Only the path is built on the way
+    # back out, so a clean value costs one pass and no strings.
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                return type(key).__name__, []
+        for key, item in value.items():
+            if isinstance(item, (dict, list, tuple)):
+                found = _bad_key(item)
+                if found is not None:
+                    found[1].append(f".{key}")
+                    return found
+    else:
+        for index, item in enumerate(value):
+            if isinstance(item, (dict, list, tuple)):
+                found = _bad_key(item)
+                if found is not None:
+                    found[1].append(f"[{index}]")
+                    return found
+    return None
+
+
+# What json writes for an int, float, bool or None dict key: the key as a
+# string. A str key that looks the same ("1", "null") also matches; the walk
+# below then tells them apart, so a match costs time, never a wrong answer.
+_COERCED_KEY = re.compile(r'"(?:-?[0-9][0-9.eE+-]*|null|true|false)":')
+
+
+def _check_keys(text: str, value: Any) -> None:
+    # json writes {1: "a"} as {"1":"a"} and {None: 0} as {"null":0}, so a replay
+    # would differ from the first result: refuse such a value. Walking every
+    # result in Python would cost more than encoding it; a regex over the text
+    # (C speed) finds every key that could be one, and only then do we walk.
+    if _COERCED_KEY.search(text) is None:
+        return
+    try:
+        found = _bad_key(value)
+    except RecursionError as exc:
+        raise IdempotencySerializationError(
+            "the result is nested too deeply to be stored; return flatter data"
+        ) from exc
+    if found is not None:
+        key_type, path = found
+        where = "$" + "".join(reversed(path))
+        raise IdempotencySerializationError(
+            f"the result has a {key_type} key in a dict at {where}: JSON keeps only str "
+            "keys, so a replay would return it changed (as a str); use str keys, or pass "
+            "output_serializer=CustomSerializer(to_json, from_json) to convert them"
+        )
+
+
 def encode_outcome(value: Any) -> bytes:
     """Wrap a JSON-native value in the outcome envelope.
 
     Args:
-        value: Anything ``json`` can write without help (falsy values included).
+        value: Anything ``json`` can write without help (falsy values
+            included), whose dicts have ``str`` keys only.
 
     Returns:
         The envelope bytes.
 
     Raises:
-        IdempotencySerializationError: The value is not JSON-native.
+        IdempotencySerializationError: The value is not JSON-native, or a dict
+            in it has a key that is not a ``str`` (JSON would turn ``1`` into
+            ``"1"`` and ``None`` into ``"null"``, so the replay would differ).
     """
     if _FAST_ENCODE is not None:
         try:
-            return _JSON_TAG + _FAST_ENCODE(value).encode()
+            text = _FAST_ENCODE(value)
+            data = text.encode()
         except Exception:  # the full encoder below raises the documented error
             pass
+        else:
+            _check_keys(text, value)
+            return _JSON_TAG + data
     try:
         # Encoded inside the try: a lone surrogate fails there (UnicodeEncodeError).
-        text = _ENCODER.encode(value).encode()
+        text = _ENCODER.encode(value)
+        data = text.encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise IdempotencySerializationError(
             f"the result ({type(value).__name__}) cannot be stored as JSON: {exc}; "
             "return JSON-native data or pass output_serializer= (a dataclass or pydantic "
             "class, or CustomSerializer(to_json, from_json))"
         ) from exc
-    return _JSON_TAG + text
+    _check_keys(text, value)
+    return _JSON_TAG + data
 
 
 def decode_outcome(data: bytes) -> Any:

@@ -8,10 +8,15 @@ annotation, or given with ``output_serializer=``.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import datetime
+import decimal
+import enum
 import inspect
 import types
 import typing
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -50,29 +55,40 @@ class JsonSerializer:
 
 
 class DataclassSerializer(Generic[T]):
-    """A dataclass result, stored with ``dataclasses.asdict``, rebuilt with ``cls(**data)``.
+    """A dataclass result, stored field by field and rebuilt from its type hints.
+
+    Fields that hold dataclasses, pydantic models, and lists, tuples, dicts
+    (``str`` keys) and optionals of them are rebuilt as they were, at any depth;
+    so are ``datetime``/``date``/``time``, ``UUID``, ``Decimal`` and ``Enum``
+    fields. The plan is made once, here (the replay is a hot path).
 
     Args:
         cls: The dataclass.
 
     Raises:
-        IdempotencyConfigError: ``cls`` is not a dataclass.
+        IdempotencyConfigError: ``cls`` is not a dataclass, its annotations
+            cannot be resolved, or a field's type cannot be rebuilt faithfully
+            (a set, a Union of two structured types, a dict with non-str keys,
+            an arbitrary class); the message names the field.
     """
 
     def __init__(self, cls: type[T]) -> None:
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise IdempotencyConfigError(f"DataclassSerializer needs a dataclass, got {cls!r}")
         self.cls = cls
+        dump, load = _Planner(cls.__qualname__).dataclass(cls)
+        self._dump = dump
+        self._load = load
 
     def to_json(self, value: Any) -> Any:
         if value is None:
             return None
-        return dataclasses.asdict(value)
+        return self._dump(value)
 
     def from_json(self, data: Any) -> Any:
         if data is None:
             return None
-        return self.cls(**data)
+        return self._load(data)
 
 
 class PydanticSerializer(Generic[T]):
@@ -154,7 +170,8 @@ def serializer_for(func: Callable[..., Any], given: Any = None) -> Serializer:
         The serializer.
 
     Raises:
-        IdempotencyConfigError: ``given`` is none of those.
+        IdempotencyConfigError: ``given`` is none of those, or the dataclass
+            (given or annotated) has a field whose type cannot be rebuilt.
     """
     if given is not None:
         if callable(getattr(given, "to_json", None)) and callable(
@@ -172,4 +189,254 @@ def serializer_for(func: Callable[..., Any], given: Any = None) -> Serializer:
         hints = typing.get_type_hints(inspect.unwrap(func))
     except Exception:  # unresolvable annotations are no reason to refuse the function
         return _JSON
-    return _for_type(hints.get("return")) or _JSON
+    try:
+        picked = _for_type(hints.get("return"))
+    except IdempotencyConfigError as exc:
+        # Refused when the decorator is applied, not at the first replay.
+        name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        raise IdempotencyConfigError(f"{name}: {exc}") from None
+    return picked or _JSON
+
+
+# -- rebuild plans ---------------------------------------------------------------
+#
+# A plan is a pair of converters (dump: value -> JSON data, load: data -> value)
+# for one annotated type; None stands for "as it is" (JSON-native already), so a
+# field of plain data costs nothing. Plans are built once per serializer.
+
+_Convert = Callable[[Any], Any]
+_Plan = tuple[_Convert | None, _Convert | None]
+_AS_IS: _Plan = (None, None)
+_JSON_SCALARS = (str, int, float, bool, type(None))
+_LISTS = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+_DICTS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+_UNIONS = (typing.Union, types.UnionType)
+# Leaf types written as JSON strings, each with its one exact reading back.
+_TEXT_TYPES: dict[Any, tuple[_Convert, _Convert]] = {
+    datetime.datetime: (datetime.datetime.isoformat, datetime.datetime.fromisoformat),
+    datetime.date: (datetime.date.isoformat, datetime.date.fromisoformat),
+    datetime.time: (datetime.time.isoformat, datetime.time.fromisoformat),
+    uuid.UUID: (str, uuid.UUID),
+    decimal.Decimal: (str, decimal.Decimal),
+}
+
+
+class _Refused(Exception):
+    """A type that cannot be rebuilt faithfully; says why."""
+
+
+def _name(tp: Any) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__qualname__
+    return repr(tp).replace("typing.", "")
+
+
+def _exact(cls: type, dump: _Convert) -> _Convert:
+    # A subclass would replay as ``cls``, losing what it adds: refuse it.
+    def checked(value: Any) -> Any:
+        if type(value) is not cls:
+            raise TypeError(
+                f"a {type(value).__qualname__} where {cls.__qualname__} is annotated would "
+                f"replay as {cls.__qualname__}"
+            )
+        return dump(value)
+
+    return checked
+
+
+def _optional(plan: _Plan) -> _Plan:
+    dump, load = plan
+    if dump is None and load is None:
+        return _AS_IS
+    return (
+        None if dump is None else (lambda v: None if v is None else dump(v)),
+        None if load is None else (lambda d: None if d is None else load(d)),
+    )
+
+
+class _Planner:
+    """Builds the plan of a result type; one per serializer, memoizing dataclasses.
+
+    Args:
+        root: The result type's name, for messages.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._classes: dict[type, tuple[_Convert, _Convert]] = {}
+
+    def refuse(self, where: str, tp: Any, why: str) -> IdempotencyConfigError:
+        return IdempotencyConfigError(
+            f"{self.root} cannot be replayed as it was returned: field {where} is "
+            f"{_name(tp)} ({why}); change the field's type, or pass output_serializer= "
+            "(a pydantic model, or CustomSerializer(to_json, from_json)) to store it your way"
+        )
+
+    def dataclass(self, cls: type) -> tuple[_Convert, _Convert]:
+        """The (dump, load) pair of a dataclass (neither is None).
+
+        Raises:
+            IdempotencyConfigError: A field's type cannot be rebuilt (named), or
+                the annotations do not resolve.
+        """
+        known = self._classes.get(cls)
+        if known is not None:
+            return known
+        # A recursive type (a Node with children: list[Node]) meets itself while
+        # planned: it gets converters that call the finished ones, filled in below.
+        done: list[_Convert] = []
+        self._classes[cls] = (lambda v: done[0](v), lambda d: done[1](d))
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception as exc:  # NameError, TypeError: annotations that do not resolve
+            raise IdempotencyConfigError(
+                f"{self.root} cannot be replayed as it was returned: the annotations of "
+                f"{cls.__qualname__} do not resolve ({type(exc).__name__}: {exc}); define the "
+                "types they name at module level, or pass output_serializer="
+            ) from exc
+        fields: list[tuple[str, _Convert | None, _Convert | None, bool]] = []
+        for field in dataclasses.fields(cls):
+            where = f"{cls.__qualname__}.{field.name}"
+            try:
+                dump, load = self.plan(hints.get(field.name, Any), where)
+            except _Refused as exc:
+                raise self.refuse(where, hints.get(field.name), str(exc)) from None
+            fields.append((field.name, dump, load, field.init))
+        made = cls
+        init = [(name, load) for name, _, load, is_init in fields if is_init]
+        later = [(name, load) for name, _, load, is_init in fields if not is_init]
+        dumps = [(name, dump) for name, dump, _, _ in fields]
+
+        def dump_dataclass(value: Any) -> Any:
+            return {
+                name: getattr(value, name) if dump is None else dump(getattr(value, name))
+                for name, dump in dumps
+            }
+
+        def load_dataclass(data: Any) -> Any:
+            # Only the keys present: a field added since the record was written
+            # takes its default, as cls(**data) always did.
+            obj = made(
+                **{
+                    name: data[name] if load is None else load(data[name])
+                    for name, load in init
+                    if name in data
+                }
+            )
+            for name, load in later:  # init=False fields hold what was stored
+                if name in data:
+                    object.__setattr__(obj, name, data[name] if load is None else load(data[name]))
+            return obj
+
+        if not later and all(load is None for _, load in init):
+            # Plain data all through: the constructor alone rebuilds it.
+            def load_dataclass(data: Any) -> Any:
+                return made(**data)
+
+        plan = (_exact(cls, dump_dataclass), load_dataclass)
+        done.extend(plan)
+        self._classes[cls] = plan
+        return plan
+
+    def plan(self, tp: Any, where: str) -> _Plan:
+        """The plan of one annotated type.
+
+        Raises:
+            _Refused: The type cannot be rebuilt faithfully.
+            IdempotencyConfigError: A nested dataclass is refused (named there).
+        """
+        if tp is Any or tp is object or tp in _JSON_SCALARS or tp is None:
+            return _AS_IS
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin is typing.Annotated or origin is typing.Final:
+            return self.plan(args[0], where)
+        if origin is typing.Literal:
+            if all(type(arg) in _JSON_SCALARS for arg in args):
+                return _AS_IS
+            raise _Refused("a Literal of values that are not JSON scalars")
+        if origin in _UNIONS:
+            return self._union(args, where)
+        if isinstance(tp, typing.NewType):
+            return self.plan(tp.__supertype__, where)
+        if origin in _LISTS or (origin is None and tp in _LISTS):
+            return self._list(args, where)
+        if origin is tuple or tp is tuple:
+            return self._tuple(args, where)
+        if origin in _DICTS or (origin is None and tp in _DICTS):
+            return self._dict(args, where)
+        if isinstance(tp, type):
+            return self._class(tp)
+        raise _Refused("not a type that JSON data can be rebuilt into")
+
+    def _class(self, tp: type) -> _Plan:
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp)
+        if callable(getattr(tp, "model_validate", None)) and callable(
+            getattr(tp, "model_dump", None)
+        ):
+            model: Any = tp
+            return (_exact(tp, lambda v: v.model_dump(mode="json")), model.model_validate)
+        if tp in _TEXT_TYPES:
+            dump, load = _TEXT_TYPES[tp]
+            return (_exact(tp, dump), load)
+        if issubclass(tp, enum.Enum):
+            values = [member.value for member in tp]
+            if all(type(value) in _JSON_SCALARS for value in values):
+                return (lambda v: v.value, tp)
+            raise _Refused("an Enum whose values are not JSON scalars")
+        if typing.is_typeddict(tp):
+            hints = typing.get_type_hints(tp)
+            if all(self.plan(hint, "") == _AS_IS for hint in hints.values()):
+                return _AS_IS
+            raise _Refused("a TypedDict of values that need rebuilding")
+        raise _Refused("JSON has no such type")
+
+    def _union(self, args: tuple[Any, ...], where: str) -> _Plan:
+        members = [arg for arg in args if arg is not type(None)]
+        plans = [self.plan(arg, where) for arg in members]
+        if len(members) == 1:
+            return _optional(plans[0]) if len(args) > 1 else plans[0]
+        if all(plan == _AS_IS for plan in plans):
+            return _AS_IS  # int | str: JSON keeps which it was
+        raise _Refused("a Union whose members JSON data cannot tell apart")
+
+    def _list(self, args: tuple[Any, ...], where: str) -> _Plan:
+        dump, load = self.plan(args[0], where) if args else _AS_IS
+        return (
+            None if dump is None else (lambda v: [dump(x) for x in v]),
+            None if load is None else (lambda d: [load(x) for x in d]),
+        )
+
+    def _tuple(self, args: tuple[Any, ...], where: str) -> _Plan:
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            dump, load = self.plan(args[0], where) if args else _AS_IS
+            return (
+                None if dump is None else (lambda v: [dump(x) for x in v]),
+                tuple if load is None else (lambda d: tuple([load(x) for x in d])),
+            )
+        if args == ((),):  # tuple[()]
+            return (None, tuple)
+        plans = [self.plan(arg, where) for arg in args]
+        dumps = [dump for dump, _ in plans]
+        loads = [load for _, load in plans]
+
+        def dump_tuple(value: Any) -> Any:
+            return [x if f is None else f(x) for f, x in zip(dumps, value, strict=True)]
+
+        def load_tuple(data: Any) -> Any:
+            return tuple([x if f is None else f(x) for f, x in zip(loads, data, strict=True)])
+
+        return (dump_tuple, load_tuple)
+
+    def _dict(self, args: tuple[Any, ...], where: str) -> _Plan:
+        if not args:
+            return _AS_IS
+        key, value = args
+        if key is not str and key is not Any:
+            raise _Refused("JSON keeps only str keys")
+        dump, load = self.plan(value, where)
+        return (
+            None if dump is None else (lambda v: {k: dump(x) for k, x in v.items()}),
+            None if load is None else (lambda d: {k: load(x) for k, x in d.items()}),
+        )

@@ -255,14 +255,14 @@ def test_select_turns_decode_failures_into_serialization_error(
 
 
 @pytest.mark.parametrize(
-    "selected", [None, [], {}, [None, None], {"id": None, "ts": None}, (None,)]
+    "selected", [None, [], {}, [None, None], {"id": None, "ts": None}, (None,), "", " ", [""]]
 )
 def test_is_missing_true_for_nothing_to_key_on(selected: Any) -> None:
     assert keys.is_missing(selected) is True
 
 
 @pytest.mark.parametrize(
-    "selected", [0, "", False, 0.0, "id-1", [None, "x"], {"id": None, "ts": 0}, [0]]
+    "selected", [0, False, 0.0, "id-1", [None, "x"], {"id": None, "ts": 0}, [0]]
 )
 def test_is_missing_false_for_any_real_value(selected: Any) -> None:
     assert keys.is_missing(selected) is False
@@ -350,7 +350,7 @@ def test_missing_key_gives_none_key_and_none_fingerprint(payload: Any) -> None:
     assert keyer.key_and_fingerprint(payload) == (None, None)
 
 
-@pytest.mark.parametrize("falsy", [0, "", False])
+@pytest.mark.parametrize("falsy", [0, False, 0.0])
 def test_falsy_key_values_are_keys(falsy: Any) -> None:
     keyer = keys.Keyer("p", "sha256", jmespath.compile("id"), None)
     key, _ = keyer.key_and_fingerprint({"id": falsy})

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import enum
 import functools
 import uuid
 from typing import Any, Optional
@@ -238,3 +239,88 @@ def test_serializer_for_given_serializer_object_is_used_as_is() -> None:
 def test_serializer_for_rejects_bad_output_serializer(bad: Any) -> None:
     with pytest.raises(IdempotencyConfigError, match="output_serializer must be"):
         serializer_for(returns_dict, bad)
+
+
+# -- nested rebuild plans (issue 9, item 7) -------------------------------------------
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    at: datetime.datetime
+    day: datetime.date
+    ref: uuid.UUID
+    amount: decimal.Decimal
+    colour: Colour
+    when: Optional[datetime.time] = None  # noqa: UP045
+
+
+@dataclasses.dataclass
+class Batch:
+    stamps: list[Stamp]
+    latest: Stamp | None
+    by_ref: dict[str, tuple[Stamp, ...]]
+
+
+STAMP = Stamp(
+    at=datetime.datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc),
+    day=datetime.date(2024, 3, 1),
+    ref=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    amount=decimal.Decimal("19.990"),
+    colour=Colour.BLUE,
+    when=datetime.time(23, 59, 1),
+)
+
+
+def test_dataclass_serializer_rebuilds_text_typed_and_nested_fields() -> None:
+    batch = Batch(stamps=[STAMP, STAMP], latest=None, by_ref={"r": (STAMP,)})
+    replayed = round_trip(DataclassSerializer(Batch), batch)
+    assert replayed == batch
+    assert type(replayed.stamps[0]) is Stamp
+    assert type(replayed.by_ref["r"]) is tuple
+    assert replayed.stamps[1].colour is Colour.BLUE
+    assert str(replayed.stamps[0].amount) == "19.990"
+    assert replayed.stamps[0].at.tzinfo == datetime.timezone.utc
+
+
+@dataclasses.dataclass
+class SubReceipt(Receipt):
+    extra: str = ""
+
+
+def test_dataclass_serializer_refuses_a_subclass_instance_it_would_replay_as_the_base() -> None:
+    with pytest.raises(TypeError, match="SubReceipt where Receipt is annotated"):
+        DataclassSerializer(Receipt).to_json(SubReceipt("o", 1))
+    with pytest.raises(TypeError, match="where Stamp is annotated"):
+        DataclassSerializer(Batch).to_json(Batch([{"at": 1}], None, {}))  # type: ignore[list-item]
+
+
+def test_dataclass_serializer_refuses_annotations_that_do_not_resolve() -> None:
+    @dataclasses.dataclass
+    class Local:
+        part: Missing  # type: ignore[name-defined]  # noqa: F821
+
+    with pytest.raises(IdempotencyConfigError, match=r"annotations of .*Local do not resolve"):
+        DataclassSerializer(Local)
+
+
+@dataclasses.dataclass
+class HasFrozenSet:
+    tags: frozenset[str]
+
+
+def returns_frozen_set() -> HasFrozenSet:
+    return HasFrozenSet(frozenset())
+
+
+def test_serializer_for_names_the_function_and_field_it_refuses() -> None:
+    with pytest.raises(IdempotencyConfigError) as caught:
+        serializer_for(returns_frozen_set)
+    message = str(caught.value)
+    assert message.startswith("returns_frozen_set: HasFrozenSet cannot be replayed")
+    assert "field HasFrozenSet.tags is frozenset[str]" in message
+    assert "output_serializer=" in message
