@@ -142,11 +142,12 @@ def _bad_key(value: Any) -> tuple[str, list[str]] | None:
         for key in value:
             if not isinstance(key, str):
                 return type(key).__name__, []
-        for key, item in value.items():
+        for position, item in enumerate(value.values()):
             if isinstance(item, (dict, list, tuple)):
                 found = _bad_key(item)
                 if found is not None:
-                    found[1].append(f".{key}")
+                    # The key's position, not its name: names are the caller's data.
+                    found[1].append(f".<key {position}>")
                     return found
     else:
         for index, item in enumerate(value):

@@ -113,7 +113,7 @@ def test_blank_key_material_is_no_key() -> None:
     [
         ({1: "a"}, "int", "$"),
         ({"a": 1, None: "c"}, "NoneType", "$"),
-        ({"ok": {"x": [{"y": {2.5: 1}}]}}, "float", "$.ok.x[0].y"),
+        ({"ok": {"x": [{"y": {2.5: 1}}]}}, "float", "$.<key 0>.<key 0>[0].<key 0>"),
         ([{"a": 1}, {True: 0}], "bool", "$[1]"),
     ],
     ids=["int", "none", "float-deep", "bool-in-list"],
@@ -125,6 +125,7 @@ def test_encode_outcome_refuses_non_string_dict_keys(value: Any, key_type: str, 
     assert f"a {key_type} key" in message
     assert f"at {path}" in message
     assert "'c'" not in message  # the value is not echoed
+    assert ".ok" not in message  # nor the result's own key names: positions only
 
 
 @pytest.mark.parametrize(
