@@ -8,6 +8,11 @@ the header with ``string.sub``/``string.find`` without touching the outcome::
 ``o1`` is the format version. IN_PROGRESS records carry no outcome; COMPLETED
 records always carry one. Anything else is a :class:`CorruptRecordError`.
 Nothing here ever unpickles or evaluates stored bytes.
+
+This is the one definition of a valid record. The Redis scripts apply the
+same rule in Lua (``stores/redis/lua/_prelude.lua``, ``parse``), the SQLite
+claim in SQL and the DynamoDB claim through :func:`from_fields`: a value that
+breaks it is never overwritten by a claim, whatever its deadline says.
 """
 
 from __future__ import annotations
@@ -18,12 +23,30 @@ from typing import cast
 from .errors import CorruptRecordError
 from .records import Record, Status
 
-__all__ = ["HEADER_PREFIX", "decode", "encode", "from_fields"]
+__all__ = ["HEADER_PREFIX", "corrupt", "decode", "encode", "from_fields"]
 
 HEADER_PREFIX = b"o1|"
 
 _HEADER = re.compile(rb"o1\|([PC])\|([0-9a-f]{32})\|([0-9]{1,16})\|([0-9a-f]{0,128})\|")
 _STATUS = {b"P": Status.IN_PROGRESS, b"C": Status.COMPLETED}
+
+
+def corrupt(store: str, problem: str) -> CorruptRecordError:
+    """The error for a stored value that is not a record, saying where it is and what to do.
+
+    Args:
+        store: Which store holds it, e.g. ``"the Redis store"`` or ``"SQLite store db.sqlite3"``.
+        problem: What is wrong with it, without any of its bytes.
+
+    Returns:
+        The error (the caller raises it).
+    """
+    return CorruptRecordError(
+        f"{store} holds a value under this key that is not an onceonly record ({problem}); "
+        "nothing was overwritten. Look at it with `onceonly inspect --store <store URL> <key>` "
+        "and delete it with `onceonly purge --store <store URL> --key <key>` to let the key "
+        "run again (or upgrade onceonly, if a newer version wrote it)"
+    )
 
 
 def encode(record: Record) -> bytes:
@@ -50,11 +73,12 @@ def encode(record: Record) -> bytes:
     return header + outcome if outcome is not None else header
 
 
-def decode(data: bytes) -> Record:
+def decode(data: bytes, *, store: str = "the store") -> Record:
     """Parse stored bytes into a record.
 
     Args:
         data: Bytes read from a store.
+        store: Which store they come from, for the error message.
 
     Returns:
         The record.
@@ -63,25 +87,20 @@ def decode(data: bytes) -> Record:
         CorruptRecordError: The bytes are not a record in a known format.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CorruptRecordError(
-            f"stored value is {type(data).__name__}, not bytes; delete the key to let it run again"
-        )
+        raise corrupt(store, f"{type(data).__name__}, not bytes")
     data = bytes(data)
     match = _HEADER.match(data)
     if match is None:
-        raise CorruptRecordError(
-            "stored value is not an onceonly record (bad or unknown header); "
-            "delete the key (onceonly purge) or upgrade onceonly if a newer version wrote it"
-        )
+        raise corrupt(store, "bad or unknown header")
     status = _STATUS[match.group(1)]
     outcome = data[match.end() :]
     if status is Status.IN_PROGRESS:
         if outcome:
-            raise CorruptRecordError("stored IN_PROGRESS record carries an outcome")
+            raise corrupt(store, "an IN_PROGRESS record that carries an outcome")
         outcome_or_none: bytes | None = None
     else:
         if not outcome:
-            raise CorruptRecordError("stored COMPLETED record has no outcome")
+            raise corrupt(store, "a COMPLETED record without an outcome")
         outcome_or_none = outcome
     fingerprint = match.group(4).decode()
     return Record(
@@ -99,7 +118,13 @@ _STATUS_TEXT = {"P": Status.IN_PROGRESS, "C": Status.COMPLETED}
 
 
 def from_fields(
-    status: object, token: object, deadline_ms: object, fingerprint: object, outcome: object
+    status: object,
+    token: object,
+    deadline_ms: object,
+    fingerprint: object,
+    outcome: object,
+    *,
+    store: str = "the store",
 ) -> Record:
     """Build a record from separately stored fields (a SQL row, a DynamoDB item), checking each.
 
@@ -109,6 +134,7 @@ def from_fields(
         deadline_ms: Integer milliseconds.
         fingerprint: Hex digest or None.
         outcome: Bytes for COMPLETED, None for IN_PROGRESS.
+        store: Which store they come from, for the error message.
 
     Returns:
         The record.
@@ -119,24 +145,21 @@ def from_fields(
     record_status = _STATUS_TEXT.get(status) if isinstance(status, str) else None
     problem = None
     if record_status is None:
-        problem = f"status {status!r}"
+        problem = "a status that is neither P nor C"
     elif not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
-        problem = "token"
+        problem = "a token that is not 32 lower-case hex digits"
     elif type(deadline_ms) is not int or deadline_ms < 0:
-        problem = "deadline"
+        problem = "a deadline that is not an integer >= 0"
     elif fingerprint is not None and (
         not isinstance(fingerprint, str) or _FINGERPRINT.fullmatch(fingerprint) is None
     ):
-        problem = "fingerprint"
+        problem = "a fingerprint that is not 1 to 128 lower-case hex digits"
     elif record_status is Status.IN_PROGRESS and outcome is not None:
-        problem = "outcome on an IN_PROGRESS record"
+        problem = "an IN_PROGRESS record that carries an outcome"
     elif record_status is Status.COMPLETED and (not isinstance(outcome, bytes) or not outcome):
-        problem = "missing outcome on a COMPLETED record"
+        problem = "a COMPLETED record without an outcome"
     if problem is not None:
-        raise CorruptRecordError(
-            f"stored record has a bad {problem}; "
-            "delete the key (onceonly purge) to let it run again"
-        )
+        raise corrupt(store, problem)
     assert record_status is not None
     return Record(
         record_status,

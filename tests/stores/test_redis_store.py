@@ -179,10 +179,9 @@ def test_either_kind_of_client_reads_records(
         (b"garbage", False),
         (b"o1|X|" + b"0" * 32 + b"|1|||", False),
         (b"", False),
-        # A header the scripts can read, with no outcome after it: only the
-        # client's decoder sees that it is broken; writes under another token
-        # are simply refused.
-        (b"o1|C|" + b"0" * 32 + b"|99999999999999||", True),
+        # A COMPLETED header with no outcome after it: the scripts apply the
+        # decoder's rule (issue 9, item 11), so every write reports it as corrupt.
+        (b"o1|C|" + b"0" * 32 + b"|99999999999999||", False),
     ],
 )
 def test_a_foreign_value_is_a_corrupt_record_and_is_left_alone(

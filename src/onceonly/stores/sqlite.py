@@ -109,6 +109,7 @@ class SQLiteStore:
             raise IdempotencyConfigError("clock must be a callable returning integer milliseconds")
         self.path = Path(path)
         self.table = table
+        self._name = f"SQLite store {self.path} (table {table})"
         self._pragmas = (
             f"PRAGMA busy_timeout = {busy_timeout_ms}",
             f"PRAGMA synchronous = {synchronous.upper()}",
@@ -125,14 +126,27 @@ class SQLiteStore:
         self._writes = 0
         self._sweep_after = ""
         t = table
-        # The same rules as stores/_rules.py, in SQL. ?3 is now.
+        # The same rules as stores/_rules.py, in SQL. ?3 is now. A row that is
+        # not a valid record (codec.from_fields, in SQL) is never taken, whatever
+        # its deadline says: the claim then reads it and raises CorruptRecordError.
+        valid = (
+            f"{t}.status IN ('P', 'C') AND typeof({t}.token) = 'text' "
+            f"AND length({t}.token) = 32 AND {t}.token NOT GLOB '*[^0-9a-f]*' "
+            f"AND typeof({t}.deadline) = 'integer' AND {t}.deadline >= 0 "
+            f"AND ({t}.fingerprint IS NULL OR (typeof({t}.fingerprint) = 'text' "
+            f"AND length({t}.fingerprint) BETWEEN 1 AND 128 "
+            f"AND {t}.fingerprint NOT GLOB '*[^0-9a-f]*')) "
+            f"AND CASE {t}.status WHEN 'P' THEN {t}.outcome IS NULL "
+            f"ELSE typeof({t}.outcome) = 'blob' AND length({t}.outcome) > 0 END"
+        )
         self._sql_claim = (
             f"INSERT INTO {t} (key, status, token, deadline, fingerprint, outcome, took_over) "
             "VALUES (?1, 'P', ?2, ?3 + ?4, ?5, NULL, 0) "
             "ON CONFLICT (key) DO UPDATE SET status = 'P', token = excluded.token, "
             "deadline = excluded.deadline, fingerprint = excluded.fingerprint, outcome = NULL, "
             f"took_over = ({t}.status = 'P' AND {t}.token <> excluded.token) "
-            f"WHERE {t}.deadline <= ?3 OR ({t}.status = 'P' AND {t}.token = excluded.token) "
+            f"WHERE ({t}.deadline <= ?3 OR ({t}.status = 'P' AND {t}.token = excluded.token)) "
+            f"AND {valid} "
             "RETURNING took_over"
         )
         self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE key = ?"
@@ -241,7 +255,7 @@ class SQLiteStore:
 
     def _read(self, conn: sqlite3.Connection, key: str) -> Record | None:
         row = conn.execute(self._sql_get, (key,)).fetchone()
-        return None if row is None else codec.from_fields(*row)
+        return None if row is None else codec.from_fields(*row, store=self._name)
 
     # -- the protocol ------------------------------------------------------
 

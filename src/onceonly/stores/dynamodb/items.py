@@ -165,13 +165,17 @@ def value(attribute: object) -> object:
     return attribute
 
 
-def record_from_item(item: Mapping[str, Any]) -> Record:
+def record_from_item(item: Mapping[str, Any], *, store: str = "the DynamoDB store") -> Record:
     """Build the record an item holds.
+
+    Args:
+        item: The item, as the low-level client returns it.
+        store: Which table it comes from, for the error message.
 
     Raises:
         CorruptRecordError: A field is missing or malformed.
     """
-    return codec.from_fields(*(value(item.get(name)) for name in DATA_ATTRS))
+    return codec.from_fields(*(value(item.get(name)) for name in DATA_ATTRS), store=store)
 
 
 def store_error(

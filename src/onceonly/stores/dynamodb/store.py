@@ -1,13 +1,17 @@
 """The DynamoDB store: one item per key, one conditional call per step.
 
-The claim is one conditional ``PutItem`` that takes the key when it is absent,
-ended (its deadline passed), or IN_PROGRESS under the caller's own token. It
-asks for ``ReturnValuesOnConditionCheckFailure=ALL_OLD``, so a duplicate gets
-the holder's item from the failed call itself (one call, no ``GetItem``), and
-``ReturnValues=ALL_OLD``, so a successful claim sees the item it replaced and
-reports a takeover. ``complete`` and ``renew`` are an ``UpdateItem``, ``release``
-a ``DeleteItem``, each conditioned on status, token and deadline: the token
-fences every write.
+The claim is a conditional ``PutItem`` that takes the key when it is absent.
+It asks for ``ReturnValuesOnConditionCheckFailure=ALL_OLD``, so a duplicate
+gets the holder's item from the failed call itself (one call, no ``GetItem``).
+That item is checked with the codec's rules (one that breaks them raises
+``CorruptRecordError`` and is never replaced); if it has ended (its deadline
+passed) or is IN_PROGRESS under the caller's own token, a second ``PutItem``
+replaces it on condition that it is still that item (status, token and
+deadline), and reports a takeover when it was another token's claim. A
+condition alone cannot take such an item over safely: DynamoDB conditions
+cannot tell whether a token or fingerprint is lower-case hex. ``complete``
+and ``renew`` are an ``UpdateItem``, ``release`` a ``DeleteItem``, each
+conditioned on status, token and deadline: the token fences every write.
 
 The default layout is the one Powertools' DynamoDB persistence layer uses: a
 string partition key ``id`` and DynamoDB TTL on ``expiration`` (epoch
@@ -134,6 +138,7 @@ class DynamoDBStore:
             )
         self.client = client
         self.table_name = table_name
+        self._name = f"DynamoDB table {table_name}"
         self.key_attr = key_attr
         self.sort_key_attr = sort_key_attr
         self.static_pk_value = static_pk_value or f"idempotency#{table_name}"
@@ -228,6 +233,32 @@ class DynamoDBStore:
             {":p": {"S": _P}, ":tok": {"S": token}, ":n": _NUMBER, ":now": {"N": str(now)}},
         )
 
+    def _claim_condition(self, seen: Record | None) -> tuple[str, dict[str, Any]]:
+        """The condition of a claim's PutItem: the key is absent, or holds ``seen`` still.
+
+        A condition cannot tell whether a token or fingerprint is lower-case
+        hex (DynamoDB conditions have no character tests), so an item is never
+        replaced on what a condition can check: the claim first reads it (the
+        failed PutItem returns it), checks it with the codec's rules (a value
+        that breaks them raises CorruptRecordError and is left as it was), and
+        then replaces it only while it is still that item: same status, token
+        (unique per claim) and deadline.
+        """
+        if seen is None:
+            return "attribute_not_exists(#k)", {"ExpressionAttributeNames": {"#k": self.key_attr}}
+        return "#s = :s AND #t = :t AND #d = :d", {
+            "ExpressionAttributeNames": {
+                "#s": items.STATUS,
+                "#t": items.TOKEN,
+                "#d": items.DEADLINE,
+            },
+            "ExpressionAttributeValues": {
+                ":s": {"S": seen.status.value},
+                ":t": {"S": seen.token},
+                ":d": {"N": str(seen.deadline_ms)},
+            },
+        }
+
     def _read(self, key: str) -> Record | None:
         _, response = self._call(
             self.client.get_item,
@@ -238,12 +269,12 @@ class DynamoDBStore:
             ConsistentRead=True,
         )
         item = response.get("Item")
-        return None if not item else items.record_from_item(item)
+        return None if not item else items.record_from_item(item, store=self._name)
 
     # -- the protocol ------------------------------------------------------
     #
     # The skew rule: a claim judges a record ended when deadline + skew <= now
-    # (the condition compares deadline <= now - skew), and get agrees with it;
+    # (it compares deadline <= now - skew), and get agrees with it;
     # Found.now_ms is now - skew, the instant expiry is judged by here, so the
     # time left it implies is the time until a claim may take the key over.
     # complete / renew / release are fenced by the token and judge the lease on
@@ -255,13 +286,19 @@ class DynamoDBStore:
     def claim(
         self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
     ) -> ClaimResult:
-        """Take the key, or return the live record holding it: one conditional PutItem.
+        """Take the key, or return the live record holding it.
+
+        One conditional PutItem for an absent key or a live holder; two for an
+        ended item or the caller's own claim (the second replaces the item read).
 
         Raises:
             CorruptRecordError: The item under the key is not a record.
             IdempotencyStoreError: DynamoDB failed or could not be reached.
         """
         check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+        # The item this claim read and checked (codec rules) and may replace:
+        # None until then, or when the key was found absent.
+        seen: Record | None = None
         for _ in range(_CLAIM_ATTEMPTS):
             now = self._clock()
             ended = now - self.clock_skew_ms
@@ -275,43 +312,29 @@ class DynamoDBStore:
             }
             if fingerprint is not None:
                 item[items.FINGERPRINT] = {"S": fingerprint}
+            condition, expression = self._claim_condition(seen)
             done, response = self._write(
-                self.client.put_item,
-                key,
-                "attribute_not_exists(#k) OR (attribute_type(#d, :n) AND #d <= :ended) "
-                "OR (#s = :p AND #t = :tok)",
-                Item=item,
-                ExpressionAttributeNames={
-                    "#k": self.key_attr,
-                    "#d": items.DEADLINE,
-                    "#s": items.STATUS,
-                    "#t": items.TOKEN,
-                },
-                ExpressionAttributeValues={
-                    ":n": _NUMBER,
-                    ":ended": {"N": str(ended)},
-                    ":p": {"S": _P},
-                    ":tok": {"S": token},
-                },
-                ReturnValues="ALL_OLD",
+                self.client.put_item, key, condition, Item=item, **expression
             )
             if done:
-                old = response.get("Attributes") or {}
-                takeover = (
-                    items.value(old.get(items.STATUS)) == _P
-                    and items.value(old.get(items.TOKEN)) != token
+                return Acquired(
+                    takeover=seen is not None
+                    and seen.status is Status.IN_PROGRESS
+                    and seen.token != token
                 )
-                return Acquired(takeover=takeover)
             if response:
-                return Found(items.record_from_item(response), ended)
-            # A backend that does not return the item on a failed condition
-            # (old DynamoDB-compatible servers): read it. If it ended meanwhile,
-            # claim again.
-            record = self._read(key)
-            now = self._clock()
-            ended = now - self.clock_skew_ms
-            if record is not None and record.deadline_ms > ended:
+                record: Record | None = items.record_from_item(response, store=self._name)
+            else:
+                # A backend that does not return the item on a failed condition
+                # (old DynamoDB-compatible servers): read it.
+                record = self._read(key)
+            if record is not None and (
+                record.deadline_ms > ended
+                and (record.status is Status.COMPLETED or record.token != token)
+            ):
                 return Found(record, ended)
+            # Absent, ended, or our own claim: claim again, on what was just read.
+            seen = record
         raise IdempotencyStoreError(
             f"DynamoDB table {self.table_name}: key {key} changed hands {_CLAIM_ATTEMPTS} "
             "times during one claim; retry"

@@ -56,18 +56,26 @@ def _bytes(value: object) -> bytes:
     raise CorruptRecordError(f"unexpected reply from the claim script: {type(value).__name__}")
 
 
+_STORE = "the Redis store"
+
+
 def claim_result(reply: object) -> ClaimResult:
     """Turn the claim script's reply into ``Acquired`` or ``Found``.
 
     Raises:
-        CorruptRecordError: The value under the key is not a record.
+        CorruptRecordError: The value under the key is not a record (the
+            script left it as it was).
     """
     if not isinstance(reply, list) or len(reply) != 3:
         raise CorruptRecordError(f"unexpected reply from the claim script: {reply!r}")
     code, detail, now = reply
     if code == 1:
         return Acquired(takeover=detail == 1)
-    return Found(codec.decode(_bytes(detail)), int(now))
+    if code == -1:
+        # The script's rule and the decoder's are one; the decoder says what is wrong.
+        codec.decode(_bytes(detail), store=_STORE)
+        raise codec.corrupt(_STORE, "the claim script's check refused it")
+    return Found(codec.decode(_bytes(detail), store=_STORE), int(now))
 
 
 def write_result(reply: object, key: str) -> bool:
@@ -92,4 +100,4 @@ def decode_value(value: object) -> Record:
     Raises:
         CorruptRecordError: It is not a record.
     """
-    return codec.decode(_bytes(value))
+    return codec.decode(_bytes(value), store=_STORE)

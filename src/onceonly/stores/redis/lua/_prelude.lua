@@ -11,21 +11,25 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The one definition of a record, codec.py's to the byte: "o1|", status P or C,
+-- a token of 32 lower-case hex digits, a deadline of 1 to 16 decimal digits, a
+-- fingerprint of 0 to 128 lower-case hex digits, then the outcome: none while
+-- IN_PROGRESS, at least one byte once COMPLETED. One anchored match and a few
+-- length checks (Lua patterns have no counted repeats); no loop. The explicit
+-- classes matter: %x takes upper case and tonumber takes "nan", "0x10",
+-- "1e3", "-5" and " 1000 ", none of which the decoder does.
+local RECORD = '^o1|([PC])|([0-9a-f]+)|([0-9]+)|([0-9a-f]*)|()'
+
 -- status, token, deadline, fingerprint; nil when the value is not a record
 -- (such a value is never overwritten: the client reports it as corrupt).
 local function parse(v)
-  if type(v) ~= 'string' or string.sub(v, 1, 3) ~= 'o1|' then return nil end
-  local status = string.sub(v, 4, 4)
-  if (status ~= 'P' and status ~= 'C') or string.sub(v, 5, 5) ~= '|'
-      or string.sub(v, 38, 38) ~= '|' then
+  if type(v) ~= 'string' then return nil end
+  local status, token, deadline, fingerprint, rest = string.match(v, RECORD)
+  if not status or #token ~= 32 or #deadline > 16 or #fingerprint > 128
+      or (rest > #v) ~= (status == 'P') then
     return nil
   end
-  local e = string.find(v, '|', 39, true)
-  if not e then return nil end
-  local deadline = tonumber(string.sub(v, 39, e - 1))
-  local f = string.find(v, '|', e + 1, true)
-  if not deadline or not f then return nil end
-  return status, string.sub(v, 6, 37), deadline, string.sub(v, e + 1, f - 1)
+  return status, token, tonumber(deadline), fingerprint
 end
 
 local function header(status, token, deadline, fingerprint)

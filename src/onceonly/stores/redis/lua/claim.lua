@@ -3,13 +3,15 @@
 --   {1, takeover (0|1), now}
 -- otherwise answers with the holder's value in the same call:
 --   {0, value, now}
+-- and to a value that is not a record (see parse), which it leaves as it is:
+--   {-1, value, now}
 local token, lease = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local v = redis.call('GET', KEYS[1])
 local takeover = 0
 if v then
   local status, holder, deadline = parse(v)
-  if not status then return {0, v, now} end
+  if not status then return {-1, v, now} end
   if deadline > now and not (status == 'P' and holder == token) then
     return {0, v, now}
   end
