@@ -9,10 +9,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .errors import IdempotencyConfigError, IdempotencyError
 
 if TYPE_CHECKING:
     from .doctor import Check
+    from .stores.protocol import Store
 
 __all__ = ["main"]
 
@@ -38,22 +40,74 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _store_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--store",
+        required=True,
+        help="an existing SQLite file (PATH or sqlite:///PATH), redis://HOST:PORT[/DB] "
+        "(or rediss://, redis+sentinel://, valkey://), or dynamodb://TABLE?region=R with "
+        "optional &endpoint_url=URL and &sort_key=ATTR",
+    )
+    command.add_argument(
+        "--prefix", help="the Redis store's key prefix (RedisStore(prefix=...); default onceonly)"
+    )
+    command.add_argument(
+        "--cluster", action="store_true", help="the redis:// URL names a Redis Cluster node"
+    )
+
+
+def _function_options(command: argparse.ArgumentParser, function: Any) -> None:
+    function.add_argument(
+        "--function",
+        metavar="MODULE:FUNCTION",
+        help="the decorated function (imported from the current folder like python -m): "
+        "its key for --payload is used",
+    )
+    command.add_argument(
+        "--payload",
+        metavar="JSON",
+        help="with --function: the event of an @idempotent handler, or the data= argument "
+        "of an @idempotent_function",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onceonly", description="Run code once per idempotency key."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"onceonly {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
         "demo",
         help="a payment service under at-least-once delivery, without and with onceonly",
+        description="Charge orders delivered 1-4 times to worker processes that are killed "
+        "at random, once plainly and once under onceonly, and compare the charges. A Redis "
+        "store gets its own key prefix for the run, and the run's records are deleted at "
+        "the end.",
     )
-    demo.add_argument("--orders", type=_positive_int, default=1000)
-    demo.add_argument("--workers", type=_positive_int, default=4)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--crash-rate", type=_rate, default=0.02, help="share of executions killed")
     demo.add_argument(
-        "--store", default=None, help="store URL or SQLite path (default: a temp SQLite file)"
+        "--orders", type=_positive_int, default=1000, help="how many orders (default 1000)"
+    )
+    demo.add_argument(
+        "--workers", type=_positive_int, default=4, help="worker processes (default 4)"
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="seed of the deliveries and the crashes: a seed replays the same run (default 7)",
+    )
+    demo.add_argument(
+        "--crash-rate",
+        type=_rate,
+        default=0.02,
+        help="share of executions killed mid-way (default 0.02)",
+    )
+    demo.add_argument(
+        "--store",
+        default=None,
+        help="store URL or SQLite path for the protected run (default: a temporary SQLite file)",
     )
 
     doctor = commands.add_parser(
@@ -68,25 +122,45 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--insecure", action="store_true", help="do not verify the server")
     doctor.add_argument("--timeout", type=_seconds, default=5.0, help="socket timeout, seconds")
 
-    inspect = commands.add_parser("inspect", help="show the record under a key")
-    inspect.add_argument("--store", required=True, help="store URL or SQLite path")
-    inspect.add_argument("key")
+    inspect = commands.add_parser(
+        "inspect",
+        help="show the record under a key: status, deadline, stored result",
+        description="Show one record as JSON. Give its key (what the decorated function's "
+        "key_for(...) returns), or --function and --payload to compute it. Exit 0: found; "
+        "1: no live record; 2: an error.",
+    )
+    _store_options(inspect)
+    inspect.add_argument(
+        "key", nargs="?", metavar="KEY", help="the record's key, as key_for(...) returns it"
+    )
+    _function_options(inspect, inspect)
 
-    purge = commands.add_parser("purge", help="delete a key, or every expired record")
-    purge.add_argument("--store", required=True, help="store URL or SQLite path")
+    purge = commands.add_parser(
+        "purge",
+        help="delete a key, or every expired record",
+        description="Delete one record whatever it holds (so that its key runs again), or "
+        "every expired record of a SQLite store.",
+    )
+    _store_options(purge)
     target = purge.add_mutually_exclusive_group(required=True)
     target.add_argument("--key", help="delete this key whatever it holds")
     target.add_argument("--expired", action="store_true", help="delete expired records")
+    _function_options(purge, target)
 
     dynamodb = commands.add_parser("dynamodb", help="DynamoDB store helpers")
-    dynamodb_commands = dynamodb.add_subparsers(dest="dynamodb_command", required=True)
+    dynamodb_commands = dynamodb.add_subparsers(
+        dest="dynamodb_command", required=True, metavar="COMMAND"
+    )
     create = dynamodb_commands.add_parser(
         "create-table",
         help="create the store's table (on-demand billing, TTL on) unless a matching one exists",
     )
     create.add_argument("name", help="table name")
     create.add_argument("--endpoint-url", help="e.g. http://localhost:8000 for DynamoDB Local")
-    create.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    create.add_argument(
+        "--region",
+        help="AWS region (default: AWS_DEFAULT_REGION or the AWS profile's region)",
+    )
     create.add_argument("--key-attr", default="id", help="partition key attribute (default id)")
     create.add_argument(
         "--sort-key", metavar="ATTR", help="sort key attribute that holds the idempotency key"
@@ -98,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import render, run_demo
+    from .demo import Progress, render, run_demo
 
     print(
         f"onceonly demo: {args.orders} orders, each delivered 1-4 times to {args.workers} "
@@ -111,6 +185,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         crash_rate=args.crash_rate,
         store_url=args.store,
+        progress=Progress(sys.stdout),
     )
     print(render(plain, guarded))
     return 0 if guarded.exact else 1
@@ -191,54 +266,97 @@ def render_doctor(checks: Sequence[Check], *, url: str, prefix: str) -> str:
     return "\n".join([*lines, "", f"{said or 'all ok'}: exit {exit_code(checks)}"])
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _open_store(args: argparse.Namespace) -> Store:
+    """The store of ``inspect`` / ``purge``: it must exist already."""
     from .stores.url import store_from_url
 
-    record = store_from_url(args.store).get(args.key)
-    if record is None:
-        print(f"no live record under {args.key}")
-        return 1
-    print(
-        json.dumps(
-            {
-                "key": args.key,
-                "status": record.status.name,
-                "deadline_ms": record.deadline_ms,
-                "fingerprint": record.fingerprint,
-                "outcome_bytes": None if record.outcome is None else len(record.outcome),
-            },
-            indent=2,
+    return store_from_url(args.store, prefix=args.prefix, cluster=args.cluster, must_exist=True)
+
+
+def _target_key(args: argparse.Namespace, key: str | None, flag: str) -> str:
+    """The key given as ``KEY`` / ``--key``, or computed from ``--function`` and ``--payload``."""
+    if args.function is not None:
+        if key is not None:
+            raise IdempotencyConfigError(f"give {flag} or --function, not both")
+        if args.payload is None:
+            raise IdempotencyConfigError("--function needs --payload JSON")
+        from .lookup import key_from_function
+
+        return key_from_function(args.function, args.payload)
+    if args.payload is not None:
+        raise IdempotencyConfigError("--payload needs --function MODULE:FUNCTION")
+    if key is None:
+        raise IdempotencyConfigError(
+            f"give the record's key ({flag}) or --function MODULE:FUNCTION --payload JSON"
         )
-    )
+    if not key:
+        raise IdempotencyConfigError(
+            f"{flag} must not be empty: give the key that key_for(...) returns, or "
+            "--function MODULE:FUNCTION --payload JSON"
+        )
+    return key
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .lookup import describe_record
+    from .stores.protocol import wall_ms
+
+    key = _target_key(args, args.key, "KEY")
+    record = _open_store(args).get(key)
+    if record is None:
+        print(f"no live record under {key}")
+        return 1
+    print(json.dumps(describe_record(key, record, wall_ms()), indent=2, ensure_ascii=False))
     return 0
 
 
 def _purge(args: argparse.Namespace) -> int:
-    from .stores.url import store_from_url
-
-    store = store_from_url(args.store)
-    if args.key is not None:
-        print("deleted" if store.delete(args.key) else "nothing under that key")
+    if args.expired:
+        store = _open_store(args)
+        purge = getattr(store, "purge", None)
+        if purge is None:
+            print("this store expires records by itself; nothing to purge")
+            return 0
+        print(f"deleted {purge()} expired records")
         return 0
-    purge = getattr(store, "purge", None)
-    if purge is None:
-        print("this store expires records by itself; nothing to purge")
-        return 0
-    print(f"deleted {purge()} expired records")
+    key = _target_key(args, args.key, "--key")
+    print("deleted" if _open_store(args).delete(key) else "nothing under that key")
     return 0
+
+
+# The create-table command's flags, for messages that name the store's arguments.
+_FLAGS = {
+    "table_name": "NAME",
+    "sort_key_attr": "--sort-key",
+    "key_attr": "--key-attr",
+    "expiry_attr": "--expiry-attr",
+    "region_name": "--region",
+    "endpoint_url": "--endpoint-url",
+}
+_ARGUMENT = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b=?")
 
 
 def _dynamodb(args: argparse.Namespace) -> int:
     from .stores.dynamodb import DynamoDBStore
 
-    created = DynamoDBStore.create_table(
-        args.name,
-        region_name=args.region,
-        endpoint_url=args.endpoint_url,
-        key_attr=args.key_attr,
-        sort_key_attr=args.sort_key,
-        expiry_attr=args.expiry_attr,
-    )
+    try:
+        created = DynamoDBStore.create_table(
+            args.name,
+            region_name=args.region,
+            endpoint_url=args.endpoint_url,
+            key_attr=args.key_attr,
+            sort_key_attr=args.sort_key,
+            expiry_attr=args.expiry_attr,
+        )
+    except IdempotencyConfigError as exc:
+        if type(exc.__cause__).__name__ == "NoRegionError":
+            message = (
+                "no AWS region for DynamoDB: give --region REGION, set AWS_DEFAULT_REGION, or "
+                "set a region in the AWS profile (AWS_PROFILE, ~/.aws/config)"
+            )
+        else:
+            message = _ARGUMENT.sub(lambda m: _FLAGS[m[1]], str(exc))
+        raise IdempotencyConfigError(message) from exc
     layout = f"partition key {args.key_attr}"
     if args.sort_key is not None:
         layout += f", sort key {args.sort_key}"
@@ -250,7 +368,12 @@ def _dynamodb(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    Exit codes: 0 success, 1 the command's negative answer (no record, a failed
+    check, the demo's charges did not match), 2 an error (one ``onceonly: ...``
+    line on stderr), 130 interrupted.
+    """
     args = _parser().parse_args(argv)
     handlers = {
         "demo": _demo,
@@ -261,9 +384,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except IdempotencyError as exc:
-        print(f"onceonly: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("onceonly: interrupted", file=sys.stderr)
+        return 130
+    # ValueError and OSError: bad input that a library below us did not word as ours.
+    except (IdempotencyError, ValueError, OSError) as exc:
+        print(f"onceonly: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (
+        text if isinstance(exc, IdempotencyError) or not text else f"{text} ({type(exc).__name__})"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,11 +9,15 @@ message once its visibility timeout (the lease) has passed. A delivery that
 meets "already in progress" is put back for a short while, as a queue would.
 
 The same traffic (same seed, same crashes) runs twice: plain, then with the
-charge function under ``idempotent_function`` on the chosen store.
+charge function under ``idempotent_function`` on the chosen store. The store is
+checked once before any worker starts; the protected run writes under a key
+prefix of its own (and a Redis store prefix of its own) and deletes its records
+at the end, also when it is interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import multiprocessing
 import os
@@ -21,13 +25,88 @@ import random
 import signal
 import sqlite3
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["DemoResult", "run_demo"]
+from .errors import IdempotencyError, IdempotencyStoreError
+
+__all__ = ["DemoResult", "Progress", "run_demo"]
+
+
+class Progress:
+    """Shows how far a run is: a bar rewritten in place on a terminal, else a line now and then.
+
+    Args:
+        stream: Where to write (the CLI's stdout).
+        tty: Whether ``stream`` is a terminal; asked of the stream when None.
+        every: Seconds between lines when it is not a terminal.
+        clock: Seconds, monotonic (injected by tests).
+    """
+
+    _WIDTH = 30
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        tty: bool | None = None,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.every = every
+        self.clock = clock
+        self.label = ""
+        self.total = 0
+        self.started = self.shown = 0.0
+        self.drawn = 0
+
+    def start(self, label: str, total: int) -> None:
+        """Begin a run of ``total`` deliveries."""
+        self.label, self.total = label, total
+        self.started = self.shown = self.clock()
+        self.drawn = 0
+
+    def update(self, done: int, *, crashes: int) -> None:
+        """Report ``done`` deliveries finished and ``crashes`` workers killed so far."""
+        now = self.clock()
+        if self.tty:
+            # At most ten frames a second, and always the last one.
+            if self.drawn and now - self.shown < 0.1 and done < self.total:
+                return
+            filled = self._WIDTH * done // max(1, self.total)
+            line = (
+                f"  {self.label} [{'#' * filled}{'.' * (self._WIDTH - filled)}] "
+                f"{100 * done // max(1, self.total):3d}% {done}/{self.total}, "
+                f"{crashes} workers killed, {int(now - self.started)} s"
+            )
+            self.stream.write("\r" + line.ljust(self.drawn))
+            self.drawn = max(self.drawn, len(line))
+        elif now - self.shown >= self.every:
+            elapsed = int(now - self.started)
+            self.stream.write(
+                f"  {self.label}: {done}/{self.total} deliveries done, "
+                f"{crashes} workers killed, {elapsed} s\n"
+            )
+        else:
+            return
+        self.shown = now
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the run: wipe the bar, so that what follows starts on a clean line."""
+        if self.tty and self.drawn:
+            self.stream.write("\r" + " " * self.drawn + "\r")
+            self.stream.flush()
+        self.drawn = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +122,8 @@ class Settings:
     retry_ms: int
     ledger: str
     store_url: str | None  # None: run without onceonly
+    key_prefix: str = "onceonly-demo"  # the run's own: no record of another run replays
+    store_prefix: str | None = None  # a Redis store's prefix; None for other stores
 
 
 @dataclass
@@ -60,6 +141,7 @@ class DemoResult:
     charges: int = 0
     charged_orders: int = 0
     seconds: float = 0.0
+    counts_takeovers: bool = True  # False on Redis: an orphaned claim expires by itself
     extra: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -80,9 +162,43 @@ def _open_ledger(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _open_store(url: str, settings: Settings) -> Any:
+    from .stores.url import store_from_url
+
+    return store_from_url(url, prefix=settings.store_prefix)
+
+
+def _guard(charge: Callable[..., Any], store: Any, settings: Settings) -> Any:
+    """``charge`` under onceonly, as every worker (and the final clean-up) sees it."""
+    from . import IdempotencyConfig, idempotent_function
+
+    return idempotent_function(
+        charge,
+        store=store,
+        data="order",
+        config=IdempotencyConfig(
+            event_key_jmespath="id",
+            payload_validation_jmespath="cents",
+            lease_seconds=settings.lease_seconds,
+            key_prefix=settings.key_prefix,
+        ),
+    )
+
+
 def _worker(settings: Settings, conn: Connection) -> None:
     """Charge the orders the broker sends until it sends None."""
-    from . import IdempotencyAlreadyInProgressError, IdempotencyConfig, idempotent_function
+    # Ctrl-C reaches the whole process group: the broker handles it (and stops us).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _serve(settings, conn)
+    except Exception as exc:  # one line to the broker, not a traceback per worker
+        text = str(exc) if isinstance(exc, IdempotencyError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            conn.send(("error", text, False, False))
+
+
+def _serve(settings: Settings, conn: Connection) -> None:
+    from . import IdempotencyAlreadyInProgressError
     from .metrics import Event
 
     ledger = _open_ledger(settings.ledger)
@@ -102,18 +218,7 @@ def _worker(settings: Settings, conn: Connection) -> None:
 
     guarded: Any = None
     if settings.store_url is not None:
-        from .stores.url import store_from_url
-
-        guarded = idempotent_function(
-            charge,
-            store=store_from_url(settings.store_url),
-            data="order",
-            config=IdempotencyConfig(
-                event_key_jmespath="id",
-                payload_validation_jmespath="cents",
-                lease_seconds=settings.lease_seconds,
-            ),
-        )
+        guarded = _guard(charge, _open_store(settings.store_url, settings), settings)
     while True:
         message = conn.recv()
         if message is None:
@@ -136,6 +241,31 @@ def _worker(settings: Settings, conn: Connection) -> None:
         )
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Start worker processes inside: they ignore Ctrl-C from birth; ours waits until after.
+
+    A worker ignores SIGINT itself, but only once it runs our code: a Ctrl-C
+    while it boots would print a KeyboardInterrupt traceback. An ignored signal
+    stays ignored across exec, so the child is started with SIGINT ignored;
+    SIGINT is blocked meanwhile, so that a Ctrl-C meant for us stays pending
+    (not discarded) and is delivered when the handler is back.
+    """
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield  # pragma: no cover - not POSIX, or signals are not ours to set here
+        return
+    # Its first start unblocks SIGINT while ignored (losing a pending one): start it now.
+    resource_tracker.ensure_running()
+    blocked = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        mask(signal.SIG_SETMASK, blocked)
+
+
 def _plan(settings: Settings) -> list[tuple[int, dict[str, Any]]]:
     """Deliveries in queue order: each order 1-4 times, copies near each other."""
     rng = random.Random(settings.seed)
@@ -148,14 +278,18 @@ def _plan(settings: Settings) -> list[tuple[int, dict[str, Any]]]:
     return [(n, order) for n, (_, _, order) in enumerate(slots)]
 
 
-def run_once(settings: Settings) -> DemoResult:
+def run_once(settings: Settings, progress: Progress | None = None) -> DemoResult:
     """Run the whole traffic once and count what happened.
 
     Args:
         settings: The run's settings (``store_url`` None runs without onceonly).
+        progress: Told how far the run is, if given.
 
     Returns:
         The counts.
+
+    Raises:
+        IdempotencyStoreError: A worker stopped on an error (the store failed).
     """
     label = "without onceonly" if settings.store_url is None else "with onceonly"
     result = DemoResult(label=label, orders=settings.orders)
@@ -178,56 +312,72 @@ def run_once(settings: Settings) -> DemoResult:
     def start_worker() -> None:
         parent, child = context.Pipe()
         process = context.Process(target=_worker, args=(settings, child), daemon=True)
-        process.start()
+        with _sigint_deferred():
+            process.start()
         child.close()
         workers[parent] = (process, None)
 
+    if progress is not None:
+        progress.start(label, len(plan))
     started = time.perf_counter()
-    for _ in range(settings.workers):
-        start_worker()
-    lease = settings.lease_seconds
-    while outstanding:
-        now = time.perf_counter() - started
-        for conn, (process, busy) in list(workers.items()):
-            if busy is None and ready and ready[0][0] <= now:
-                _, delivery, attempt = heapq.heappop(ready)
-                conn.send((delivery, attempt, orders[delivery]))
-                workers[conn] = (process, (delivery, attempt))
-                result.deliveries += 1
-        # Wake for the next message, a dead worker, or the next redelivery (50 ms at most).
-        timeout = min(max(0.0, ready[0][0] - now), 0.05) if ready else 0.05
-        sentinels = {process.sentinel: conn for conn, (process, _) in workers.items()}
-        for item in wait([*workers, *sentinels], timeout=timeout):
-            found = sentinels[item] if isinstance(item, int) else item
-            if not isinstance(found, Connection) or found not in workers:
-                continue
-            conn = found
-            process, busy = workers[conn]
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                # The worker died mid-delivery: redeliver after the visibility timeout.
+    try:
+        for _ in range(settings.workers):
+            start_worker()
+        lease = settings.lease_seconds
+        while outstanding:
+            now = time.perf_counter() - started
+            for conn, (process, busy) in list(workers.items()):
+                if busy is None and ready and ready[0][0] <= now:
+                    _, delivery, attempt = heapq.heappop(ready)
+                    conn.send((delivery, attempt, orders[delivery]))
+                    workers[conn] = (process, (delivery, attempt))
+                    result.deliveries += 1
+            # Wake for the next message, a dead worker, or the next redelivery (50 ms at most).
+            timeout = min(max(0.0, ready[0][0] - now), 0.05) if ready else 0.05
+            sentinels = {process.sentinel: conn for conn, (process, _) in workers.items()}
+            for item in wait([*workers, *sentinels], timeout=timeout):
+                found = sentinels[item] if isinstance(item, int) else item
+                if not isinstance(found, Connection) or found not in workers:
+                    continue
+                conn = found
+                process, busy = workers[conn]
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    # The worker died mid-delivery: redeliver after the visibility timeout.
+                    process.join()
+                    del workers[conn]
+                    result.crashes += 1
+                    if busy is not None:
+                        when = time.perf_counter() - started + lease * 1.05
+                        heapq.heappush(ready, (when, busy[0], busy[1] + 1))
+                    start_worker()
+                    continue
+                kind, delivery, replayed, takeover = message
+                if kind == "error":
+                    raise IdempotencyStoreError(f"a demo worker stopped: {delivery}")
+                workers[conn] = (process, None)
+                if kind == "busy":
+                    result.in_progress += 1
+                    when = time.perf_counter() - started + settings.retry_ms / 1000
+                    heapq.heappush(ready, (when, delivery, busy[1] if busy else 0))
+                    continue
+                outstanding -= 1
+                result.replays += int(replayed)
+                result.takeovers += int(takeover)
+            if progress is not None:
+                progress.update(len(plan) - outstanding, crashes=result.crashes)
+        for conn, (process, _) in workers.items():
+            conn.send(None)
+            process.join(timeout=10)
+    finally:
+        # Also on an error or Ctrl-C: no worker outlives the run.
+        for process, _ in workers.values():
+            if process.is_alive():
+                process.kill()
                 process.join()
-                del workers[conn]
-                result.crashes += 1
-                if busy is not None:
-                    when = time.perf_counter() - started + lease * 1.05
-                    heapq.heappush(ready, (when, busy[0], busy[1] + 1))
-                start_worker()
-                continue
-            kind, delivery, replayed, takeover = message
-            workers[conn] = (process, None)
-            if kind == "busy":
-                result.in_progress += 1
-                when = time.perf_counter() - started + settings.retry_ms / 1000
-                heapq.heappush(ready, (when, delivery, busy[1] if busy else 0))
-                continue
-            outstanding -= 1
-            result.replays += int(replayed)
-            result.takeovers += int(takeover)
-    for conn, (process, _) in workers.items():
-        conn.send(None)
-        process.join(timeout=10)
+        if progress is not None:
+            progress.finish()
     result.seconds = time.perf_counter() - started
     result.executions = ledger.execute("SELECT count(*) FROM executions").fetchone()[0]
     result.charges = ledger.execute("SELECT count(*) FROM charges").fetchone()[0]
@@ -248,8 +398,13 @@ def run_demo(
     work_ms: float = 2.0,
     store_url: str | None = None,
     folder: str | None = None,
+    progress: Progress | None = None,
 ) -> tuple[DemoResult, DemoResult]:
     """Run the traffic without and with onceonly.
+
+    The store is checked (opened, one read) before anything runs. The protected
+    run's records carry a key prefix of their own (on Redis, a store prefix of
+    their own too) and are deleted at the end, also on an error or Ctrl-C.
 
     Args:
         orders: How many orders.
@@ -260,13 +415,23 @@ def run_demo(
         work_ms: Time one charge spends "at the card processor".
         store_url: Store for the protected run; a fresh SQLite file by default.
         folder: Where the ledger (and default store) go; a temp folder by default.
+        progress: Shows each run's progress, if given.
 
     Returns:
         (without, with) results.
+
+    Raises:
+        IdempotencyConfigError: The store URL is not usable.
+        IdempotencyStoreError: The store cannot be reached, or failed during the run.
     """
+    from .stores.url import REDIS_SCHEMES, url_scheme
+
+    run = f"onceonly-demo-{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory(prefix="onceonly-demo-") as tmp:
         base = Path(folder or tmp)
-        common = {
+        url = store_url or str(base / "onceonly.sqlite3")
+        redis = url_scheme(url) in REDIS_SCHEMES
+        common: dict[str, Any] = {
             "orders": orders,
             "workers": workers,
             "seed": seed,
@@ -275,11 +440,31 @@ def run_demo(
             "work_ms": work_ms,
             "retry_ms": 50,
             "ledger": str(base / "ledger.sqlite3"),
+            "key_prefix": run,
+            "store_prefix": run if redis else None,
         }
-        plain = run_once(Settings(store_url=None, **common))  # type: ignore[arg-type]
-        url = store_url or str(base / "onceonly.sqlite3")
-        guarded = run_once(Settings(store_url=url, **common))  # type: ignore[arg-type]
+        settings = Settings(store_url=url, **common)
+        # Once, here, rather than a traceback from every worker.
+        store = _open_store(url, settings)
+        store.get(f"{run}:check")
+        plain = run_once(Settings(store_url=None, **common), progress)
+        try:
+            guarded = run_once(settings, progress)
+        finally:
+            _clean_up(store, settings)
+    guarded.counts_takeovers = not redis
     return plain, guarded
+
+
+def _clean_up(store: Any, settings: Settings) -> None:
+    """Delete every record the protected run may have written (one per order)."""
+
+    def charge(order: dict[str, Any]) -> None:  # only its keys are used
+        return None
+
+    key_for = _guard(charge, store, settings).key_for
+    for _, order in _plan(settings):
+        store.delete(key_for(order))
 
 
 def render(plain: DemoResult, guarded: DemoResult) -> str:
@@ -289,7 +474,11 @@ def render(plain: DemoResult, guarded: DemoResult) -> str:
         ("executions", plain.executions, guarded.executions),
         ("replays", plain.replays, guarded.replays),
         ("in-progress rejections", plain.in_progress, guarded.in_progress),
-        ("takeovers after a crash", plain.takeovers, guarded.takeovers),
+        (
+            "takeovers after a crash",
+            plain.takeovers,
+            guarded.takeovers if guarded.counts_takeovers else "n/a*",
+        ),
         ("crashes (worker killed)", plain.crashes, guarded.crashes),
         ("charges made", plain.charges, guarded.charges),
         (f"charges == orders ({plain.orders})", _yes(plain.exact), _yes(guarded.exact)),
@@ -298,6 +487,12 @@ def render(plain: DemoResult, guarded: DemoResult) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'without onceonly':>17}  {'with onceonly':>14}"]
     lines += [f"{name:{width}}  {a!s:>17}  {b!s:>14}" for name, a, b in rows]
+    if not guarded.counts_takeovers:
+        lines += [
+            "",
+            "* Redis lets an orphaned claim expire by itself (PX = the lease), so a redelivery",
+            "  after a crash finds no record and claims afresh: nothing counts as a takeover.",
+        ]
     return "\n".join(lines)
 
 

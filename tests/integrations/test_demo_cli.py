@@ -42,7 +42,10 @@ def test_cli_demo_exit_code_and_table(capsys: pytest.CaptureFixture[str], tmp_pa
     out = capsys.readouterr().out
     assert code == 0
     assert "with onceonly" in out
-    assert len(SQLiteStore(store)) == 20
+    # The run's records are deleted at the end: a second run starts afresh.
+    assert len(SQLiteStore(store)) == 0
+    assert main(["demo", "--orders", "20", "--workers", "2", "--store", str(store)]) == 0
+    assert "charges == orders (20)" in capsys.readouterr().out
 
 
 def test_cli_inspect_and_purge(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -2,69 +2,114 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import parse_qsl
 
-from ..errors import IdempotencyConfigError
+from ..errors import IdempotencyConfigError, IdempotencyError
 from .protocol import Store
 
-__all__ = ["store_from_url"]
+__all__ = ["REDIS_SCHEMES", "store_from_url", "url_scheme"]
+
+REDIS_SCHEMES = frozenset(
+    {"redis", "rediss", "redis+sentinel", "rediss+sentinel", "unix", "valkey", "valkeys"}
+)
 
 
-def store_from_url(url: str) -> Store:
+def url_scheme(url: str) -> str:
+    """Return the URL's scheme, lowercased; ``"sqlite"`` for a plain file path."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else "sqlite"
+
+
+def store_from_url(
+    url: str, *, prefix: str | None = None, cluster: bool = False, must_exist: bool = False
+) -> Store:
     """Return a sync store for ``url``.
 
     Args:
         url: ``sqlite:///absolute/path.db``, ``sqlite://relative/path.db`` or a
-            plain file path (SQLite); ``redis://``, ``rediss://`` and
-            ``redis+sentinel://`` URLs (needs ``onceonly[redis]``);
+            plain file path (SQLite); ``redis://``, ``rediss://``,
+            ``redis+sentinel://`` and ``valkey://`` URLs (needs ``onceonly[redis]``);
             ``dynamodb://TABLE?region=R&endpoint_url=URL&sort_key=SK``
-            (needs ``onceonly[dynamodb]``; both query parameters optional).
+            (needs ``onceonly[dynamodb]``; every query parameter optional).
+        prefix: The Redis store's key prefix (``RedisStore(prefix=...)``);
+            None keeps the store's default. Redis URLs only.
+        cluster: Build a Redis Cluster client (the URL names any one node).
+            Redis URLs only.
+        must_exist: A SQLite file that does not exist is an error instead of
+            a new, empty store (for reading and deleting records).
 
     Returns:
-        The store.
+        The store. Nothing is sent to a server yet.
 
     Raises:
-        IdempotencyConfigError: The URL names no store this installation has.
+        IdempotencyConfigError: The URL names no store this installation has,
+            a SQLite file is missing (with ``must_exist``), or an option does
+            not apply to the URL's store.
+        IdempotencyStoreError: The SQLite file cannot be opened.
     """
     if not isinstance(url, str) or not url:
         raise IdempotencyConfigError("a store URL or SQLite file path is needed")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "sqlite", url
+    scheme = url_scheme(url)
+    if scheme not in REDIS_SCHEMES and (prefix is not None or cluster):
+        option = "a key prefix (--prefix)" if prefix is not None else "--cluster"
+        raise IdempotencyConfigError(f"{option} applies to Redis URLs only, not {scheme}")
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(rest)
-    if scheme in ("redis", "rediss", "redis+sentinel", "valkey", "valkeys"):
+        path = url.partition("://")[2] if "://" in url else url
+        if must_exist and not Path(path).is_file():
+            raise IdempotencyConfigError(
+                f"SQLite store {path} does not exist; check the path (a store file is "
+                "created when a decorated function first runs)"
+            )
+        return SQLiteStore(path)
+    if scheme in REDIS_SCHEMES:
         # Needs redis-py: RedisStore says which extra installs it when it is missing.
         from .redis import RedisStore
 
-        store: Store = RedisStore.from_url(url)
+        try:
+            if prefix is None:
+                store: Store = RedisStore.from_url(url, cluster=cluster)
+            else:
+                store = RedisStore.from_url(url, cluster=cluster, prefix=prefix)
+        except IdempotencyError:
+            raise
+        except ValueError as exc:  # redis-py's own parsing (a bad port); never the password
+            raise IdempotencyConfigError(f"bad Redis URL: {exc}") from exc
         return store
     if scheme == "dynamodb":
-        from .dynamodb import DynamoDBStore
+        return _dynamodb(url)
+    raise IdempotencyConfigError(
+        f"unknown store URL scheme {scheme!r}; use a SQLite path, sqlite:///path, "
+        "redis://host:port or dynamodb://TABLE?region=REGION"
+    )
 
-        table, _, query = rest.partition("?")
-        options = dict(parse_qsl(query, strict_parsing=False))
-        allowed = {
-            "region": "region_name",
-            "endpoint_url": "endpoint_url",
-            "sort_key": "sort_key_attr",
-        }
-        unknown = set(options) - set(allowed)
-        if unknown or not table:
-            raise IdempotencyConfigError(
-                "dynamodb:// URLs are dynamodb://TABLE with optional ?region=, ?endpoint_url=, "
-                f"?sort_key=; got {url!r}"
-            )
-        dynamo: Store = DynamoDBStore(
+
+def _dynamodb(url: str) -> Store:
+    from .dynamodb import DynamoDBStore
+
+    table, _, query = url.partition("://")[2].partition("?")
+    options = dict(parse_qsl(query, strict_parsing=False))
+    allowed = {"region", "endpoint_url", "sort_key"}
+    if set(options) - allowed or not table:
+        raise IdempotencyConfigError(
+            "dynamodb:// URLs are dynamodb://TABLE with optional ?region=, ?endpoint_url=, "
+            f"?sort_key=; got {url!r}"
+        )
+    try:
+        store: Store = DynamoDBStore(
             table,
             region_name=options.get("region"),
             endpoint_url=options.get("endpoint_url"),
             sort_key_attr=options.get("sort_key"),
         )
-        return dynamo
-    raise IdempotencyConfigError(
-        f"unknown store URL scheme {scheme!r}; use a SQLite path, sqlite:///path, "
-        "redis://host or dynamodb://table"
-    )
+    except IdempotencyConfigError as exc:
+        # Name the URL's parameter, not the constructor's argument.
+        if type(exc.__cause__).__name__ != "NoRegionError":
+            raise
+        raise IdempotencyConfigError(
+            "no AWS region for DynamoDB: add ?region=REGION to the dynamodb:// URL, set "
+            "AWS_DEFAULT_REGION, or set a region in the AWS profile (AWS_PROFILE, ~/.aws/config)"
+        ) from exc
+    return store

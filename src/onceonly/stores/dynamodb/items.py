@@ -139,8 +139,11 @@ def build_client(boto_config: Any, region_name: str | None, endpoint_url: str | 
             "dynamodb", config=config, region_name=region_name, endpoint_url=endpoint_url
         )
     except exceptions.NoRegionError as exc:
+        # boto3 reads AWS_DEFAULT_REGION and the profile's region, not AWS_REGION
+        # (which Lambda sets beside AWS_DEFAULT_REGION, so it never shows there).
         raise IdempotencyConfigError(
-            "no AWS region for DynamoDB: pass region_name=, or set AWS_REGION"
+            "no AWS region for DynamoDB: pass region_name=, set AWS_DEFAULT_REGION, or set "
+            "a region in the AWS profile (AWS_PROFILE, ~/.aws/config)"
         ) from exc
     except ValueError as exc:  # a malformed endpoint_url
         raise IdempotencyConfigError(f"cannot build a DynamoDB client: {exc}") from exc
