@@ -20,6 +20,7 @@ from ...errors import IdempotencyConfigError, IdempotencyStoreError
 from ...records import ClaimResult, Record
 from ..protocol import check_key
 from . import scripts
+from .clients import url_client
 from .common import (
     RedisBase,
     chained,
@@ -29,7 +30,6 @@ from .common import (
     needs_command_name,
     redis_errors,
     store_error,
-    url_client,
 )
 
 __all__ = ["AsyncRedisStore"]

@@ -22,6 +22,7 @@ from ...errors import CorruptRecordError, IdempotencyConfigError
 from ...records import ClaimResult, Record
 from ..protocol import ClaimCall, CompleteCall, ReleaseCall, check_key
 from . import scripts
+from .clients import url_client
 from .common import (
     Call,
     RedisBase,
@@ -32,7 +33,6 @@ from .common import (
     needs_command_name,
     redis_errors,
     store_error,
-    url_client,
 )
 
 __all__ = ["RedisStore"]
