@@ -41,6 +41,9 @@ _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
+_monotonic = time.monotonic
+
+
 def _deadline(started: float, budget: float) -> float:
     own = started + budget
     outer = _DEADLINE.get()
@@ -68,33 +71,45 @@ def _retry_classes() -> tuple[type[Any], type[Any]]:
             is_retryable: Callable[[Exception], bool] | None = None,
             with_failure_count: bool = False,
         ) -> Any:
-            started = time.monotonic()  # all the happy path adds to redis-py's own loop
-            failures = 0
-            deadline: float | None = None
-            token: contextvars.Token[float | None] | None = None
+            started = _monotonic()  # all that the happy path adds to do()
             try:
+                return do()
+            except self._supported_errors as error:
+                first = error
+            return self._again(do, fail, is_retryable, with_failure_count, first, started)
+
+        def _again(
+            self,
+            do: Callable[[], Any],
+            fail: Callable[..., Any],
+            is_retryable: Callable[[Exception], bool] | None,
+            with_failure_count: bool,
+            error: Exception,
+            started: float,
+        ) -> Any:
+            deadline = _deadline(started, self.budget)
+            token = _DEADLINE.set(deadline)  # a connect retried inside keeps to it
+            try:
+                failures = 0
                 while True:
+                    if is_retryable is not None and not is_retryable(error):
+                        raise error
+                    failures += 1
+                    if with_failure_count:
+                        fail(error, failures)
+                    else:
+                        fail(error)
+                    pause = self._backoff.compute(failures)
+                    if failures > self._retries >= 0 or _monotonic() + pause >= deadline:
+                        raise error
+                    if pause > 0:
+                        time.sleep(pause)
                     try:
                         return do()
-                    except self._supported_errors as error:
-                        if is_retryable is not None and not is_retryable(error):
-                            raise
-                        failures += 1
-                        if with_failure_count:
-                            fail(error, failures)
-                        else:
-                            fail(error)
-                        if deadline is None:
-                            deadline = _deadline(started, self.budget)
-                            token = _DEADLINE.set(deadline)
-                        pause = self._backoff.compute(failures)
-                        if failures > self._retries >= 0 or time.monotonic() + pause >= deadline:
-                            raise
-                        if pause > 0:
-                            time.sleep(pause)
+                    except self._supported_errors as again:
+                        error = again
             finally:
-                if token is not None:
-                    _DEADLINE.reset(token)
+                _DEADLINE.reset(token)
 
     class AsyncBoundedRetry(AsyncRetry):
         """The asyncio twin of ``BoundedRetry``."""
@@ -110,32 +125,44 @@ def _retry_classes() -> tuple[type[Any], type[Any]]:
             is_retryable: Callable[[Exception], bool] | None = None,
             with_failure_count: bool = False,
         ) -> Any:
-            started = time.monotonic()
-            failures = 0
-            deadline: float | None = None
-            token: contextvars.Token[float | None] | None = None
+            started = _monotonic()
             try:
+                return await do()
+            except self._supported_errors as error:
+                first = error
+            return await self._again(do, fail, is_retryable, with_failure_count, first, started)
+
+        async def _again(
+            self,
+            do: Callable[[], Any],
+            fail: Callable[..., Any],
+            is_retryable: Callable[[Exception], bool] | None,
+            with_failure_count: bool,
+            error: Exception,
+            started: float,
+        ) -> Any:
+            deadline = _deadline(started, self.budget)
+            token = _DEADLINE.set(deadline)
+            try:
+                failures = 0
                 while True:
+                    if is_retryable is not None and not is_retryable(error):
+                        raise error
+                    failures += 1
+                    failed = fail(error, failures) if with_failure_count else fail(error)
+                    if inspect.isawaitable(failed):
+                        await failed
+                    pause = self._backoff.compute(failures)
+                    if failures > self._retries >= 0 or _monotonic() + pause >= deadline:
+                        raise error
+                    if pause > 0:
+                        await asyncio.sleep(pause)
                     try:
                         return await do()
-                    except self._supported_errors as error:
-                        if is_retryable is not None and not is_retryable(error):
-                            raise
-                        failures += 1
-                        failed = fail(error, failures) if with_failure_count else fail(error)
-                        if inspect.isawaitable(failed):
-                            await failed
-                        if deadline is None:
-                            deadline = _deadline(started, self.budget)
-                            token = _DEADLINE.set(deadline)
-                        pause = self._backoff.compute(failures)
-                        if failures > self._retries >= 0 or time.monotonic() + pause >= deadline:
-                            raise
-                        if pause > 0:
-                            await asyncio.sleep(pause)
+                    except self._supported_errors as again:
+                        error = again
             finally:
-                if token is not None:
-                    _DEADLINE.reset(token)
+                _DEADLINE.reset(token)
 
     return BoundedRetry, AsyncBoundedRetry
 
