@@ -8,6 +8,7 @@ a store prefix or a ``key_prefix`` with a hash tag warns on a cluster client.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 import warnings
 from typing import Any
@@ -23,7 +24,8 @@ from onceonly import (
     OnceOnlyWarning,
     idempotent_function,
 )
-from onceonly.stores.redis import AsyncRedisStore, RedisStore
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, clients
+from onceonly.stores.redis.clients import bounded_retry
 from testkit import RedisFarm
 
 
@@ -165,3 +167,88 @@ def test_a_key_prefix_with_a_hash_tag_warns_when_the_function_is_decorated(
             store=standalone, data="order", config=IdempotencyConfig(key_prefix="{orders}")
         )(work)
     cluster.close()
+
+
+# -- the retry policy itself -------------------------------------------------------------------
+
+
+def test_the_bounded_retry_sends_again_after_a_connection_error_within_its_budget() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("reset")
+        return "answer"
+
+    assert bounded_retry(60.0, asyncio=False).call_with_retry(flaky, lambda _e: None) == "answer"
+    assert len(calls) == 2
+
+    def refused() -> str:
+        calls.append(1)
+        raise redis.exceptions.ConnectionError("refused")
+
+    # A call whose budget is spent (a timeout uses it all) is not sent again.
+    calls.clear()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        bounded_retry(0.0, asyncio=False).call_with_retry(refused, lambda _e: None)
+    assert len(calls) == 1
+
+    def answered_with_an_error() -> str:
+        calls.append(1)
+        raise redis.exceptions.ResponseError("WRONGTYPE")
+
+    calls.clear()
+    with pytest.raises(redis.exceptions.ResponseError):
+        bounded_retry(60.0, asyncio=False).call_with_retry(answered_with_an_error, lambda _e: None)
+    assert len(calls) == 1
+
+
+def test_the_async_bounded_retry_sends_again_after_a_connection_error() -> None:
+    calls: list[int] = []
+    failed: list[str] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("reset")
+        return "answer"
+
+    async def on_failure(error: Exception) -> None:
+        failed.append(str(error))
+
+    retry = bounded_retry(60.0, asyncio=True)
+    assert asyncio.run(retry.call_with_retry(flaky, on_failure)) == "answer"
+    assert (len(calls), failed) == (2, ["reset"])
+    calls.clear()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(bounded_retry(0.0, asyncio=True).call_with_retry(flaky, on_failure))
+    assert len(calls) == 1
+
+
+def test_a_retry_inside_a_retry_keeps_to_the_outer_deadline() -> None:
+    # redis-py retries a connect inside a command's retry: once the command
+    # is being retried, the connect's own loop keeps to the command's deadline
+    # instead of starting a budget of its own.
+    outer = bounded_retry(60.0, asyncio=False)
+    inner = bounded_retry(3600.0, asyncio=False)
+    attempts: list[int] = []
+    seen: list[float | None] = []
+
+    def connect() -> None:
+        seen.append(clients._DEADLINE.get())
+
+    def command() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise redis.exceptions.ConnectionError("stale connection")
+        inner.call_with_retry(connect, lambda _e: None)
+        return "answer"
+
+    before = time.monotonic()
+    assert outer.call_with_retry(command, lambda _e: None) == "answer"
+    assert len(seen) == 1
+    deadline = seen[0]
+    assert deadline is not None
+    assert before < deadline <= time.monotonic() + 60.0
+    assert clients._DEADLINE.get() is None  # reset when the outer call returned

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -156,6 +157,16 @@ def check_waitaof_support(server: Any, persistence: Any) -> None:
         raise IdempotencyConfigError("wait_aof needs appendonly yes on the server")
 
 
+def _outside_this_package() -> int:
+    """The ``stacklevel`` of the first caller outside this package (the user's line)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(__package__):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def hash_tag(key: str) -> str | None:
     """The part of ``key`` Redis Cluster hashes instead of the whole key, if any.
 
@@ -210,7 +221,7 @@ class RedisBase:
                 f"{{{hash_tag(f'{prefix}:')}}}: every key of this store goes to one slot, "
                 "on one node. Keep it if that is what you want; otherwise drop the braces",
                 OnceOnlyWarning,
-                stacklevel=3,
+                stacklevel=_outside_this_package(),
             )
         # Looked up once: these sit on every call's path.
         redis = import_redis()
