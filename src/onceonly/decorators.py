@@ -108,6 +108,11 @@ class _Guard:
             config._key_expr,
             config._validation_expr,
         )
+        # A store that shards keys (Redis Cluster) warns about a key_prefix
+        # that would put every key of this function in one slot.
+        check_key_prefix = getattr(store, "check_key_prefix", None)
+        if config.key_prefix is not None and callable(check_key_prefix):
+            check_key_prefix(config.key_prefix, stacklevel=3)
         self.stats = Stats()
         # The config is frozen: its derived figures are read once, not per call.
         self.lease_ms = config.lease_ms

@@ -244,7 +244,7 @@ def test_bad_options_fail_at_construction(
     client = redis_farm.standalone(redis_engine).client()
     for kwargs in (
         {"prefix": ""},
-        {"prefix": "{x}"},
+        {"prefix": 5},
         {"wait_replicas": -1},
         {"wait_timeout_ms": 1.5},
         {"wait_aof": "yes"},

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import sys
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ from ...errors import IdempotencyConfigError, IdempotencyStoreError
 from ...records import ClaimResult, Record
 from ..protocol import check_key
 from . import scripts
+from .clients import url_client
 from .common import (
     RedisBase,
     chained,
@@ -29,10 +32,11 @@ from .common import (
     needs_command_name,
     redis_errors,
     store_error,
-    url_client,
 )
 
 __all__ = ["AsyncRedisStore"]
+
+logger = logging.getLogger("onceonly")
 
 # A pipeline is cut at this many calls; the rest go in the next one.
 _MAX_BATCH = 512
@@ -110,6 +114,36 @@ class _Batcher:
                 item.future.set_result(reply)
 
 
+@dataclass
+class _LoopState:
+    """What the store keeps for one event loop."""
+
+    batcher: _Batcher | None
+    ready: asyncio.Task[None] | None = None  # the loop's setup (see _start_loop)
+    guard: AsyncIterator[None] | None = None
+    closed: bool = False  # the loop's connections were closed as it shut down
+
+
+async def _close_at_shutdown(
+    store_ref: weakref.ReferenceType[AsyncRedisStore], state: _LoopState
+) -> AsyncIterator[None]:
+    """Close the store's connections when the loop shuts down.
+
+    An async generator, started once per loop and held by the store: the loop
+    closes it in ``shutdown_asyncgens``, which ``asyncio.run`` calls before it
+    closes the loop, so the connections opened on that loop are closed on it
+    while it still runs. A collected store (dead weak reference) closes
+    nothing: its client may be shared.
+    """
+    try:
+        yield
+    finally:
+        store = store_ref()
+        if store is not None and not state.closed:
+            state.closed = True
+            await store._drop_connections()
+
+
 def _fail(item: _Pending, exc: BaseException) -> None:
     if item.future.done():  # the caller was cancelled meanwhile
         return
@@ -134,6 +168,12 @@ class AsyncRedisStore(RedisBase):
             first call (a constructor cannot await).
         pipelining: Send the script calls of one event-loop turn together
             (default True). False sends each call on its own.
+
+    One store may serve successive event loops (``asyncio.run`` per call):
+    its connections are closed as each loop shuts down (``asyncio.run`` does
+    that through ``shutdown_asyncgens``) and reopened on the next loop.
+    Loops that run at the same time (one per thread) need a client, and so a
+    store, each: redis.asyncio connections cannot be shared between them.
 
     Raises:
         IdempotencyConfigError: Bad options, a sync client (use ``RedisStore``),
@@ -169,7 +209,11 @@ class AsyncRedisStore(RedisBase):
         if not isinstance(pipelining, bool):
             raise IdempotencyConfigError("pipelining must be True or False")
         self.pipelining = pipelining
-        self._batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
+        # redis.asyncio connections belong to the loop that opened them; the
+        # store follows the running loop (see _enter_loop).
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        # (loop, its batcher) of the last call, read and replaced as one tuple.
+        self._current: tuple[asyncio.AbstractEventLoop | None, _Batcher | None] = (None, None)
         self._hiredis_pack = hiredis_packer()
         exceptions = import_redis().exceptions
         self._response_error: type[BaseException] = exceptions.ResponseError
@@ -190,7 +234,15 @@ class AsyncRedisStore(RedisBase):
         pipelining: bool = True,
         **client_options: Any,
     ) -> AsyncRedisStore:
-        """Build the store and its asyncio client from a URL (see ``RedisStore.from_url``)."""
+        """Build the store and its asyncio client from a URL (see ``RedisStore.from_url``).
+
+        Returns:
+            The store.
+
+        Raises:
+            IdempotencyConfigError: A URL or option redis-py cannot use (the
+                message names it, never the password).
+        """
         client = url_client(url, cluster=cluster, asyncio=True, options=client_options)
         return cls(
             client,
@@ -203,7 +255,66 @@ class AsyncRedisStore(RedisBase):
 
     async def aclose(self) -> None:
         """Close the client's connections."""
+        if asyncio.get_running_loop() is not self._current[0]:
+            await self._enter_loop()
         await self.client.aclose()
+
+    # -- event loops -------------------------------------------------------
+
+    async def _enter_loop(self) -> tuple[asyncio.AbstractEventLoop, _Batcher | None]:
+        """Make the running loop the store's own (once per loop; later calls skip this).
+
+        A store used from successive loops (``asyncio.run`` per call) would
+        otherwise send on connections of a closed loop. Each loop gets its own
+        batcher, and a guard that closes the connections as the loop shuts
+        down. When an earlier loop was closed without that (no
+        ``shutdown_asyncgens``), its connections are dropped here first.
+        """
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            stale = False
+            for old in [lp for lp in list(self._loops) if lp.is_closed()]:
+                gone = self._loops.pop(old, None)
+                stale = stale or (gone is not None and not gone.closed)
+            state = _LoopState(_Batcher(self, loop) if self.pipelining else None)
+            self._loops[loop] = state  # before any await: one setup per loop
+            state.ready = loop.create_task(self._start_loop(state, stale))
+        assert state.ready is not None
+        if not state.ready.done():
+            await asyncio.shield(state.ready)  # concurrent first calls wait for the one setup
+        current = self._current = (loop, state.batcher)
+        return current
+
+    async def _start_loop(self, state: _LoopState, stale: bool) -> None:
+        if stale:
+            await self._drop_connections()
+        guard = _close_at_shutdown(weakref.ref(self), state)
+        await guard.__anext__()  # started: the loop now tracks it
+        state.guard = guard
+
+    async def _drop_connections(self) -> None:
+        """Close the client's connections (they reconnect on their next use).
+
+        On a closed loop's connections this cannot close the sockets (their
+        loop is gone); it forgets them, and they close when collected.
+        """
+        if self._cluster:
+            # aclose() marks the client to rediscover its nodes on its next
+            # call, but does nothing while it already is; and startup nodes
+            # hold connections of their own: so node by node as well.
+            closing = [self.client.aclose()]
+            nodes = {id(node): node for node in self.client.get_nodes()}
+            startup = getattr(self.client.nodes_manager, "startup_nodes", {})
+            nodes.update((id(node), node) for node in startup.values())
+            closing += [node.disconnect() for node in nodes.values()]
+        else:
+            closing = [self.client.connection_pool.disconnect()]
+        for step in closing:
+            try:
+                await step
+            except Exception as exc:  # a closed loop's transport refuses; it is forgotten
+                logger.debug("onceonly: closing a finished loop's Redis connections: %r", exc)
 
     # -- I/O ---------------------------------------------------------------
 
@@ -299,17 +410,15 @@ class AsyncRedisStore(RedisBase):
         return self._split_wait(replies, batch[0].key)
 
     async def _run(self, script: scripts.Script, key: str, args: tuple[Any, ...]) -> Any:
+        current = self._current
+        if asyncio.get_running_loop() is not current[0]:
+            current = await self._enter_loop()
         if not self._waitaof_checked:
             await self._check_waitaof()
         full = self.full_key(key)
         args = (*args, self._now_arg())
-        if self.pipelining:
-            loop = asyncio.get_running_loop()
-            batcher = self._batchers.get(loop)
-            if batcher is None:
-                # One batcher per loop: a store may serve several loops over its life.
-                self._batchers = {lp: b for lp, b in self._batchers.items() if not lp.is_closed()}
-                batcher = self._batchers[loop] = _Batcher(self, loop)
+        batcher = current[1]
+        if batcher is not None:
             return await batcher.submit(script, full, args)
         try:
             try:
@@ -320,6 +429,8 @@ class AsyncRedisStore(RedisBase):
             raise store_error(exc, full) from exc
 
     async def _command(self, *command: Any) -> Any:
+        if asyncio.get_running_loop() is not self._current[0]:
+            await self._enter_loop()
         try:
             return await self.client.execute_command(*command)
         except self._errors as exc:

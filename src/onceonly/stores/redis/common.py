@@ -1,19 +1,26 @@
-"""What the sync and async Redis stores share: options, errors, URLs, replies.
+"""What the sync and async Redis stores share: options, errors, replies.
 
-Nothing here does I/O except building clients in ``url_client``; the stores
-in ``store.py`` (sync) and ``async_store.py`` (asyncio) only send.
+Nothing here does I/O; the stores in ``store.py`` (sync) and
+``async_store.py`` (asyncio) send, and ``clients.py`` builds their clients
+from URLs.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from ...errors import CorruptRecordError, IdempotencyConfigError, IdempotencyStoreError
+from ...errors import (
+    CorruptRecordError,
+    IdempotencyConfigError,
+    IdempotencyStoreError,
+    OnceOnlyWarning,
+)
 from ...records import Record
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token
 from . import scripts
@@ -24,12 +31,12 @@ __all__ = [
     "chained",
     "check_options",
     "check_waitaof_support",
+    "hash_tag",
     "hiredis_packer",
     "import_redis",
     "needs_command_name",
     "redis_errors",
     "store_error",
-    "url_client",
 ]
 
 logger = logging.getLogger("onceonly")
@@ -95,6 +102,11 @@ def store_error(exc: BaseException, key: str | None) -> IdempotencyStoreError:
             f"the key{where} holds a Redis type other than a string; it is not an onceonly "
             "record: delete it, or give the store another prefix"
         )
+    if isinstance(exc, redis.exceptions.RedisClusterException) and "not enabled" in text:
+        return IdempotencyStoreError(
+            f"the server is not a cluster node{where}: {text}; build the store without "
+            "cluster=True (or with a redis.Redis client)"
+        )
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return IdempotencyStoreError(
             f"cannot reach Redis{where}: {type(exc).__name__}: {text}; check host, port, "
@@ -107,11 +119,8 @@ def check_options(
     prefix: object, wait_replicas: object, wait_timeout_ms: object, wait_aof: object
 ) -> None:
     """Validate the store options shared by the sync and async stores."""
-    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-        raise IdempotencyConfigError(
-            "prefix must be a non-empty string without braces (braces would pin every "
-            "key to one cluster slot)"
-        )
+    if not isinstance(prefix, str) or not prefix:
+        raise IdempotencyConfigError(f"prefix must be a non-empty string, got {prefix!r}")
     if type(wait_replicas) is not int or wait_replicas < 0:
         raise IdempotencyConfigError(
             f"wait_replicas must be an integer >= 0, got {wait_replicas!r}"
@@ -148,56 +157,29 @@ def check_waitaof_support(server: Any, persistence: Any) -> None:
         raise IdempotencyConfigError("wait_aof needs appendonly yes on the server")
 
 
-def url_client(url: str, *, cluster: bool, asyncio: bool, options: dict[str, Any]) -> Any:
-    """Build a redis-py client (sync or asyncio) from a URL.
+def _outside_this_package() -> int:
+    """The ``stacklevel`` of the first caller outside this package (the user's line)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(__package__):
+        frame = frame.f_back
+        level += 1
+    return level
 
-    ``redis://`` and ``rediss://`` (TLS) go to ``Redis.from_url`` or, with
-    ``cluster=True``, ``RedisCluster.from_url``. ``redis+sentinel://`` and
-    ``rediss+sentinel://`` take ``[user:password@]host:port[,host:port...]/service[/db]``
-    and return the service's master client.
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes instead of the whole key, if any.
+
+    Redis Cluster's rule: the text between the first ``{`` and the first ``}``
+    after it, when that text is not empty.
     """
-    redis = import_redis()
-    module = redis.asyncio if asyncio else redis
-    options = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, **options}
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    # valkey:// and valkeys:// are the same protocol under Valkey's own names.
-    if scheme in ("valkey", "valkeys"):
-        scheme = scheme.replace("valkey", "redis")
-        url = f"{scheme}{sep}{rest}"
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        parts = urlsplit(url)
-        hosts = []
-        for item in parts.netloc.rpartition("@")[2].split(","):
-            host, _, port = item.rpartition(":")
-            if not host or not port.isdigit():
-                raise IdempotencyConfigError(f"sentinel address {item!r} needs host:port")
-            hosts.append((host.strip("[]"), int(port)))
-        path = [p for p in parts.path.split("/") if p]
-        if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-            raise IdempotencyConfigError(
-                "redis+sentinel:// URLs end in /service_name or /service_name/db"
-            )
-        auth: dict[str, Any] = {}
-        if parts.username:
-            auth["username"] = unquote(parts.username)
-        if parts.password:
-            auth["password"] = unquote(parts.password)
-        if scheme.startswith("rediss"):
-            options.setdefault("ssl", True)
-        sentinel = module.Sentinel(
-            hosts,
-            sentinel_kwargs={**options, **options.pop("sentinel_kwargs", {})},
-            **options,
-        )
-        return sentinel.master_for(path[0], db=int(path[1]) if len(path) == 2 else 0, **auth)
-    if scheme not in ("redis", "rediss", "unix"):
-        raise IdempotencyConfigError(
-            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, "
-            "redis+sentinel:// or rediss+sentinel://"
-        )
-    factory = module.RedisCluster if cluster else module.Redis
-    return factory.from_url(url, **options)
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
 
 
 Call = tuple[scripts.Script, str, tuple[Any, ...]]
@@ -233,6 +215,14 @@ class RedisBase:
         self.clock = clock
         self._lock = threading.Lock()
         self._cluster = callable(getattr(client, "get_node_from_key", None))
+        if self._cluster and hash_tag(f"{prefix}:") is not None:
+            warnings.warn(
+                f"prefix {prefix!r} holds a Redis Cluster hash tag "
+                f"{{{hash_tag(f'{prefix}:')}}}: every key of this store goes to one slot, "
+                "on one node. Keep it if that is what you want; otherwise drop the braces",
+                OnceOnlyWarning,
+                stacklevel=_outside_this_package(),
+            )
         # Looked up once: these sit on every call's path.
         redis = import_redis()
         self._errors = redis_errors()
@@ -242,6 +232,31 @@ class RedisBase:
     def full_key(self, key: str) -> str:
         """The Redis key of an idempotency key."""
         return f"{self.prefix}:{key}"
+
+    def check_key_prefix(self, key_prefix: str, *, stacklevel: int = 2) -> None:
+        """Warn when a function's ``key_prefix`` puts all its keys in one cluster slot.
+
+        A key is ``"{store prefix}:{key_prefix}:{digest}"``; braces in
+        ``key_prefix`` make a Redis Cluster hash tag, so every key of that
+        function lands on one node. That can be deliberate, so this warns
+        (``OnceOnlyWarning``) and never refuses; only on a cluster client, and
+        not again when the store's own prefix already holds the tag.
+
+        Args:
+            key_prefix: The key prefix of one decorated function.
+            stacklevel: Passed to ``warnings.warn``.
+        """
+        if not self._cluster or hash_tag(f"{self.prefix}:") is not None:
+            return
+        tag = hash_tag(self.full_key(f"{key_prefix}:"))
+        if tag is not None:
+            warnings.warn(
+                f"key_prefix {key_prefix!r} makes a Redis Cluster hash tag {{{tag}}}: every "
+                "key of this function goes to one slot, on one node. Keep it if that is "
+                "what you want; otherwise drop the braces",
+                OnceOnlyWarning,
+                stacklevel=stacklevel + 1,
+            )
 
     def _waits(self) -> tuple[Any, ...] | None:
         if self.wait_aof:

@@ -22,6 +22,7 @@ from ...errors import CorruptRecordError, IdempotencyConfigError
 from ...records import ClaimResult, Record
 from ..protocol import ClaimCall, CompleteCall, ReleaseCall, RenewCall, check_key
 from . import scripts
+from .clients import url_client
 from .common import (
     Call,
     RedisBase,
@@ -32,7 +33,6 @@ from .common import (
     needs_command_name,
     redis_errors,
     store_error,
-    url_client,
 )
 
 __all__ = ["RedisStore"]
@@ -124,10 +124,25 @@ class RedisStore(RedisBase):
             prefix, wait_replicas, wait_timeout_ms, wait_aof: As for the constructor.
             **client_options: Passed to redis-py, e.g. ``ssl_ca_certs``,
                 ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``,
-                ``username``, ``password``, ``socket_timeout`` (default 5 s).
+                ``username``, ``password``, ``socket_timeout`` (default 5 s),
+                ``retry``.
+
+        A standalone or Sentinel client built here retries a call whose
+        connection failed (a lost reply, a restarted server) on a new
+        connection, with exponential backoff and jitter, for at most
+        ``socket_timeout`` seconds: every script is safe to send twice under
+        the same token (a repeated claim answers Acquired, a repeated complete
+        finds its own outcome). ``retry=`` replaces that policy (``None``:
+        no retry). A cluster client keeps redis-py's cluster retry.
 
         Returns:
             The store.
+
+        Raises:
+            IdempotencyConfigError: A URL or option redis-py cannot use (the
+                message names it, never the password), or ``cluster=True``
+                against a server that is not a cluster node.
+            IdempotencyStoreError: ``cluster=True`` and no node answered.
         """
         client = url_client(url, cluster=cluster, asyncio=False, options=client_options)
         return cls(

@@ -1,0 +1,254 @@
+"""The Redis stores' clients: bad URLs and options, retries, cluster hash tags.
+
+``from_url`` turns every bad URL or option into ``IdempotencyConfigError``
+naming the input (never the password) and gives its client a bounded retry;
+a store prefix or a ``key_prefix`` with a hash tag warns on a cluster client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import warnings
+from typing import Any
+
+import pytest
+import redis
+
+import redis_harness as harness
+from onceonly import (
+    IdempotencyConfig,
+    IdempotencyConfigError,
+    IdempotencyStoreError,
+    OnceOnlyWarning,
+    idempotent_function,
+)
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, clients
+from onceonly.stores.redis.clients import bounded_retry
+from testkit import RedisFarm
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+# -- from_url: bad input -----------------------------------------------------------------------
+
+BAD_URLS = [
+    ("redis://127.0.0.1:abc/0", "abc"),
+    ("redis://127.0.0.1:99999/0", "99999"),
+    ("redis://[::1:6379/0", r"\[::1:6379"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+    ("redis://127.0.0.1:6379/0?no_such_option=1", "no_such_option"),
+    ("redis://127.0.0.1:6379/first", "/first"),
+    ("redis+sentinel://127.0.0.1:abc/svc", "127.0.0.1:abc"),
+    ("redis+sentinel://[::1:26379/svc", r"\[::1:26379"),
+    ("http://127.0.0.1:6379", "http"),
+]
+
+
+@pytest.mark.parametrize(("url", "named"), BAD_URLS, ids=[u for u, _ in BAD_URLS])
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_turns_a_bad_url_into_a_config_error_naming_it(
+    cls: Any, url: str, named: str
+) -> None:
+    with pytest.raises(IdempotencyConfigError, match=named):
+        cls.from_url(url)
+
+
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_never_shows_the_password(cls: Any) -> None:
+    for url in (
+        "redis://app:s3cret-pw@127.0.0.1:abc/0",
+        "redis://:s3cret-pw@[::1:6379/0",
+        "redis://127.0.0.1:6379/0?password=s3cret-pw&bogus_option=1",
+        "redis+sentinel://app:s3cret-pw@127.0.0.1:abc/svc",
+    ):
+        with pytest.raises(IdempotencyConfigError) as info:
+            cls.from_url(url)
+        text = str(info.value)
+        assert "s3cret-pw" not in text, text
+        assert info.value.__cause__ is None or "s3cret-pw" not in str(info.value.__cause__)
+        assert "***" in text or "@" not in url, text
+
+
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_turns_bad_arguments_into_config_errors(cls: Any) -> None:
+    good = "redis://127.0.0.1:6379/0"
+    for url, options, named in (
+        (None, {}, "NoneType"),
+        (b"redis://127.0.0.1:6379/0", {}, "bytes"),
+        (good, {"cluster": "yes"}, "cluster"),
+        (good, {"socket_timeout": "x"}, "socket_timeout"),
+        (good, {"socket_connect_timeout": -1}, "socket_connect_timeout"),
+        (good, {"no_such_option": 1}, "no_such_option"),
+    ):
+        with pytest.raises(IdempotencyConfigError, match=named):
+            cls.from_url(url, **options)
+
+
+def test_sync_from_url_with_cluster_true_on_a_standalone_server_says_so(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    with pytest.raises(IdempotencyConfigError, match="drop cluster=True"):
+        RedisStore.from_url(f"redis://{harness.HOST}:{port}/0", cluster=True)
+
+
+def test_async_from_url_with_cluster_true_on_a_standalone_server_says_so(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    # The asyncio cluster client meets the server on its first call.
+    port = redis_farm.standalone(redis_engine).port
+    store = AsyncRedisStore.from_url(f"redis://{harness.HOST}:{port}/0", cluster=True)
+    with pytest.raises(IdempotencyStoreError, match="without cluster=True"):
+        asyncio.run(store.get("k"))
+
+
+def test_from_url_clients_retry_and_an_explicit_retry_is_kept(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    url = f"redis://{harness.HOST}:{redis_farm.standalone(redis_engine).port}/0"
+    built = RedisStore.from_url(url, socket_timeout=2).client.get_connection_kwargs()["retry"]
+    assert built.get_retries() > 0
+    assert built.budget == 2.0
+    from_query = RedisStore.from_url(url + "?socket_timeout=3").client.get_connection_kwargs()
+    assert from_query["retry"].budget == 3.0
+    mine = redis.retry.Retry(redis.backoff.NoBackoff(), 1)
+    kept = RedisStore.from_url(url, retry=mine).client.get_connection_kwargs()["retry"]
+    assert kept.get_retries() == 1
+    assert type(kept) is redis.retry.Retry
+    assert RedisStore.from_url(url, retry=None).client.get_connection_kwargs()["retry"] is None
+
+
+# -- cluster hash tags ---------------------------------------------------------------------------
+
+
+def test_a_prefix_with_a_hash_tag_warns_on_a_cluster_client_only(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    cluster = redis_farm.cluster(redis_engine).client()
+    with pytest.warns(OnceOnlyWarning, match=r"hash tag \{tenant\}"):
+        RedisStore(cluster, prefix="{tenant}")
+    with pytest.warns(OnceOnlyWarning, match="one slot"):
+        AsyncRedisStore(
+            redis.asyncio.RedisCluster(host=harness.HOST, port=cluster.get_default_node().port),
+            prefix="app{tenant}",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RedisStore(cluster, prefix="app{}")  # an empty tag is no tag: the whole key is hashed
+        RedisStore(cluster, prefix="plain")
+        RedisStore(redis_farm.standalone(redis_engine).client(), prefix="{tenant}")  # no slots
+    cluster.close()
+
+
+def test_a_key_prefix_with_a_hash_tag_warns_when_the_function_is_decorated(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    cluster = redis_farm.cluster(redis_engine).client()
+    store = RedisStore(cluster, prefix=_prefix())
+
+    def work(order: dict[str, Any]) -> int:
+        return 1
+
+    with pytest.warns(OnceOnlyWarning, match=r"key_prefix '\{orders\}'"):
+        idempotent_function(
+            store=store, data="order", config=IdempotencyConfig(key_prefix="{orders}")
+        )(work)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idempotent_function(
+            store=store, data="order", config=IdempotencyConfig(key_prefix="orders")
+        )(work)
+        standalone = RedisStore(redis_farm.standalone(redis_engine).client())
+        idempotent_function(
+            store=standalone, data="order", config=IdempotencyConfig(key_prefix="{orders}")
+        )(work)
+    cluster.close()
+
+
+# -- the retry policy itself -------------------------------------------------------------------
+
+
+def test_the_bounded_retry_sends_again_after_a_connection_error_within_its_budget() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("reset")
+        return "answer"
+
+    assert bounded_retry(60.0, asyncio=False).call_with_retry(flaky, lambda _e: None) == "answer"
+    assert len(calls) == 2
+
+    def refused() -> str:
+        calls.append(1)
+        raise redis.exceptions.ConnectionError("refused")
+
+    # A call whose budget is spent (a timeout uses it all) is not sent again.
+    calls.clear()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        bounded_retry(0.0, asyncio=False).call_with_retry(refused, lambda _e: None)
+    assert len(calls) == 1
+
+    def answered_with_an_error() -> str:
+        calls.append(1)
+        raise redis.exceptions.ResponseError("WRONGTYPE")
+
+    calls.clear()
+    with pytest.raises(redis.exceptions.ResponseError):
+        bounded_retry(60.0, asyncio=False).call_with_retry(answered_with_an_error, lambda _e: None)
+    assert len(calls) == 1
+
+
+def test_the_async_bounded_retry_sends_again_after_a_connection_error() -> None:
+    calls: list[int] = []
+    failed: list[str] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("reset")
+        return "answer"
+
+    async def on_failure(error: Exception) -> None:
+        failed.append(str(error))
+
+    retry = bounded_retry(60.0, asyncio=True)
+    assert asyncio.run(retry.call_with_retry(flaky, on_failure)) == "answer"
+    assert (len(calls), failed) == (2, ["reset"])
+    calls.clear()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(bounded_retry(0.0, asyncio=True).call_with_retry(flaky, on_failure))
+    assert len(calls) == 1
+
+
+def test_a_retry_inside_a_retry_keeps_to_the_outer_deadline() -> None:
+    # redis-py retries a connect inside a command's retry: once the command
+    # is being retried, the connect's own loop keeps to the command's deadline
+    # instead of starting a budget of its own.
+    outer = bounded_retry(60.0, asyncio=False)
+    inner = bounded_retry(3600.0, asyncio=False)
+    attempts: list[int] = []
+    seen: list[float | None] = []
+
+    def connect() -> None:
+        seen.append(clients._DEADLINE.get())
+
+    def command() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise redis.exceptions.ConnectionError("stale connection")
+        inner.call_with_retry(connect, lambda _e: None)
+        return "answer"
+
+    before = time.monotonic()
+    assert outer.call_with_retry(command, lambda _e: None) == "answer"
+    assert len(seen) == 1
+    deadline = seen[0]
+    assert deadline is not None
+    assert before < deadline <= time.monotonic() + 60.0
+    assert clients._DEADLINE.get() is None  # reset when the outer call returned

@@ -1,0 +1,91 @@
+"""One ``AsyncRedisStore`` used from successive event loops, on real servers.
+
+A script, a test or a Lambda handler that calls ``asyncio.run`` per call uses
+the store from a new loop each time; redis-py's asyncio connections belong to
+the loop that opened them. No call may fail because an earlier loop closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import uuid
+import warnings
+from typing import Any
+
+import pytest
+
+import redis_harness as harness
+from onceonly import IdempotencyConfig, idempotent_function
+from onceonly.records import Acquired, encode_outcome, new_token
+from onceonly.stores.redis import AsyncRedisStore
+from testkit import RedisFarm
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def _async_store(topology: str, engine: harness.Engine, farm: RedisFarm, **kw: Any) -> Any:
+    if topology == "cluster":
+        port = farm.cluster(engine).nodes[0].port
+        return AsyncRedisStore.from_url(f"redis://{harness.HOST}:{port}", cluster=True, **kw)
+    port = farm.standalone(engine).port
+    return AsyncRedisStore.from_url(f"redis://{harness.HOST}:{port}/0", **kw)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "unpipelined"])
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_one_async_store_serves_asyncio_run_after_asyncio_run(
+    topology: str, pipelining: bool, redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    store = _async_store(
+        topology, redis_engine, redis_farm, prefix=_prefix(), pipelining=pipelining
+    )
+    runs: list[int] = []
+
+    @idempotent_function(
+        store=store, data="order", config=IdempotencyConfig(event_key_jmespath="id")
+    )
+    async def charge(order: dict[str, Any]) -> str:
+        runs.append(order["id"])
+        return f"charged {order['id']}"
+
+    # A new loop per call, never closing the store in between: every call works.
+    for i in range(4):
+        assert asyncio.run(charge({"id": i})) == f"charged {i}"
+    for i in range(4):
+        assert asyncio.run(charge({"id": i})) == f"charged {i}"  # replays
+    assert runs == [0, 1, 2, 3]
+
+    async def raw_calls() -> None:
+        token = new_token()
+        claim = await store.claim(
+            "k", token=token, lease_ms=60_000, ttl_ms=60_000, fingerprint=None
+        )
+        assert claim == Acquired(takeover=False)
+        assert await store.complete("k", token=token, outcome=encode_outcome(1), ttl_ms=60_000)
+        assert (await store.get("k")) is not None
+        assert await store.delete("k") is True
+
+    for _ in range(3):
+        asyncio.run(raw_calls())
+
+
+def test_a_loop_closed_without_shutting_down_does_not_fail_the_next_loop(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    # A loop closed by hand (no shutdown_asyncgens): its connections cannot be
+    # closed any more; the next loop must still get answers.
+    store = _async_store("standalone", redis_engine, redis_farm, prefix=_prefix())
+    first = asyncio.new_event_loop()
+    assert first.run_until_complete(store.get("k")) is None
+    first.close()
+    with warnings.catch_warnings():
+        # The first loop's socket is closed when it is collected; asyncio says
+        # so with a ResourceWarning that is the caller's (a loop closed with a
+        # connection open), not the store's.
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(3):
+            assert asyncio.run(store.get("k")) is None
+        gc.collect()
