@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -176,7 +177,10 @@ def test_workers_start_with_ctrl_c_ignored_and_ours_is_kept() -> None:
     # of our code runs in it), and the broker still gets it, once the worker is started.
     with pytest.raises(KeyboardInterrupt):  # noqa: PT012 - the signal lands inside
         with _sigint_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            # To this thread: a signal sent to the whole process may be taken by
+            # another thread of the test run (moto's server, say), which does
+            # not block it. The demo's own process has no other thread.
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             process = context.Process(target=_report_sigint, args=(child,))
             process.start()
         pytest.fail("the Ctrl-C was lost")
