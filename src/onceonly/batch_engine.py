@@ -296,8 +296,9 @@ def batch_flow(
         ran[inv.key] = ItemResult(records[index], ItemStatus.RUN, value=value, key=inv.key)
     if finished:
         yield from _store_outcomes(policy, finished)
-    if to_release:
-        yield ReleaseMany(to_release)
+    # The outcomes are stored: a failed release now is logged, not raised (the
+    # batch's result is true, and a raise would redeliver records that ran).
+    yield from _release_quietly(policy, to_release)
     by_key.update(ran)
 
     items: list[ItemResult] = []
@@ -408,18 +409,22 @@ def _settle_interrupted(
 
 
 def _release_quietly(policy: Policy, held: list[Invocation]) -> Generator[BatchStep, Any, None]:
+    """Give back ``held``; a store error is logged and counted, never raised."""
     if not held:
         return
     try:
-        yield ReleaseMany(held)
+        answers: list[bool | BaseException] = yield ReleaseMany(held)
     except IdempotencyStoreError as exc:
+        answers = [exc] * len(held)
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    if failed:
         policy.stats.add(Event.STORE_ERROR)
         logger.warning(
-            "onceonly: %s could not release %d claims of an interrupted batch (%s); "
+            "onceonly: %s could not release %d claim(s) of a batch (%s); "
             "they are held until their lease ends",
             policy.name,
-            len(held),
-            type(exc).__name__,
+            len(failed),
+            type(failed[0]).__name__,
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -411,3 +412,40 @@ def test_one_key_with_another_payload_in_the_same_async_batch_is_key_reuse(
     assert [item.status for item in same.items] == [ItemStatus.RUN, ItemStatus.REPLAYED]
     assert same.items[1].value == 5
     assert runs == [5, 5]
+
+
+# -- a release that fails after the outcomes are stored ----------------------------------
+
+
+def test_a_failed_release_after_the_outcomes_are_stored_does_not_fail_the_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The outcomes of the records that ran are stored; giving back the claim of
+    # the record that failed then fails (here: SQLite refuses every DELETE).
+    # The batch's result still comes back: it is true, and a raise would make
+    # the caller redeliver records that already ran. The failed record's claim
+    # is held until its lease ends, which the warning says.
+    path = tmp_path / "release-fails.sqlite3"
+    store = SQLiteStore(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TRIGGER no_deletes BEFORE DELETE ON onceonly "
+            "BEGIN SELECT RAISE(ABORT, 'deletes refused by the test'); END"
+        )
+
+    def handle(record: dict[str, Any]) -> int:
+        if record["id"] == 2:
+            raise ValueError("record 2 fails")
+        return int(record["id"])
+
+    config = IdempotencyConfig(event_key_jmespath="id")
+    result = process_batch([{"id": i} for i in range(3)], handle, store=store, config=config)
+
+    assert [item.status for item in result.items] == [
+        ItemStatus.RUN,
+        ItemStatus.RUN,
+        ItemStatus.FAILED,
+    ]
+    assert "could not release 1 claim" in caplog.text
+    again = process_batch([{"id": 0}, {"id": 1}], handle, store=store, config=config)
+    assert [item.status for item in again.items] == [ItemStatus.REPLAYED, ItemStatus.REPLAYED]
