@@ -245,13 +245,10 @@ def doctor_options(
 
 
 def mask_url(url: str) -> str:
-    """Return the URL with its password (userinfo or ``password=``) replaced by ``***``."""
-    url = re.sub(r"(?i)(password=)[^&#]*", r"\1***", url)
-    user = re.match(r"^[^:/]+://([^@/?#]*)@", url)
-    if user is None:
-        return url
-    name, colon, _ = user[1].partition(":")
-    return f"{url[: user.start(1)]}{name + colon if colon else ''}***{url[user.end(1) :]}"
+    """Return the URL as ``onceonly doctor`` shows it: no password, no query (``redact_url``)."""
+    from .stores._redact import redact_url
+
+    return redact_url(url)
 
 
 def render_doctor(checks: Sequence[Check], *, url: str, prefix: str) -> str:

@@ -18,7 +18,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
-from urllib.parse import unquote
 
 from .errors import IdempotencyError
 from .records import Acquired, Found, encode_outcome, new_token
@@ -429,11 +428,9 @@ def collect(answers: Answers, url: str, *, prefix: str, options: Mapping[str, An
 
 def _hide_secrets(url: str, checks: list[Check]) -> list[Check]:
     """Replace the URL's password, wherever a reason repeats it, by ``***``."""
-    found = re.findall(r"^[^:/]+://[^@/?#]*?:([^@/?#]*)@", url)
-    found += re.findall(r"(?i)password=([^&#]*)", url)
-    for secret in {s for raw in found if raw for s in (raw, unquote(raw))}:
-        checks = [Check(c.name, c.status, c.reason.replace(secret, "***")) for c in checks]
-    return checks
+    from .stores._redact import hide_secrets
+
+    return [Check(c.name, c.status, hide_secrets(c.reason, url)) for c in checks]
 
 
 def run_doctor(

@@ -12,11 +12,11 @@ import dataclasses
 import datetime
 import decimal
 import enum
-import gzip
 import hashlib
 import json
 import pathlib
 import uuid
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +28,7 @@ from .records import one_shot_encoder
 
 __all__ = [
     "JMESPATH_OPTIONS",
+    "MAX_GUNZIP_BYTES",
     "canonical_json",
     "hasher",
     "is_missing",
@@ -60,6 +61,47 @@ def _strict_b64decode(value: str, function: str) -> bytes:
     return raw
 
 
+# The most from_base64_gzip may decompress to. A CloudWatch Logs event carries at
+# most 1 MB of log data, so 10 MiB is generous; without a bound a few hundred KB
+# of crafted gzip would fill memory (a 259 KB payload made 200 MB).
+MAX_GUNZIP_BYTES = 10 * 1024 * 1024
+
+
+class _Undecodable(ValueError):
+    """Embedded data that cannot be decoded; the message quotes none of it."""
+
+
+def _gunzip(raw: bytes, function: str) -> bytes:
+    # As gzip.decompress (members one after another, zero padding between them,
+    # CRC and length checked by zlib), but never past MAX_GUNZIP_BYTES.
+    out = bytearray()
+    data = raw
+    while data:
+        member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
+        try:
+            out += member.decompress(data, MAX_GUNZIP_BYTES + 1 - len(out))
+        except zlib.error:
+            raise _Undecodable(f"{function}() got data that is not valid gzip") from None
+        if len(out) > MAX_GUNZIP_BYTES:
+            raise _Undecodable(
+                f"{function}() would decompress to more than {MAX_GUNZIP_BYTES} bytes, "
+                "the limit (onceonly.keys.MAX_GUNZIP_BYTES)"
+            )
+        if not member.eof:
+            raise _Undecodable(f"{function}() got gzip data that ends before its end")
+        data = member.unused_data.lstrip(b"\0")
+    return bytes(out)
+
+
+def _text(raw: bytes, function: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise _Undecodable(
+            f"{function}() decoded to bytes that are not UTF-8 text (at byte {exc.start})"
+        ) from None
+
+
 class _Functions(jp_functions.Functions):
     """JMESPath functions that decode data embedded in events.
 
@@ -73,23 +115,30 @@ class _Functions(jp_functions.Functions):
 
     @jp_functions.signature({"types": ["string"]})
     def _func_from_json(self, value: str) -> Any:
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:  # its text and .doc are the payload: keep neither
+            raise _Undecodable(
+                f"from_json() got text that is not JSON ({exc.msg} at character {exc.pos})"
+            ) from None
 
     @jp_functions.signature({"types": ["string"]})
     def _func_from_base64(self, value: str) -> str:
-        return _strict_b64decode(value, "from_base64").decode()
+        return _text(_strict_b64decode(value, "from_base64"), "from_base64")
 
     @jp_functions.signature({"types": ["string"]})
     def _func_from_base64_gzip(self, value: str) -> str:
-        return gzip.decompress(_strict_b64decode(value, "from_base64_gzip")).decode()
+        name = "from_base64_gzip"
+        return _text(_gunzip(_strict_b64decode(value, name), name), name)
 
     @jp_functions.signature({"types": ["string"]})
     def _func_powertools_base64(self, value: str) -> str:
-        return _strict_b64decode(value, "powertools_base64").decode()
+        return _text(_strict_b64decode(value, "powertools_base64"), "powertools_base64")
 
     @jp_functions.signature({"types": ["string"]})
     def _func_powertools_base64_gzip(self, value: str) -> str:
-        return gzip.decompress(_strict_b64decode(value, "powertools_base64_gzip")).decode()
+        name = "powertools_base64_gzip"
+        return _text(_gunzip(_strict_b64decode(value, name), name), name)
 
     _func_powertools_json = _func_from_json
 
@@ -139,11 +188,23 @@ def select(expression: Any, payload: Any) -> Any:
             "is not valid base64 (standard alphabet, padded, canonical); send the data base64 "
             "encoded as AWS does, or select the key with another expression"
         ) from None
-    except (ValueError, OSError, EOFError) as exc:
+    except _Undecodable as exc:
         # from_json / from_base64 / from_base64_gzip on text that is not that.
         raise IdempotencySerializationError(
             f"JMESPath expression {expression.expression!r} could not decode the payload: {exc}"
-        ) from exc
+        ) from None
+    except RecursionError:
+        # from_json of a body nested thousands deep, or a search that walks one.
+        raise IdempotencySerializationError(
+            f"JMESPath expression {expression.expression!r} could not read the payload: it is "
+            f"{_TOO_DEEP}"
+        ) from None
+
+
+_TOO_DEEP = (
+    "nested too deeply (past Python's recursion limit) to be read as a key; select a "
+    "flatter part of it, or give key=callable"
+)
 
 
 def is_missing(selected: Any) -> bool:
@@ -292,8 +353,20 @@ class Keyer:
                 key expression when given.
 
         Raises:
-            IdempotencySerializationError: The payload cannot be made canonical JSON.
+            IdempotencySerializationError: The payload cannot be made canonical JSON,
+                cannot be decoded, or is nested past Python's recursion limit.
+            IdempotencyKeyError: A base64 function got text that is not valid base64.
         """
+        try:
+            return self._key_and_fingerprint(payload, key_material)
+        except RecursionError:
+            # Reading the payload (dataclasses.asdict, the blank check) recursed
+            # past the limit; the selection's own recursion is named in select().
+            raise IdempotencySerializationError(f"the payload is {_TOO_DEEP}") from None
+
+    def _key_and_fingerprint(
+        self, payload: Any, key_material: Any
+    ) -> tuple[str | None, str | None]:
         if key_material is _UNSET:
             data = json_native(payload) if self._plain else payload
             selected = select(self.key_expr, data)

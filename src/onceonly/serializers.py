@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import IdempotencyConfigError
+from .errors import CorruptRecordError, IdempotencyConfigError
 
 __all__ = [
     "CustomSerializer",
@@ -86,9 +86,19 @@ class DataclassSerializer(Generic[T]):
         return self._dump(value)
 
     def from_json(self, data: Any) -> Any:
+        """Rebuild the dataclass.
+
+        Raises:
+            CorruptRecordError: The stored data no longer fits the dataclass;
+                the message names the field, never a stored value.
+        """
         if data is None:
             return None
-        return self._load(data)
+        try:
+            return self._load(data)
+        except Exception as exc:
+            # from None: the cause's text may quote the stored value.
+            raise _misfit(self.cls.__qualname__, exc) from None
 
 
 class PydanticSerializer(Generic[T]):
@@ -114,9 +124,19 @@ class PydanticSerializer(Generic[T]):
         return value.model_dump(mode="json")
 
     def from_json(self, data: Any) -> Any:
+        """Validate the stored data into the model.
+
+        Raises:
+            CorruptRecordError: The stored data no longer fits the model; the
+                message names the fields and pydantic's error types, never a
+                stored value (pydantic's own message quotes them).
+        """
         if data is None:
             return None
-        return self.cls.model_validate(data)  # type: ignore[attr-defined]
+        try:
+            return self.cls.model_validate(data)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise _misfit(self.cls.__qualname__, exc) from None
 
 
 class CustomSerializer:
@@ -196,6 +216,83 @@ def serializer_for(func: Callable[..., Any], given: Any = None) -> Serializer:
         name = getattr(func, "__qualname__", None) or type(func).__qualname__
         raise IdempotencyConfigError(f"{name}: {exc}") from None
     return picked or _JSON
+
+
+# -- stored data that no longer fits ------------------------------------------------
+#
+# A replay rebuilds what an older version of the code stored. When it no longer
+# fits, the error names the type, the field path and the kind of misfit: never
+# the exception's own text, which quotes the stored value (pydantic's does,
+# and so do datetime.fromisoformat's and Enum's).
+
+_MAX_LISTED = 5
+
+
+class _Misfit(Exception):
+    """Stored data that does not fit a dataclass field: where, and what kind of misfit."""
+
+    def __init__(self, path: list[str], kind: str) -> None:
+        super().__init__(kind)
+        self.path = path
+        self.kind = kind
+
+
+def _loc_part(part: Any) -> str:
+    # Field names and list indexes; a dict key of the stored data may be data.
+    if isinstance(part, int) or (isinstance(part, str) and part.isidentifier() and len(part) <= 64):
+        return str(part)
+    return "<key>"
+
+
+def _kind(exc: BaseException) -> str:
+    """What went wrong, in words that quote no stored value."""
+    if isinstance(exc, _Misfit):
+        where = ".".join(exc.path)  # a bare class name: the root dataclass itself
+        return f"field {where}: {exc.kind}" if "." in where else exc.kind
+    errors = getattr(exc, "errors", None)
+    title = getattr(exc, "title", None)
+    if callable(errors) and isinstance(title, str):  # a pydantic ValidationError
+        found = errors(include_url=False, include_context=False, include_input=False)
+        listed = [
+            f"{'.'.join(_loc_part(p) for p in e['loc']) or '(the model)'} ({e['type']})"
+            for e in found[:_MAX_LISTED]
+        ]
+        more = f" and {len(found) - _MAX_LISTED} more" if len(found) > _MAX_LISTED else ""
+        return f"{title} fields {', '.join(listed)}{more}"
+    return type(exc).__name__
+
+
+def _misfit(root: str, exc: BaseException) -> CorruptRecordError:
+    kind = _kind(exc).removeprefix(f"{root} ")  # a pydantic root names itself once
+    return CorruptRecordError(f"the stored result does not fit {root}: {kind}")
+
+
+def _field_misfit(cls: type, data: Any, exc: BaseException) -> _Misfit:
+    """Why ``cls(**fields)`` refused the stored data: the names of the fields, no values."""
+    if isinstance(exc, TypeError) and isinstance(data, dict):
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unexpected = sorted(_loc_part(k) for k in data if k not in fields)
+        missing = sorted(
+            name
+            for name, f in fields.items()
+            if name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        said = [f"unexpected field {', '.join(unexpected)}"] if unexpected else []
+        said += [f"missing field {', '.join(missing)}"] if missing else []
+        if said:
+            return _Misfit([cls.__qualname__], "; ".join(said))
+    if not isinstance(data, dict):
+        return _Misfit([cls.__qualname__], f"stored a {type(data).__name__}, not an object")
+    return _Misfit([cls.__qualname__], _kind(exc))
+
+
+def _at_field(cls: type, name: str, exc: BaseException) -> _Misfit:
+    """``exc`` raised while rebuilding field ``name`` of ``cls``, as a misfit at that path."""
+    if isinstance(exc, _Misfit):
+        return _Misfit([f"{cls.__qualname__}.{name}", *exc.path[1:]], exc.kind)
+    return _Misfit([f"{cls.__qualname__}.{name}"], _kind(exc))
 
 
 # -- rebuild plans ---------------------------------------------------------------
@@ -313,25 +410,39 @@ class _Planner:
                 for name, dump in dumps
             }
 
+        def load_field(name: str, load: _Convert, value: Any) -> Any:
+            try:
+                return load(value)
+            except Exception as exc:
+                raise _at_field(made, name, exc) from None
+
         def load_dataclass(data: Any) -> Any:
             # Only the keys present: a field added since the record was written
             # takes its default, as cls(**data) always did.
-            obj = made(
-                **{
-                    name: data[name] if load is None else load(data[name])
+            try:
+                kwargs = {
+                    name: data[name] if load is None else load_field(name, load, data[name])
                     for name, load in init
                     if name in data
                 }
-            )
+                obj = made(**kwargs)
+            except _Misfit:
+                raise
+            except Exception as exc:
+                raise _field_misfit(made, data, exc) from None
             for name, load in later:  # init=False fields hold what was stored
                 if name in data:
-                    object.__setattr__(obj, name, data[name] if load is None else load(data[name]))
+                    value = data[name] if load is None else load_field(name, load, data[name])
+                    object.__setattr__(obj, name, value)
             return obj
 
         if not later and all(load is None for _, load in init):
             # Plain data all through: the constructor alone rebuilds it.
             def load_dataclass(data: Any) -> Any:
-                return made(**data)
+                try:
+                    return made(**data)
+                except Exception as exc:
+                    raise _field_misfit(made, data, exc) from None
 
         plan = (_exact(cls, dump_dataclass), load_dataclass)
         done.extend(plan)

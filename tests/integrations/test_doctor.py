@@ -217,7 +217,7 @@ def test_the_password_is_never_printed(capsys: pytest.CaptureFixture[str]) -> No
     reason = table(out)["connection"][1]
     assert secret not in reason
     assert "***" in reason
-    # The header masks the password where it is one (the host stays).
+    # The header masks the password where it is one (the host stays), and the query.
     assert out.splitlines()[0] == (
-        f"onceonly doctor: redis://user:***@{secret}:6379/0?password=*** (prefix onceonly)"
+        f"onceonly doctor: redis://user:***@{secret}:6379/0?*** (prefix onceonly)"
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from ..errors import IdempotencyConfigError, IdempotencyError
+from ._redact import redact_url
 from .protocol import Store
 
 __all__ = ["REDIS_SCHEMES", "store_from_url", "url_scheme"]
@@ -92,10 +93,13 @@ def _dynamodb(url: str) -> Store:
     table, _, query = url.partition("://")[2].partition("?")
     options = dict(parse_qsl(query, strict_parsing=False))
     allowed = {"region", "endpoint_url", "sort_key"}
-    if set(options) - allowed or not table:
+    unknown = sorted(set(options) - allowed)
+    if unknown or not table:
+        # Name the parameters, never their values (the query may hold a secret).
+        got = f"unknown parameter {', '.join(unknown)}" if unknown else "no table"
         raise IdempotencyConfigError(
             "dynamodb:// URLs are dynamodb://TABLE with optional ?region=, ?endpoint_url=, "
-            f"?sort_key=; got {url!r}"
+            f"?sort_key=; got {got} in {redact_url(url)}"
         )
     try:
         store: Store = DynamoDBStore(

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ...errors import IdempotencyConfigError
+from .._redact import redact_url, split_inside_password
 from .common import import_redis, store_error
 
 __all__ = ["bounded_retry", "redacted_url", "url_client"]
@@ -199,21 +200,8 @@ DEFAULT_TIMEOUT_S = 5.0
 
 
 def redacted_url(url: str) -> str:
-    """``url`` with any password (in the user part or the query) replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "(not a URL)"
-    netloc, slash, tail = rest.partition("/")
-    user, at, hosts = netloc.rpartition("@")
-    if at and ":" in user:
-        user = user.split(":", 1)[0] + ":***"
-    path, question, query = tail.partition("?")
-    if question:
-        query = "&".join(
-            f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
-            for name, eq, value in (part.partition("=") for part in query.split("&"))
-        )
-    return f"{scheme}{sep}{user}{at}{hosts}{slash}{path}{question}{query}"
+    """``url`` as messages show it: no password, no query (see ``stores._redact``)."""
+    return redact_url(url)
 
 
 def _timeout(name: str, value: object) -> float | None:
@@ -342,6 +330,14 @@ def url_client(url: object, *, cluster: object, asyncio: bool, options: dict[str
         raise IdempotencyConfigError(
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, "
             "redis+sentinel:// or rediss+sentinel://"
+        )
+    if split_inside_password(url):
+        # redis-py would take a piece of the password for the host, port or
+        # database (and connect there): refuse before it quotes any piece.
+        raise IdempotencyConfigError(
+            f"bad Redis URL {shown}: an '@' comes after a '/', '?' or '#', so the URL would be "
+            "split inside the password; percent-encode the password's '/', '?', '#' and '@' "
+            "(urllib.parse.quote(password, safe=''))"
         )
     try:
         urlsplit(url)
