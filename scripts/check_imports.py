@@ -24,7 +24,17 @@ PACKAGE = "onceonly"
 
 # Floor of each module (by dotted name without the package); anything not listed
 # is a public entry point. A module may import its own floor or lower ones.
-LEAVES = {"errors", "records", "codec", "keys", "config", "metrics", "cache", "serializers"}
+LEAVES = {
+    "errors",
+    "records",
+    "codec",
+    "keys",
+    "config",
+    "metrics",
+    "cache",
+    "serializers",
+    "rebuild",
+}
 ENGINE = {"engine", "batch_engine"}
 DRIVERS = {"_sync", "_async"}
 FLOOR_NAMES = ["leaf", "store", "engine", "driver", "entry point"]
