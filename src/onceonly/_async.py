@@ -29,6 +29,7 @@ from .engine import (
     claim_call,
     complete_call,
     release_call,
+    renewal_lease_ms,
 )
 from .errors import IdempotencyStoreError
 from .records import Acquired
@@ -38,6 +39,7 @@ from .stores.protocol import (
     complete_many_async,
     release_many_async,
     renew_many_async,
+    wall_ms,
 )
 
 __all__ = ["drive", "drive_batch"]
@@ -94,9 +96,15 @@ async def _heartbeat(beat: Callable[[], Awaitable[bool]], interval_ms: int, what
             logger.warning("onceonly: heartbeat for %s failed (%s)", what, exc)
 
 
-def _renew_one(store: AsyncStore, inv: Invocation) -> Callable[[], Awaitable[bool]]:
+def _renew_one(
+    store: AsyncStore, inv: Invocation, clock: Callable[[], int]
+) -> Callable[[], Awaitable[bool]]:
     async def beat() -> bool:
-        if await store.renew(inv.key, token=inv.token, lease_ms=inv.lease_ms) is True:
+        lease_ms = renewal_lease_ms(inv, clock())
+        if lease_ms <= 0:
+            logger.debug("onceonly: heartbeat for key %s stops at the invocation's end", inv.key)
+            return False
+        if await store.renew(inv.key, token=inv.token, lease_ms=lease_ms) is True:
             return True
         logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
         return False
@@ -105,12 +113,16 @@ def _renew_one(store: AsyncStore, inv: Invocation) -> Callable[[], Awaitable[boo
 
 
 async def _execute(
-    step: Execute, store: AsyncStore, inv: Invocation, call: Callable[[], Awaitable[Any]]
+    step: Execute,
+    store: AsyncStore,
+    inv: Invocation,
+    call: Callable[[], Awaitable[Any]],
+    clock: Callable[[], int],
 ) -> Any:
     if step.heartbeat_ms is None:
         return await call()
     beat = asyncio.ensure_future(
-        _heartbeat(_renew_one(store, inv), step.heartbeat_ms, f"key {inv.key}")
+        _heartbeat(_renew_one(store, inv, clock), step.heartbeat_ms, f"key {inv.key}")
     )
     try:
         return await call()
@@ -141,6 +153,7 @@ async def drive(
     store: AsyncStore,
     inv: Invocation,
     call: Callable[[], Awaitable[Any]],
+    clock: Callable[[], int] = wall_ms,
 ) -> Any:
     """Carry out a flow's steps until it returns; return what it returns.
 
@@ -149,6 +162,7 @@ async def drive(
         store: The async store.
         inv: The invocation the flow was made for.
         call: Returns an awaitable that runs the user's function.
+        clock: The policy's clock, which ``inv.deadline_ms`` is read on.
 
     Returns:
         The call's result (fresh or replayed).
@@ -172,7 +186,7 @@ async def drive(
                 ),
             )
         if isinstance(step, Execute):
-            return await _execute(step, store, inv, call)
+            return await _execute(step, store, inv, call, clock)
         if isinstance(step, Complete):
             return await store.complete(
                 inv.key, token=inv.token, outcome=step.outcome, ttl_ms=inv.ttl_ms

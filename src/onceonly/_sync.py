@@ -29,9 +29,17 @@ from .engine import (
     claim_call,
     complete_call,
     release_call,
+    renewal_lease_ms,
 )
 from .errors import IdempotencyStoreError
-from .stores.protocol import Store, claim_many, complete_many, release_many, renew_many
+from .stores.protocol import (
+    Store,
+    claim_many,
+    complete_many,
+    release_many,
+    renew_many,
+    wall_ms,
+)
 
 __all__ = ["drive", "drive_batch"]
 
@@ -74,9 +82,13 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _renew_one(store: Store, inv: Invocation) -> Callable[[], bool]:
+def _renew_one(store: Store, inv: Invocation, clock: Callable[[], int]) -> Callable[[], bool]:
     def beat() -> bool:
-        if store.renew(inv.key, token=inv.token, lease_ms=inv.lease_ms) is True:
+        lease_ms = renewal_lease_ms(inv, clock())
+        if lease_ms <= 0:
+            logger.debug("onceonly: heartbeat for key %s stops at the invocation's end", inv.key)
+            return False
+        if store.renew(inv.key, token=inv.token, lease_ms=lease_ms) is True:
             return True
         logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
         return False
@@ -84,10 +96,12 @@ def _renew_one(store: Store, inv: Invocation) -> Callable[[], bool]:
     return beat
 
 
-def _execute(step: Execute, store: Store, inv: Invocation, call: Callable[[], Any]) -> Any:
+def _execute(
+    step: Execute, store: Store, inv: Invocation, call: Callable[[], Any], clock: Callable[[], int]
+) -> Any:
     if step.heartbeat_ms is None:
         return call()
-    heartbeat = _Heartbeat(_renew_one(store, inv), step.heartbeat_ms, f"key {inv.key}")
+    heartbeat = _Heartbeat(_renew_one(store, inv, clock), step.heartbeat_ms, f"key {inv.key}")
     try:
         return call()
     finally:
@@ -111,7 +125,11 @@ def _pump(steps: Generator[Any, Any, T], do: Callable[[Any], Any]) -> T:
 
 
 def drive(
-    steps: Generator[Step, Any, Any], store: Store, inv: Invocation, call: Callable[[], Any]
+    steps: Generator[Step, Any, Any],
+    store: Store,
+    inv: Invocation,
+    call: Callable[[], Any],
+    clock: Callable[[], int] = wall_ms,
 ) -> Any:
     """Carry out a flow's steps until it returns; return what it returns.
 
@@ -120,6 +138,7 @@ def drive(
         store: The sync store.
         inv: The invocation the flow was made for.
         call: Runs the user's function with its arguments.
+        clock: The policy's clock, which ``inv.deadline_ms`` is read on.
 
     Returns:
         The call's result (fresh or replayed).
@@ -135,7 +154,7 @@ def drive(
                 fingerprint=inv.fingerprint,
             )
         if isinstance(step, Execute):
-            return _execute(step, store, inv, call)
+            return _execute(step, store, inv, call, clock)
         if isinstance(step, Complete):
             return store.complete(inv.key, token=inv.token, outcome=step.outcome, ttl_ms=inv.ttl_ms)
         if step is RELEASE:

@@ -18,8 +18,13 @@ from . import _async, _sync
 from .cache import LocalCache
 from .config import IdempotencyConfig
 from .engine import Invocation, Policy, flow
-from .errors import IdempotencyConfigError, IdempotencyKeyError, OnceOnlyWarning
-from .keys import _UNSET, Keyer
+from .errors import (
+    IdempotencyConfigError,
+    IdempotencyKeyError,
+    IdempotencySerializationError,
+    OnceOnlyWarning,
+)
+from .keys import _UNSET, Keyer, canonical_json, hasher
 from .metrics import Event, Stats
 from .records import new_token
 from .serializers import serializer_for
@@ -30,6 +35,14 @@ __all__ = ["idempotent", "idempotent_function"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DISABLED_VALUES = frozenset({"1", "true", "yes", "on"})
+
+# A Lambda context's remaining time below this is not taken as the lease: a
+# context made outside an invocation (a test's, at module level) runs down to
+# 0, and a lease of a few ms would store nothing and let every delivery run.
+MIN_LAMBDA_LEASE_MS = 1000
+
+# Hex digits of the digest of a partial's bound arguments kept in its prefix.
+_BOUND_DIGEST_CHARS = 16
 
 
 def _disabled() -> bool:
@@ -69,6 +82,68 @@ def _outcome_limit(store: Any) -> int | None:
     return limit if type(limit) is int else None
 
 
+def _named_target(func: Callable[..., Any]) -> tuple[Any, list[Any]]:
+    """The callable under any ``functools.partial`` layers, and their bound arguments."""
+    target: Any = func
+    bound: list[Any] = []
+    while isinstance(target, functools.partial):
+        if target.args or target.keywords:
+            bound.append([list(target.args), dict(target.keywords)])
+        target = target.func
+    return target, bound
+
+
+def _display_name(func: Callable[..., Any]) -> str:
+    """The name of a callable in messages: its qualname, or its class's."""
+    target, _ = _named_target(func)
+    qualname = getattr(target, "__qualname__", None)
+    return qualname if isinstance(qualname, str) else type(target).__qualname__
+
+
+def _default_prefix(func: Callable[..., Any], hash_function: str) -> str:
+    """The key prefix of a function without ``key_prefix``: what tells it apart.
+
+    ``module.qualname``; for a ``functools.partial``, that of the function it
+    wraps plus ``#`` and a digest of the bound arguments (so partials binding
+    other arguments keep their own records); with ``AWS_LAMBDA_FUNCTION_NAME``
+    set, the function name and a dot before it (two Lambda functions whose
+    handlers share a name, on one table, keep their own records).
+
+    Raises:
+        IdempotencyConfigError: The callable has no name of its own (a lambda,
+            an instance of a callable class) or a partial binds arguments that
+            are not JSON: ``key_prefix`` must name it.
+    """
+    target, bound = _named_target(func)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(qualname, str):
+        raise IdempotencyConfigError(
+            f"a {type(target).__qualname__} instance has no name of its own (every instance "
+            "of a callable class would share one key prefix and replay each other's "
+            "results); give it one with IdempotencyConfig(key_prefix=...)"
+        )
+    if qualname.rpartition(".")[2] == "<lambda>":
+        raise IdempotencyConfigError(
+            f"{qualname} has no name of its own (every lambda of its scope would share one "
+            "key prefix and replay each other's results); give it one with "
+            "IdempotencyConfig(key_prefix=...)"
+        )
+    module = getattr(target, "__module__", None) or type(target).__module__
+    prefix = f"{module}.{qualname}"
+    if bound:
+        try:
+            material = canonical_json(bound)
+        except IdempotencySerializationError as exc:
+            raise IdempotencyConfigError(
+                f"functools.partial of {qualname} binds arguments that are not JSON ({exc}), "
+                "so they cannot tell its records from another partial's; give it a name with "
+                "IdempotencyConfig(key_prefix=...)"
+            ) from exc
+        prefix += "#" + hasher(hash_function)(material)[:_BOUND_DIGEST_CHARS]
+    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "").strip()
+    return f"{function_name}.{prefix}" if function_name else prefix
+
+
 class _Call(NamedTuple):
     """What one call carries: payload, key material, lease, and the args to call with."""
 
@@ -76,6 +151,7 @@ class _Call(NamedTuple):
     material: Any
     lease_ms: int | None
     args: tuple[Any, ...]
+    deadline_ms: int | None = None
 
 
 class _Guard:
@@ -96,14 +172,13 @@ class _Guard:
             raise IdempotencyConfigError(
                 f"config must be an IdempotencyConfig, got {type(config).__name__}"
             )
-        self.name = getattr(func, "__qualname__", None) or type(func).__qualname__
-        module = getattr(func, "__module__", None) or type(func).__module__
+        self.name = _display_name(func)
         self.is_async = _is_async(func)
         _check_store(store, self.is_async, self.name)
         self.store = store
         self.config = config
         self.keyer = Keyer(
-            config.key_prefix or f"{module}.{self.name}",
+            config.key_prefix or _default_prefix(func, config.hash_function),
             config.hash_function,
             config._key_expr,
             config._validation_expr,
@@ -120,6 +195,7 @@ class _Guard:
         # Read once, when the decorator is applied (at import in a Lambda):
         # a per-call os.environ read costs more than the rest of a cache hit.
         self.switched_off = _disabled()
+        self.warned_lease = False
         self.policy = Policy(
             name=self.name,
             config=config,
@@ -131,7 +207,11 @@ class _Guard:
         )
 
     def invocation(
-        self, payload: Any, key_material: Any = _UNSET, lease_ms: int | None = None
+        self,
+        payload: Any,
+        key_material: Any = _UNSET,
+        lease_ms: int | None = None,
+        deadline_ms: int | None = None,
     ) -> Invocation | None:
         """Return the call's invocation, or None to run it unprotected."""
         key, fingerprint = self.keyer.key_and_fingerprint(payload, key_material)
@@ -158,7 +238,34 @@ class _Guard:
             new_token(),
             lease_ms if lease_ms is not None else self.lease_ms,
             self.ttl_ms,
+            deadline_ms,
         )
+
+    def lambda_lease(self, context: Any) -> tuple[int | None, int | None]:
+        """The lease and deadline a Lambda context gives: ``(None, None)`` for the default.
+
+        The remaining time is the lease, and now plus it the invocation's
+        deadline, when it is an int of at least ``MIN_LAMBDA_LEASE_MS``.
+        Otherwise (no time left, or a test double's odd value) the lease is
+        ``lease_seconds``, with a warning the first time.
+        """
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if not callable(remaining):
+            return None, None  # not a Lambda context (None when called as handler(event))
+        ms = remaining()
+        if type(ms) is int and ms >= MIN_LAMBDA_LEASE_MS:
+            return ms, self.policy.clock() + ms
+        if not self.warned_lease:
+            self.warned_lease = True
+            warnings.warn(
+                f"{self.name}: the Lambda context's get_remaining_time_in_millis() gave "
+                f"{type(ms).__name__} {str(ms)[:20]!r}, not an int of at least "
+                f"{MIN_LAMBDA_LEASE_MS} ms (a context made outside an invocation runs down to "
+                f"0); claims use lease_seconds={self.config.lease_seconds} instead",
+                OnceOnlyWarning,
+                stacklevel=5,
+            )
+        return None, None
 
     def disabled(self) -> bool:
         if not self.switched_off:
@@ -181,7 +288,10 @@ class _Guard:
         """Run a sync ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
         if inv is None:
             return func(*args, **kwargs)
-        return _sync.drive(flow(self.policy, inv), self.store, inv, lambda: func(*args, **kwargs))
+        policy = self.policy
+        return _sync.drive(
+            flow(policy, inv), self.store, inv, lambda: func(*args, **kwargs), policy.clock
+        )
 
     async def call_async(
         self,
@@ -193,8 +303,9 @@ class _Guard:
         """Await an async ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
         if inv is None:
             return await func(*args, **kwargs)
+        policy = self.policy
         return await _async.drive(
-            flow(self.policy, inv), self.store, inv, lambda: func(*args, **kwargs)
+            flow(policy, inv), self.store, inv, lambda: func(*args, **kwargs), policy.clock
         )
 
     def wrap(self, func: F, split: Callable[..., _Call]) -> F:
@@ -202,7 +313,10 @@ class _Guard:
 
         def invocation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, _Call]:
             call = split(*args, **kwargs)
-            return self.invocation(call.payload, call.material, call.lease_ms), call
+            return (
+                self.invocation(call.payload, call.material, call.lease_ms, call.deadline_ms),
+                call,
+            )
 
         if self.is_async:
 
@@ -233,17 +347,6 @@ class _Guard:
         wrapper.key_for = key_for  # type: ignore[attr-defined]
         wrapper.guard = self  # type: ignore[attr-defined]
         return cast(F, wrapper)
-
-
-def _lambda_lease_ms(context: Any) -> int | None:
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if not callable(remaining):
-        return None
-    try:
-        ms = int(remaining())
-    except (TypeError, ValueError):
-        return None
-    return max(1, ms)
 
 
 def idempotent(
@@ -284,7 +387,8 @@ def idempotent(
             context = args[1] if len(args) > 1 else kwargs.get("context")
             if len(args) == 1 and "context" not in kwargs:
                 args = (*args, None)  # handler(event): the context is None
-            return _Call(event, _UNSET, _lambda_lease_ms(context), args)
+            lease_ms, deadline_ms = guard.lambda_lease(context)
+            return _Call(event, _UNSET, lease_ms, args, deadline_ms)
 
         return guard.wrap(func, split)
 

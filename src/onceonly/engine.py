@@ -50,6 +50,7 @@ __all__ = [
     "in_progress_error",
     "key_reuse_error",
     "release_call",
+    "renewal_lease_ms",
     "replay",
 ]
 
@@ -178,6 +179,9 @@ class Invocation(NamedTuple):
         token: This call's fencing token.
         lease_ms: How long its claim holds.
         ttl_ms: Retention of its outcome.
+        deadline_ms: When the Lambda invocation it runs in ends (wall-clock
+            ms on the policy's clock), or None outside Lambda: no renewal
+            extends the claim past it.
     """
 
     key: str
@@ -185,6 +189,7 @@ class Invocation(NamedTuple):
     token: str
     lease_ms: int
     ttl_ms: int
+    deadline_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,26 @@ def complete_call(inv: Invocation, outcome: bytes) -> CompleteCall:
 def release_call(inv: Invocation) -> ReleaseCall:
     """The store arguments of an invocation's release."""
     return ReleaseCall(inv.key, inv.token)
+
+
+def renewal_lease_ms(inv: Invocation, now_ms: int) -> int:
+    """The lease a heartbeat renews an invocation's claim to, at ``now_ms``.
+
+    Its own lease, but never past the invocation's deadline: a Lambda
+    invocation that timed out must not leave a claim that outlives it.
+
+    Args:
+        inv: The invocation whose claim is renewed.
+        now_ms: The policy's clock now.
+
+    Returns:
+        The lease in ms; zero or less when the deadline has come, and the
+        heartbeat stops.
+    """
+    deadline = inv.deadline_ms
+    if deadline is None:
+        return inv.lease_ms
+    return min(inv.lease_ms, deadline - now_ms)
 
 
 # -- the flow ----------------------------------------------------------------

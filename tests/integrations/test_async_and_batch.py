@@ -500,9 +500,14 @@ def test_batch_entry_points_check_the_handler_kind() -> None:
 
     with pytest.raises(IdempotencyConfigError):
         process_batch([{"messageId": "1"}], async_handler, store=MemoryStore())
-    with pytest.raises(IdempotencyConfigError):
+    with pytest.raises(IdempotencyConfigError, match="is not async"):
         asyncio.run(
-            process_batch_async([{"messageId": "1"}], lambda r: r, store=AsyncMemoryStore())
+            process_batch_async(
+                [{"messageId": "1"}],
+                lambda r: r,
+                store=AsyncMemoryStore(),
+                config=IdempotencyConfig(key_prefix="sync"),  # a lambda needs a name
+            )
         )
     with pytest.raises(IdempotencyConfigError):
         process_batch([], lambda r: r, store=MemoryStore(), lease_ms=0)
