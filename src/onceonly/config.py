@@ -90,7 +90,9 @@ class IdempotencyConfig:
             ``md5`` by default, as in Powertools (a key, not a signature: it is
             called with ``usedforsecurity=False``, so FIPS builds allow it).
         response_hook: ``hook(result, record)`` applied to replayed results.
-        key_prefix: Prefix of every key; default ``module.qualname`` of the function.
+        key_prefix: Prefix of every key; default ``module.qualname`` of the
+            function, led by ``AWS_LAMBDA_FUNCTION_NAME`` and a dot when that is
+            set (a partial adds ``#`` and a digest of its bound arguments).
         lease_seconds: How long a claim holds when no Lambda context says otherwise.
         heartbeat: Renew the lease every lease/3 while the function runs.
         on_in_progress: "raise" (default) or "wait" for the other execution.
