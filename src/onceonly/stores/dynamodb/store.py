@@ -24,6 +24,8 @@ boto3 is imported when a store is built, so this module imports without it.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -41,6 +43,8 @@ _P, _C = Status.IN_PROGRESS.value, Status.COMPLETED.value
 # backend without ALL_OLD on failure needs tries again; a few always suffice.
 _CLAIM_ATTEMPTS = 8
 _NUMBER = {"S": "N"}  # for attribute_type(#d, :n): a deadline that is not a number never ends
+
+logger = logging.getLogger("onceonly")
 
 
 class OutcomeTooLargeError(IdempotencyStoreError):
@@ -146,6 +150,11 @@ class DynamoDBStore:
         self.clock_skew_ms = clock_skew_ms
         self.max_outcome_bytes = max_outcome_bytes
         self._clock = clock or wall_ms
+        self._key_kind = "partition" if sort_key_attr is None else "sort"
+        # The table's key schema is checked against the layout before the
+        # first claim (see _check_table); a lock keeps that to one DescribeTable.
+        self._table_checked = False
+        self._table_lock = threading.Lock()
 
     @classmethod
     def create_table(cls, table_name: str, **options: Any) -> bool:
@@ -201,7 +210,47 @@ class DynamoDBStore:
         except exceptions.BotoCoreError as exc:
             raise items.store_error(exc, exceptions, self.table_name, key) from exc
 
+    def _check_table(self) -> None:
+        """Compare the table's key schema with the store's layout, once per store.
+
+        A layout the table does not have can go unnoticed by DynamoDB: a
+        ``sort_key_attr`` that the table lacks is written as a plain attribute,
+        so every key lands on one item. So the first claim reads
+        ``DescribeTable`` and fails on a mismatch before anything runs. When
+        the credentials may not call DescribeTable, the check is skipped with
+        one warning (the item calls still work); any other failure fails the
+        claim, and the next claim tries again.
+
+        Raises:
+            IdempotencyConfigError: The table's key schema differs from the layout.
+            IdempotencyStoreError: DescribeTable failed.
+        """
+        with self._table_lock:
+            if self._table_checked:
+                return
+            denied, response = self._call(
+                self.client.describe_table,
+                ("AccessDeniedException",),
+                None,
+                TableName=self.table_name,
+            )
+            if denied is not None:
+                logger.warning(
+                    "onceonly: cannot check the key schema of DynamoDB table %s (%s on "
+                    "DescribeTable); grant dynamodb:DescribeTable to have the store check it",
+                    self.table_name,
+                    denied,
+                )
+            else:
+                mismatch = items.layout_mismatch(
+                    self.table_name, response["Table"], self.key_attr, self.sort_key_attr
+                )
+                if mismatch is not None:
+                    raise IdempotencyConfigError(mismatch)
+            self._table_checked = True
+
     def _key(self, key: str) -> dict[str, Any]:
+        items.check_key_size(key, self._key_kind)
         if self.sort_key_attr is None:
             return {self.key_attr: {"S": key}}
         return {self.key_attr: {"S": self.static_pk_value}, self.sort_key_attr: {"S": key}}
@@ -292,10 +341,15 @@ class DynamoDBStore:
         ended item or the caller's own claim (the second replaces the item read).
 
         Raises:
+            IdempotencyConfigError: The table's key schema differs from the
+                store's layout (checked before the first claim).
             CorruptRecordError: The item under the key is not a record.
-            IdempotencyStoreError: DynamoDB failed or could not be reached.
+            IdempotencyStoreError: DynamoDB failed or could not be reached,
+                or the key is over DynamoDB's size limit.
         """
         check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+        if not self._table_checked:
+            self._check_table()
         # The item this claim read and checked (codec rules) and may replace:
         # None until then, or when the key was found absent.
         seen: Record | None = None
