@@ -12,6 +12,7 @@ else.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "build_client",
     "check_key_size",
     "check_layout",
+    "check_table",
     "ensure_table",
     "import_boto3",
     "layout_mismatch",
@@ -38,6 +40,8 @@ __all__ = [
     "store_error",
     "value",
 ]
+
+logger = logging.getLogger("onceonly")
 
 STATUS = "status"
 TOKEN = "token"
@@ -310,6 +314,44 @@ def _key_schema(description: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     order = {"HASH": 0, "RANGE": 1}
     schema = sorted(description["KeySchema"], key=lambda k: order.get(k["KeyType"], 2))
     return [(k["AttributeName"], k["KeyType"], types.get(k["AttributeName"], "?")) for k in schema]
+
+
+def check_table(
+    call: Callable[..., tuple[str | None, Any]],
+    client: Any,
+    table: str,
+    key_attr: str,
+    sort_key_attr: str | None,
+) -> None:
+    """Compare a table's key schema (``DescribeTable``) with the store's layout.
+
+    A layout the table does not have can go unnoticed by DynamoDB: a
+    ``sort_key_attr`` that the table lacks is written as a plain attribute, so
+    every key lands on one item. The store calls this before its first claim.
+    When the credentials may not call DescribeTable the check is skipped with
+    a warning (the item calls still work).
+
+    Args:
+        call: As for :func:`ensure_table`.
+        client: The boto3 client.
+        table, key_attr, sort_key_attr: The layout.
+
+    Raises:
+        IdempotencyConfigError: The table's key schema differs from the layout.
+        IdempotencyStoreError: DescribeTable failed (the next claim tries again).
+    """
+    denied, response = call(client.describe_table, ("AccessDeniedException",), TableName=table)
+    if denied is not None:
+        logger.warning(
+            "onceonly: cannot check the key schema of DynamoDB table %s (%s on DescribeTable); "
+            "grant dynamodb:DescribeTable to have the store check it",
+            table,
+            denied,
+        )
+        return
+    mismatch = layout_mismatch(table, response["Table"], key_attr, sort_key_attr)
+    if mismatch is not None:
+        raise IdempotencyConfigError(mismatch)
 
 
 def ensure_table(

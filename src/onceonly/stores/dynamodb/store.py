@@ -24,7 +24,6 @@ boto3 is imported when a store is built, so this module imports without it.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Collection
 from typing import Any
@@ -43,8 +42,6 @@ _P, _C = Status.IN_PROGRESS.value, Status.COMPLETED.value
 # backend without ALL_OLD on failure needs tries again; a few always suffice.
 _CLAIM_ATTEMPTS = 8
 _NUMBER = {"S": "N"}  # for attribute_type(#d, :n): a deadline that is not a number never ends
-
-logger = logging.getLogger("onceonly")
 
 
 class OutcomeTooLargeError(IdempotencyStoreError):
@@ -211,43 +208,13 @@ class DynamoDBStore:
             raise items.store_error(exc, exceptions, self.table_name, key) from exc
 
     def _check_table(self) -> None:
-        """Compare the table's key schema with the store's layout, once per store.
-
-        A layout the table does not have can go unnoticed by DynamoDB: a
-        ``sort_key_attr`` that the table lacks is written as a plain attribute,
-        so every key lands on one item. So the first claim reads
-        ``DescribeTable`` and fails on a mismatch before anything runs. When
-        the credentials may not call DescribeTable, the check is skipped with
-        one warning (the item calls still work); any other failure fails the
-        claim, and the next claim tries again.
-
-        Raises:
-            IdempotencyConfigError: The table's key schema differs from the layout.
-            IdempotencyStoreError: DescribeTable failed.
-        """
+        """Compare the table's key schema with the layout, once per store (see ``items``)."""
         with self._table_lock:
-            if self._table_checked:
-                return
-            denied, response = self._call(
-                self.client.describe_table,
-                ("AccessDeniedException",),
-                None,
-                TableName=self.table_name,
-            )
-            if denied is not None:
-                logger.warning(
-                    "onceonly: cannot check the key schema of DynamoDB table %s (%s on "
-                    "DescribeTable); grant dynamodb:DescribeTable to have the store check it",
-                    self.table_name,
-                    denied,
+            if not self._table_checked:
+                items.check_table(
+                    self._call, self.client, self.table_name, self.key_attr, self.sort_key_attr
                 )
-            else:
-                mismatch = items.layout_mismatch(
-                    self.table_name, response["Table"], self.key_attr, self.sort_key_attr
-                )
-                if mismatch is not None:
-                    raise IdempotencyConfigError(mismatch)
-            self._table_checked = True
+                self._table_checked = True
 
     def _key(self, key: str) -> dict[str, Any]:
         items.check_key_size(key, self._key_kind)
