@@ -101,9 +101,10 @@ def test_call_counts_first_duplicate_and_takeover(moto_server: MotoServer, table
         runs.append(order["id"])
         return {"charged": order["id"]}
 
-    # First execution: the claim (PutItem) and the complete (UpdateItem).
+    # First execution: the claim (PutItem) and the complete (UpdateItem),
+    # after the store's one check of the table's key schema (DescribeTable).
     assert process({"id": "o-1"}) == {"charged": "o-1"}
-    assert calls.take() == ["PutItem", "UpdateItem"]
+    assert calls.take() == ["DescribeTable", "PutItem", "UpdateItem"]
     # A duplicate: the failed conditional PutItem returns the record. No GetItem.
     assert process({"id": "o-1"}) == {"charged": "o-1"}
     assert calls.take() == ["PutItem"]
@@ -154,6 +155,7 @@ def test_store_level_calls_are_one_each(moto_server: MotoServer, table: str) -> 
     assert store.get("k") is not None
     assert store.delete("k") is True
     assert calls.take() == [
+        "DescribeTable",  # once per store, before its first claim
         "PutItem",
         "PutItem",
         "UpdateItem",
@@ -539,7 +541,7 @@ def test_the_async_store_calls_boto3_off_the_event_loop(
     loop_thread, results = asyncio.run(main())
     assert results == ["done", "done"]
     assert runs == ["o-1"]
-    assert calls.take() == ["PutItem", "UpdateItem", "PutItem"]
+    assert calls.take() == ["DescribeTable", "PutItem", "UpdateItem", "PutItem"]
     assert calls.threads
     assert all(t is not loop_thread for t in calls.threads)
 

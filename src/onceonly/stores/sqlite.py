@@ -406,14 +406,27 @@ class SQLiteStore:
 
 
 class AsyncSQLiteStore(InThreadStore):
-    """The asyncio twin of :class:`SQLiteStore`: each operation runs in a worker thread.
+    """The asyncio twin of :class:`SQLiteStore`: each operation runs on the store's own threads.
 
-    SQLite has no async interface; ``asyncio.to_thread`` keeps its blocking
-    calls (and busy waits on another process's lock) off the event loop.
+    SQLite has no async interface; a bounded pool of threads of this store's
+    own (named ``onceonly-sqlite-N``, made on first use) keeps its blocking
+    calls, and busy waits on another process's lock, off the event loop and
+    out of asyncio's default executor, which the application's own
+    ``asyncio.to_thread`` work may fill. Each thread opens its own connection.
 
     Args:
         path: As for :class:`SQLiteStore`, with the same keyword options.
+        max_workers: The most threads (and so connections) the store uses at
+            once (default 8). SQLite commits one write at a time per file, so
+            more threads mostly wait on its lock.
+
+    Raises:
+        IdempotencyConfigError: A bad option (as for :class:`SQLiteStore`),
+            or ``max_workers`` not an integer from 1 to 1024.
     """
 
-    def __init__(self, path: str | os.PathLike[str], **options: Any) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_workers: int = 8, **options: Any
+    ) -> None:
+        self._init_threads(max_workers, "sqlite")
         self.sync = SQLiteStore(path, **options)

@@ -12,6 +12,7 @@ else.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,17 +25,23 @@ __all__ = [
     "DATA_ATTRS",
     "DEADLINE",
     "FINGERPRINT",
+    "KEY_LIMITS",
     "OUTCOME",
     "STATUS",
     "TOKEN",
     "build_client",
+    "check_key_size",
     "check_layout",
+    "check_table",
     "ensure_table",
     "import_boto3",
+    "layout_mismatch",
     "record_from_item",
     "store_error",
     "value",
 ]
+
+logger = logging.getLogger("onceonly")
 
 STATUS = "status"
 TOKEN = "token"
@@ -43,6 +50,8 @@ FINGERPRINT = "fingerprint"
 OUTCOME = "outcome"
 DATA_ATTRS = (STATUS, TOKEN, DEADLINE, FINGERPRINT, OUTCOME)
 
+# DynamoDB's size limits of a key attribute's value, in UTF-8 bytes.
+KEY_LIMITS = {"partition": 2048, "sort": 1024}
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _THROTTLED = frozenset(
@@ -110,6 +119,80 @@ def check_layout(
         raise IdempotencyConfigError(
             "static_pk_value needs sort_key_attr and must be a non-empty string"
         )
+    if isinstance(static_pk_value, str) and len(static_pk_value.encode()) > KEY_LIMITS["partition"]:
+        raise IdempotencyConfigError(
+            f"static_pk_value is {len(static_pk_value.encode())} bytes, over DynamoDB's limit "
+            f"of {KEY_LIMITS['partition']} bytes for a partition key; use a shorter one"
+        )
+
+
+def check_key_size(key: str, kind: str) -> None:
+    """Raise IdempotencyStoreError if ``key`` is over DynamoDB's limit for a ``kind`` key.
+
+    Args:
+        key: The idempotency key, stored in the partition or the sort key.
+        kind: ``"partition"`` or ``"sort"``.
+    """
+    size, limit = len(key.encode()), KEY_LIMITS[kind]
+    if size > limit:
+        raise IdempotencyStoreError(
+            f"the key is {size} bytes, {size - limit} over DynamoDB's limit of {limit} bytes "
+            f"for a {kind} key; use a shorter key_prefix (the rest of the key is the digest "
+            "of the payload, a fixed size for a given hash_function)"
+        )
+
+
+def layout_mismatch(
+    table: str, described: Mapping[str, Any], key_attr: str, sort_key_attr: str | None
+) -> str | None:
+    """Say how a table's key schema differs from the store's layout, or None if it matches.
+
+    Args:
+        table: The table's name, for the message.
+        described: The ``Table`` of a ``DescribeTable`` answer.
+        key_attr, sort_key_attr: The store's layout (string keys).
+
+    Returns:
+        None, or a message naming each difference and the option that fixes it.
+    """
+    keys = {kind: (name, kind_type) for name, kind, kind_type in _key_schema(described)}
+    differences: list[str] = []
+    pk_name, pk_type = keys.get("HASH", ("?", "?"))
+    if pk_name != key_attr:
+        differences.append(
+            f"the table has the partition key {pk_name}, but the store has "
+            f"key_attr={key_attr!r}: pass key_attr={pk_name!r}"
+        )
+    elif pk_type != "S":
+        differences.append(
+            f"the table's partition key {pk_name} is of type {pk_type}, but the store writes "
+            "a string (S): use a table whose keys are strings (DynamoDBStore.create_table)"
+        )
+    sort = keys.get("RANGE")
+    if sort is None and sort_key_attr is not None:
+        differences.append(
+            f"the table has no sort key, but the store has sort_key_attr={sort_key_attr!r}: "
+            f"drop sort_key_attr (each key then has its own {pk_name}), or use a table with "
+            f"the sort key {sort_key_attr} (S)"
+        )
+    elif sort is not None and sort_key_attr is None:
+        differences.append(
+            f"the table has the sort key {sort[0]}, but the store has none: "
+            f"pass sort_key_attr={sort[0]!r}"
+        )
+    elif sort is not None and sort[0] != sort_key_attr:
+        differences.append(
+            f"the table has the sort key {sort[0]}, but the store has "
+            f"sort_key_attr={sort_key_attr!r}: pass sort_key_attr={sort[0]!r}"
+        )
+    elif sort is not None and sort[1] != "S":
+        differences.append(
+            f"the table's sort key {sort[0]} is of type {sort[1]}, but the store writes a "
+            "string (S): use a table whose keys are strings (DynamoDBStore.create_table)"
+        )
+    if not differences:
+        return None
+    return f"DynamoDB table {table} does not match the store's layout: " + "; ".join(differences)
 
 
 def build_client(boto_config: Any, region_name: str | None, endpoint_url: str | None) -> Any:
@@ -204,7 +287,8 @@ def store_error(
         if code in _DENIED:
             return IdempotencyStoreError(
                 f"DynamoDB refused the request ({where}): {code}: {text}; the credentials "
-                "need dynamodb:PutItem, UpdateItem, DeleteItem and GetItem on the table"
+                "need dynamodb:PutItem, UpdateItem, DeleteItem and GetItem on the table "
+                "(and DescribeTable, for the store's check of the key schema)"
             )
         if code == "ValidationException":
             return IdempotencyStoreError(
@@ -230,6 +314,44 @@ def _key_schema(description: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     order = {"HASH": 0, "RANGE": 1}
     schema = sorted(description["KeySchema"], key=lambda k: order.get(k["KeyType"], 2))
     return [(k["AttributeName"], k["KeyType"], types.get(k["AttributeName"], "?")) for k in schema]
+
+
+def check_table(
+    call: Callable[..., tuple[str | None, Any]],
+    client: Any,
+    table: str,
+    key_attr: str,
+    sort_key_attr: str | None,
+) -> None:
+    """Compare a table's key schema (``DescribeTable``) with the store's layout.
+
+    A layout the table does not have can go unnoticed by DynamoDB: a
+    ``sort_key_attr`` that the table lacks is written as a plain attribute, so
+    every key lands on one item. The store calls this before its first claim.
+    When the credentials may not call DescribeTable the check is skipped with
+    a warning (the item calls still work).
+
+    Args:
+        call: As for :func:`ensure_table`.
+        client: The boto3 client.
+        table, key_attr, sort_key_attr: The layout.
+
+    Raises:
+        IdempotencyConfigError: The table's key schema differs from the layout.
+        IdempotencyStoreError: DescribeTable failed (the next claim tries again).
+    """
+    denied, response = call(client.describe_table, ("AccessDeniedException",), TableName=table)
+    if denied is not None:
+        logger.warning(
+            "onceonly: cannot check the key schema of DynamoDB table %s (%s on DescribeTable); "
+            "grant dynamodb:DescribeTable to have the store check it",
+            table,
+            denied,
+        )
+        return
+    mismatch = layout_mismatch(table, response["Table"], key_attr, sort_key_attr)
+    if mismatch is not None:
+        raise IdempotencyConfigError(mismatch)
 
 
 def ensure_table(

@@ -24,6 +24,7 @@ boto3 is imported when a store is built, so this module imports without it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -146,6 +147,11 @@ class DynamoDBStore:
         self.clock_skew_ms = clock_skew_ms
         self.max_outcome_bytes = max_outcome_bytes
         self._clock = clock or wall_ms
+        self._key_kind = "partition" if sort_key_attr is None else "sort"
+        # The table's key schema is checked against the layout before the
+        # first claim (see _check_table); a lock keeps that to one DescribeTable.
+        self._table_checked = False
+        self._table_lock = threading.Lock()
 
     @classmethod
     def create_table(cls, table_name: str, **options: Any) -> bool:
@@ -201,7 +207,17 @@ class DynamoDBStore:
         except exceptions.BotoCoreError as exc:
             raise items.store_error(exc, exceptions, self.table_name, key) from exc
 
+    def _check_table(self) -> None:
+        """Compare the table's key schema with the layout, once per store (see ``items``)."""
+        with self._table_lock:
+            if not self._table_checked:
+                items.check_table(
+                    self._call, self.client, self.table_name, self.key_attr, self.sort_key_attr
+                )
+                self._table_checked = True
+
     def _key(self, key: str) -> dict[str, Any]:
+        items.check_key_size(key, self._key_kind)
         if self.sort_key_attr is None:
             return {self.key_attr: {"S": key}}
         return {self.key_attr: {"S": self.static_pk_value}, self.sort_key_attr: {"S": key}}
@@ -292,10 +308,15 @@ class DynamoDBStore:
         ended item or the caller's own claim (the second replaces the item read).
 
         Raises:
+            IdempotencyConfigError: The table's key schema differs from the
+                store's layout (checked before the first claim).
             CorruptRecordError: The item under the key is not a record.
-            IdempotencyStoreError: DynamoDB failed or could not be reached.
+            IdempotencyStoreError: DynamoDB failed or could not be reached,
+                or the key is over DynamoDB's size limit.
         """
         check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+        if not self._table_checked:
+            self._check_table()
         # The item this claim read and checked (codec rules) and may replace:
         # None until then, or when the key was found absent.
         seen: Record | None = None

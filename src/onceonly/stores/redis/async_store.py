@@ -24,6 +24,7 @@ from ..protocol import check_key
 from . import scripts
 from .clients import url_client
 from .common import (
+    NEVER_DECODE,
     RedisBase,
     chained,
     check_waitaof_support,
@@ -43,6 +44,9 @@ _MAX_BATCH = 512
 
 T = TypeVar("T")
 
+# Replies are read as bytes, whatever the client's decode_responses (see wire_args).
+_RAW = {NEVER_DECODE: True}
+
 
 async def _within(seconds: float | None, work: Awaitable[T]) -> T:
     """Await ``work``, raising the builtin TimeoutError past ``seconds`` (None: no limit)."""
@@ -58,7 +62,7 @@ async def _within(seconds: float | None, work: Awaitable[T]) -> T:
 class _Pending:
     script: scripts.Script
     key: str  # the Redis key
-    args: tuple[Any, ...]
+    args: tuple[Any, ...]  # the key and the script's arguments as sent (RedisBase.wire)
     future: asyncio.Future[Any]
 
 
@@ -162,7 +166,8 @@ class AsyncRedisStore(RedisBase):
 
     Args:
         client: A ``redis.asyncio.Redis``, ``redis.asyncio.RedisCluster`` or an
-            asyncio Sentinel master client.
+            asyncio Sentinel master client (any ``decode_responses`` and
+            ``encoding``, as for ``RedisStore``).
         prefix, wait_replicas, wait_timeout_ms, wait_aof, clock: As for
             ``RedisStore``. ``wait_aof`` is checked against the server on the
             first call (a constructor cannot await).
@@ -340,10 +345,10 @@ class AsyncRedisStore(RedisBase):
         """
         if use_sha:
             commands: list[tuple[Any, ...]] = [
-                ("EVALSHA", item.script.sha, 1, item.key, *item.args) for item in batch
+                ("EVALSHA", item.script.sha, 1, *item.args) for item in batch
             ]
         else:
-            commands = [("EVAL", item.script.source, 1, item.key, *item.args) for item in batch]
+            commands = [("EVAL", item.script.code, 1, *item.args) for item in batch]
         waits = self._wait_command
         if waits is not None:
             commands.append(waits)  # one WAIT covers every write before it
@@ -367,12 +372,9 @@ class AsyncRedisStore(RedisBase):
         return self._split_wait(replies, batch[0].key)
 
     def _pack(self, conn: Any, commands: list[tuple[Any, ...]]) -> Any:
-        encoder = conn.encoder
-        if (
-            self._hiredis_pack is not None
-            and encoder.encoding.lower().replace("-", "") == "utf8"
-            and encoder.encoding_errors == "strict"
-        ):
+        # Every argument is bytes or an integer already (wire_args), so hiredis
+        # packs them as the client's encoder would, whatever its encoding.
+        if self._hiredis_pack is not None:
             pack = self._hiredis_pack
             return b"".join([pack(command) for command in commands])
         return conn.pack_commands(commands)
@@ -392,7 +394,7 @@ class AsyncRedisStore(RedisBase):
         replies: list[Any] = []
         for _ in range(count):
             try:
-                replies.append(await read(timeout=math.inf))
+                replies.append(await read(disable_decoding=True, timeout=math.inf))
             except response_error as exc:  # that call's own error (NOSCRIPT, WRONGTYPE...)
                 replies.append(exc)
         return replies
@@ -401,8 +403,8 @@ class AsyncRedisStore(RedisBase):
         """Send a batch of script calls (and WAIT, if asked) in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for item in batch:
-            body = item.script.sha if use_sha else item.script.source
-            pipe.execute_command("EVALSHA" if use_sha else "EVAL", body, 1, item.key, *item.args)
+            body = item.script.sha if use_sha else item.script.code
+            pipe.execute_command("EVALSHA" if use_sha else "EVAL", body, 1, *item.args, **_RAW)
         waits = self._wait_command
         if waits is not None:
             pipe.execute_command(*waits)  # one WAIT covers every write before it
@@ -416,25 +418,26 @@ class AsyncRedisStore(RedisBase):
         if not self._waitaof_checked:
             await self._check_waitaof()
         full = self.full_key(key)
-        args = (*args, self._now_arg())
+        args = self.wire(full, (*args, self._now_arg()))
         batcher = current[1]
         if batcher is not None:
             return await batcher.submit(script, full, args)
         try:
             try:
-                return await self.client.evalsha(script.sha, 1, full, *args)
+                return await self.client.execute_command("EVALSHA", script.sha, 1, *args, **_RAW)
             except self._noscript:
-                return await self.client.eval(script.source, 1, full, *args)
+                return await self.client.execute_command("EVAL", script.code, 1, *args, **_RAW)
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
-    async def _command(self, *command: Any) -> Any:
+    async def _command(self, name: str, full: str) -> Any:
+        """One command on one key (GET, DEL), its reply undecoded."""
         if asyncio.get_running_loop() is not self._current[0]:
             await self._enter_loop()
         try:
-            return await self.client.execute_command(*command)
+            return await self.client.execute_command(name, self.key_bytes(full), **_RAW)
         except self._errors as exc:
-            raise store_error(exc, str(command[1])) from exc
+            raise store_error(exc, full) from exc
 
     # -- the protocol ------------------------------------------------------
 

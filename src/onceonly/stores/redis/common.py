@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import sys
 import threading
 import warnings
@@ -26,6 +27,9 @@ from ..protocol import check_claim, check_complete, check_key, check_ms, check_t
 from . import scripts
 
 __all__ = [
+    "ACL_COMMANDS",
+    "ACL_HINT",
+    "NEVER_DECODE",
     "Call",
     "RedisBase",
     "chained",
@@ -37,9 +41,27 @@ __all__ = [
     "needs_command_name",
     "redis_errors",
     "store_error",
+    "wire_args",
 ]
 
 logger = logging.getLogger("onceonly")
+
+# What an ACL user needs: the commands the store sends (EVALSHA, EVAL when the
+# server answers NOSCRIPT, GET and DEL for get / delete) and those its Lua
+# scripts call (GET, SET, DEL, TIME), which ACLs check inside a script too.
+ACL_COMMANDS = ("EVALSHA", "EVAL", "GET", "SET", "DEL", "TIME")
+ACL_HINT = (
+    f"the ACL user needs {' '.join('+' + c.lower() for c in ACL_COMMANDS)} "
+    "(and +wait / +waitaof with wait_replicas / wait_aof) and the key pattern "
+    "~<prefix>:* of the store's prefix"
+)
+# An ACL refusal of a command a script calls comes back as a plain error reply:
+# Redis says "The user executing the script can't run this command or
+# subcommand", Valkey "ACL failure in script: ... no permissions to run ...".
+_SCRIPT_ACL = re.compile(r"can't run this command|ACL failure|no permissions", re.IGNORECASE)
+
+# redis-py's option that reads a reply as bytes whatever decode_responses says.
+NEVER_DECODE = "NEVER_DECODE"
 
 
 def import_redis() -> Any:
@@ -92,11 +114,10 @@ def store_error(exc: BaseException, key: str | None) -> IdempotencyStoreError:
     redis = import_redis()
     where = f" (key {key})" if key is not None else ""
     text = str(exc)
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        return IdempotencyStoreError(
-            f"Redis refused the command{where}: {text}; the ACL user needs EVALSHA, EVAL "
-            "(and WAIT / WAITAOF if used) on the store's key prefix"
-        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and _SCRIPT_ACL.search(text)
+    ):
+        return IdempotencyStoreError(f"Redis refused the command{where} (ACL): {text}; {ACL_HINT}")
     if isinstance(exc, redis.exceptions.ResponseError) and text.startswith("WRONGTYPE"):
         return CorruptRecordError(
             f"the key{where} holds a Redis type other than a string; it is not an onceonly "
@@ -113,6 +134,19 @@ def store_error(exc: BaseException, key: str | None) -> IdempotencyStoreError:
             "password, TLS settings and that the server is up"
         )
     return IdempotencyStoreError(f"Redis failed{where}: {type(exc).__name__}: {text}")
+
+
+def wire_args(args: tuple[Any, ...]) -> tuple[bytes | int, ...]:
+    """A command's arguments as the store sends them: text as UTF-8 bytes.
+
+    redis-py encodes text with the client's ``encoding`` on some paths and
+    as UTF-8 on others (hiredis packs text as UTF-8 whatever the client
+    says). The store encodes its keys and script arguments itself, so a key
+    is the same Redis key from the sync and the async store, with or
+    without hiredis, and the scripts read their arguments as they expect;
+    bytes and integers go through redis-py as they are.
+    """
+    return tuple(a.encode() if isinstance(a, str) else a for a in args)
 
 
 def check_options(
@@ -232,6 +266,14 @@ class RedisBase:
     def full_key(self, key: str) -> str:
         """The Redis key of an idempotency key."""
         return f"{self.prefix}:{key}"
+
+    def key_bytes(self, full: str) -> bytes:
+        """A Redis key as the store sends it: UTF-8, whatever the client's ``encoding``."""
+        return full.encode()
+
+    def wire(self, full: str, args: tuple[Any, ...]) -> tuple[bytes | int, ...]:
+        """A script call's key and arguments as sent (see :func:`wire_args`)."""
+        return wire_args((full, *args))
 
     def check_key_prefix(self, key_prefix: str, *, stacklevel: int = 2) -> None:
         """Warn when a function's ``key_prefix`` puts all its keys in one cluster slot.

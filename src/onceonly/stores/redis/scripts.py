@@ -28,17 +28,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Script:
-    """A Lua script with its SHA1, for EVALSHA."""
+    """A Lua script with its SHA1, for EVALSHA, and its UTF-8 bytes, for EVAL."""
 
     name: str
     source: str
     sha: str
+    code: bytes
 
 
 def _load(name: str) -> Script:
     folder = resources.files(__package__) / "lua"
     source = (folder / "_prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
-    return Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+    code = source.encode()
+    return Script(name, source, hashlib.sha1(code, usedforsecurity=False).hexdigest(), code)
 
 
 CLAIM = _load("claim")
@@ -48,9 +50,9 @@ RENEW = _load("renew")
 
 
 def _bytes(value: object) -> bytes:
-    # A client made with decode_responses=True hands back str.
-    if isinstance(value, str):
-        return value.encode()
+    # The stores read replies undecoded (NEVER_DECODE), whatever the client's
+    # decode_responses: text decoded with some encoding and encoded back with
+    # another would replay garbled, so text here is refused, never re-encoded.
     if isinstance(value, bytes):
         return value
     raise CorruptRecordError(f"unexpected reply from the claim script: {type(value).__name__}")

@@ -24,6 +24,7 @@ from ..protocol import ClaimCall, CompleteCall, ReleaseCall, RenewCall, check_ke
 from . import scripts
 from .clients import url_client
 from .common import (
+    NEVER_DECODE,
     Call,
     RedisBase,
     chained,
@@ -37,7 +38,8 @@ from .common import (
 
 __all__ = ["RedisStore"]
 
-_UTF8 = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
+# Replies are read as bytes, whatever the client's decode_responses (see wire_args).
+_RAW = {NEVER_DECODE: True}
 
 
 class RedisStore(RedisBase):
@@ -45,7 +47,8 @@ class RedisStore(RedisBase):
 
     Args:
         client: A ``redis.Redis``, ``redis.RedisCluster`` or Sentinel master
-            client (``decode_responses`` may be either).
+            client. Its ``decode_responses`` and ``encoding`` do not matter:
+            the store sends UTF-8 bytes and reads its replies undecoded.
         prefix: Every record key is ``"{prefix}:{key}"``.
         wait_replicas: After each write, ``WAIT`` for this many replicas to
             acknowledge it (0: do not wait). A shortfall is logged and counted
@@ -165,22 +168,22 @@ class RedisStore(RedisBase):
 
     def _run(self, script: scripts.Script, key: str, args: tuple[Any, ...]) -> Any:
         full = self.full_key(key)
-        args = (*args, self._now_arg())
+        args = self.wire(full, (*args, self._now_arg()))
         try:
             if self._wait_command is None:
                 try:
                     if self._direct:
-                        return self._direct_evalsha(script, full, args)
-                    return self.client.evalsha(script.sha, 1, full, *args)
+                        return self._direct_evalsha(script, args)
+                    return self.client.execute_command("EVALSHA", script.sha, 1, *args, **_RAW)
                 except self._noscript:
                     # First use on this server, a restart, a failover or SCRIPT FLUSH:
                     # EVAL runs it and caches it for the next EVALSHA.
-                    return self.client.eval(script.source, 1, full, *args)
+                    return self.client.execute_command("EVAL", script.code, 1, *args, **_RAW)
             return self._run_and_wait(script, full, args)
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
-    def _direct_evalsha(self, script: scripts.Script, full: str, args: tuple[Any, ...]) -> Any:
+    def _direct_evalsha(self, script: scripts.Script, args: tuple[Any, ...]) -> Any:
         """EVALSHA on a pooled connection, without the client's per-command machinery.
 
         What ``client.evalsha`` does, less its bookkeeping: take a pooled
@@ -188,24 +191,19 @@ class RedisStore(RedisBase):
         attempt closes the connection; the next one reconnects, to the new
         primary after a Sentinel failover), and give the connection back. An
         error reply (NOSCRIPT included) is raised as the client raises it.
+        ``args`` are the key and the script's arguments, already bytes or
+        integers (so hiredis packs them as the client would).
         """
         pool = self.client.connection_pool
         conn = pool.get_connection("EVALSHA") if self._pool_wants_name else pool.get_connection()
         try:
-            command = ("EVALSHA", script.sha, 1, full, *args)
-            encoder, pack = conn.encoder, self._hiredis_pack
-            if (
-                pack is not None
-                and encoder.encoding in _UTF8
-                and encoder.encoding_errors == "strict"
-            ):
-                packed = [pack(command)]
-            else:
-                packed = conn.pack_command(*command)
+            pack = self._hiredis_pack
+            assert pack is not None  # _direct needs it
+            packed = [pack(("EVALSHA", script.sha, 1, *args))]
 
             def attempt() -> Any:
                 conn.send_packed_command(packed)
-                return conn.read_response()
+                return conn.read_response(disable_decoding=True)
 
             return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
         except self._response_error:
@@ -223,9 +221,9 @@ class RedisStore(RedisBase):
         target = self.client
         if self._cluster:
             target = self.client.get_node_from_key(full).redis_connection
-        for command, body in (("EVALSHA", script.sha), ("EVAL", script.source)):
+        for command, body in (("EVALSHA", script.sha), ("EVAL", script.code)):
             pipe = target.pipeline(transaction=False)
-            pipe.execute_command(command, body, 1, full, *args)
+            pipe.execute_command(command, body, 1, *args, **_RAW)
             pipe.execute_command(*wait)
             replies = pipe.execute(raise_on_error=False)
             if not isinstance(replies[0], self._noscript):
@@ -272,8 +270,9 @@ class RedisStore(RedisBase):
     ) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for (script, _, args), full in zip(calls, fulls, strict=True):
-            body = script.sha if use_sha else script.source
-            pipe.execute_command("EVALSHA" if use_sha else "EVAL", body, 1, full, *args, now)
+            body = script.sha if use_sha else script.code
+            command = "EVALSHA" if use_sha else "EVAL"
+            pipe.execute_command(command, body, 1, *self.wire(full, (*args, now)), **_RAW)
         if self._wait_command is not None:
             pipe.execute_command(*self._wait_command)  # one WAIT covers every write before it
         replies = list(pipe.execute(raise_on_error=False))
@@ -295,11 +294,12 @@ class RedisStore(RedisBase):
                 answers.append(exc)
         return answers
 
-    def _command(self, *command: Any) -> Any:
+    def _command(self, name: str, full: str) -> Any:
+        """One command on one key (GET, DEL), its reply undecoded."""
         try:
-            return self.client.execute_command(*command)
+            return self.client.execute_command(name, self.key_bytes(full), **_RAW)
         except self._errors as exc:
-            raise store_error(exc, str(command[1])) from exc
+            raise store_error(exc, full) from exc
 
     # -- the protocol ------------------------------------------------------
 
