@@ -11,6 +11,7 @@ until the test ends it, and every store call must still complete.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,14 +36,20 @@ BOUND_S = 30.0
 
 
 class ThreadNames:
-    """A clock for the sync store that notes which thread each call ran on."""
+    """A clock for the sync store that notes which thread each call ran on.
+
+    It creeps: one millisecond per reading from where the wall clock stood
+    when it was made, so a renewal always moves a deadline on, and a lease of
+    seconds outlasts thousands of store calls whatever the machine's speed.
+    """
 
     def __init__(self) -> None:
         self.names: set[str] = set()
+        self._now = itertools.count(wall_ms())
 
     def __call__(self) -> int:
         self.names.add(threading.current_thread().name)
-        return wall_ms()
+        return next(self._now)
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -129,14 +136,15 @@ def test_a_heartbeat_renews_a_live_claim_while_the_default_executor_is_full(
     # The function runs until it has seen the heartbeat move its lease twice
     # (each renewal pushes the deadline on), then returns; with the default
     # executor full all along. It waits on what the store shows, not on time;
-    # the 6 s lease (renewed every 2 s) leaves a loaded machine 4 s of slack.
+    # the store's clock creeps one ms per reading (see ThreadNames), so the
+    # lease cannot run out however slowly the machine runs the heartbeat.
     store, _ = make_store()
     runs: list[str] = []
 
     @idempotent_function(
         store=store,
         data="order",
-        config=IdempotencyConfig(event_key_jmespath="id", lease_seconds=6, heartbeat=True),
+        config=IdempotencyConfig(event_key_jmespath="id", lease_seconds=3, heartbeat=True),
     )
     async def process(order: dict[str, Any]) -> str:
         runs.append(order["id"])
