@@ -358,7 +358,9 @@ def _repeated(
 
 def _replayed(policy: Policy, record: Any, key: str, decision: Replay) -> ItemResult:
     try:
-        return ItemResult(record, ItemStatus.REPLAYED, replay(policy, decision.record), key=key)
+        return ItemResult(
+            record, ItemStatus.REPLAYED, replay(policy, decision.record, key), key=key
+        )
     except Exception as exc:  # a corrupt outcome fails this record only
         return ItemResult(record, ItemStatus.FAILED, error=exc, key=key)
 

@@ -254,20 +254,35 @@ def renewal_lease_ms(inv: Invocation, now_ms: int) -> int:
 # -- the flow ----------------------------------------------------------------
 
 
-def replay(policy: Policy, record: Record) -> Any:
+def replay(policy: Policy, record: Record, key: str) -> Any:
     """Rebuild a result from a completed record and apply the response hook.
 
+    Args:
+        policy: The function's policy.
+        record: The completed record.
+        key: Its key (prefix and digest), named in errors.
+
     Raises:
-        CorruptRecordError: The outcome cannot be decoded or rebuilt.
+        CorruptRecordError: The outcome cannot be decoded or rebuilt. The
+            message names the function, the key and the kind of misfit, never
+            the stored value: our serializers say what does not fit without
+            quoting it, and a custom serializer's own error text (which may
+            quote what it read) is left to the chained cause.
     """
     assert record.outcome is not None
     data = decode_outcome(record.outcome)
     try:
         value = policy.serializer.from_json(data)
+    except CorruptRecordError as exc:
+        raise CorruptRecordError(
+            f"stored outcome of {policy.name} under key {key} cannot be rebuilt: {exc}; "
+            "if the result type changed, delete the key (onceonly purge) to let it run again"
+        ) from exc
     except Exception as exc:
         raise CorruptRecordError(
-            f"stored outcome of {policy.name} cannot be rebuilt by its serializer ({exc}); "
-            "if the result type changed, delete the key (onceonly purge) to let it run again"
+            f"stored outcome of {policy.name} under key {key} cannot be rebuilt by its "
+            f"serializer ({type(exc).__name__}); if the result type changed, delete the key "
+            "(onceonly purge) to let it run again"
         ) from exc
     hook = policy.config.response_hook
     return value if hook is None else hook(value, record)
@@ -365,7 +380,7 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
             inv.fingerprint is None or cached.fingerprint == inv.fingerprint
         ):
             stats.add(Event.CACHE_HIT)
-            return replay(policy, cached)
+            return replay(policy, cached, inv.key)
 
     wait_until: int | None = None
     delay = _WAIT_FIRST_MS
@@ -391,7 +406,7 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
             break
         if isinstance(decision, Replay):
             stats.add(Event.REPLAYED)
-            value = replay(policy, decision.record)
+            value = replay(policy, decision.record, inv.key)
             # Cached only once it replays: a corrupt record must not outlive its purge here.
             if cache is not None:
                 cache.put(inv.key, decision.record)

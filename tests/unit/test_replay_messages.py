@@ -124,3 +124,31 @@ def test_pydantic_model_inside_a_dataclass_never_quotes_the_stored_value() -> No
     said = everything_said(error)
     assert CARD not in said, said
     assert "Nested.receipt: ReceiptV2 fields lines (missing)" in str(error)
+
+
+def test_a_replay_that_cannot_be_rebuilt_names_the_key_and_never_quotes_a_custom_error() -> None:
+    # A user's from_json may put the stored value in its own error text: the
+    # message names the function, the key (prefix and digest) and the error's
+    # type, never that text.
+    from onceonly import CustomSerializer
+
+    def from_json(data: Any) -> Any:
+        raise ValueError(f"cannot read {data!r}")
+
+    store = MemoryStore()
+
+    @idempotent_function(
+        store=store,
+        data="order",
+        output_serializer=CustomSerializer(to_json=lambda v: v, from_json=from_json),
+    )
+    def charge(order: str) -> str:
+        return "card 4111111111111111"
+
+    charge(order="o-1")
+    with pytest.raises(CorruptRecordError) as caught:
+        charge(order="o-1")
+    message = str(caught.value)
+    assert charge.key_for(order="o-1") in message
+    assert "ValueError" in message
+    assert "4111" not in message
