@@ -17,7 +17,7 @@ import json
 import pathlib
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jmespath
@@ -30,6 +30,7 @@ __all__ = [
     "JMESPATH_OPTIONS",
     "MAX_GUNZIP_BYTES",
     "canonical_json",
+    "event_data",
     "hasher",
     "is_missing",
     "json_native",
@@ -146,15 +147,57 @@ class _Functions(jp_functions.Functions):
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=_Functions())
 
 
+def _plain(value: Any) -> Any:
+    # A Mapping's data as dicts and lists, at any depth (JMESPath reads dicts).
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def event_data(value: Any) -> Any:
+    """The data of an event object: its ``raw_event``, or a Mapping as a dict.
+
+    Powertools' event data classes (``APIGatewayProxyEventV2``, ``SQSRecord``,
+    ...) keep the event in ``raw_event``; any other ``Mapping``
+    (``MappingProxyType``, a custom class) is read as the dict it holds. Both
+    are made plain dicts and lists at every depth, so that they key exactly as
+    the dict they hold.
+
+    Args:
+        value: A payload; a dict is returned as it is.
+
+    Returns:
+        A dict for a Mapping or an object whose ``raw_event`` is a Mapping
+        (a ``raw_event`` dict as it is), else the value itself.
+    """
+    if isinstance(value, dict):  # dict subclasses too: read as they always were
+        return value
+    raw = getattr(value, "raw_event", None)
+    if isinstance(raw, dict):  # Powertools' data classes: no copy
+        return raw
+    if isinstance(raw, Mapping):
+        value = raw
+    if isinstance(value, Mapping):
+        return _plain(value)
+    return value
+
+
 def json_native(value: Any) -> Any:
-    """Turn a top-level dataclass or pydantic model into plain data for JMESPath.
+    """Turn a top-level event object, dataclass or pydantic model into plain data for JMESPath.
 
     Args:
         value: A payload.
 
     Returns:
-        A dict for a dataclass instance or pydantic model, else the value itself.
+        A dict for a Mapping, an object with a ``raw_event`` Mapping (see
+        :func:`event_data`), a dataclass instance or a pydantic model, else the
+        value itself.
     """
+    if type(value) is dict:
+        return value
+    value = event_data(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     dump = getattr(value, "model_dump", None)
@@ -253,6 +296,11 @@ def _default(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=canonical_json)
+    if isinstance(value, Mapping):
+        return dict(value)  # json calls back here for Mappings nested in it
+    raw = getattr(value, "raw_event", None)
+    if isinstance(raw, Mapping):
+        return raw  # a Powertools event data class: its event
     raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
 
 
@@ -268,7 +316,9 @@ def canonical_json(value: Any) -> bytes:
 
     Sorted keys, no whitespace, UTF-8, no NaN. Besides JSON types it writes
     dataclasses, pydantic models, datetime/date/time (ISO 8601), UUID, Decimal,
-    Enum (its value), paths, bytes (base64) and sets (sorted).
+    Enum (its value), paths, bytes (base64), sets (sorted), any Mapping (as
+    the dict it holds) and event objects with a ``raw_event`` Mapping (as
+    that event).
 
     Args:
         value: The data to write.
@@ -368,7 +418,10 @@ class Keyer:
         self, payload: Any, key_material: Any
     ) -> tuple[str | None, str | None]:
         if key_material is _UNSET:
-            data = json_native(payload) if self._plain else payload
+            # Without expressions the payload is hashed as it is (a dataclass
+            # through canonical JSON); an event object is still read as its dict,
+            # so that an empty one holds no key, like an empty dict.
+            data = json_native(payload) if self._plain else event_data(payload)
             selected = select(self.key_expr, data)
         else:
             data = json_native(payload) if self._plain_with_material else payload
