@@ -29,10 +29,12 @@ from .records import one_shot_encoder
 __all__ = [
     "JMESPATH_OPTIONS",
     "MAX_GUNZIP_BYTES",
+    "BoundExpression",
     "canonical_json",
     "event_data",
     "hasher",
     "is_missing",
+    "jmespath_options",
     "json_native",
     "select",
 ]
@@ -147,6 +149,62 @@ class _Functions(jp_functions.Functions):
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=_Functions())
 
 
+def _bind(owner: jp_functions.Functions, function: Callable[..., Any]) -> Callable[..., Any]:
+    # jmespath calls table entries as function(functions_instance, *args); a
+    # user's function gets the user's own instance (its state) as self.
+    def call(_combined: Any, *args: Any) -> Any:
+        return function(owner, *args)
+
+    return call
+
+
+class _Combined(_Functions):
+    """Our decode functions and a user's custom functions in one table; theirs win on a clash."""
+
+    def __init__(self, custom: jp_functions.Functions) -> None:
+        table = dict(_Functions.FUNCTION_TABLE)
+        builtin = jp_functions.Functions.FUNCTION_TABLE
+        for name, spec in custom.FUNCTION_TABLE.items():
+            if name in builtin and builtin[name]["function"] is spec["function"]:
+                continue  # jmespath's own, inherited unchanged: ours is the same
+            table[name] = {
+                "function": _bind(custom, spec["function"]),
+                "signature": spec["signature"],
+            }
+        self.FUNCTION_TABLE = table  # this instance's table, read by call_function
+
+
+def jmespath_options(custom_functions: jp_functions.Functions | None) -> Any:
+    """The JMESPath options for searches: our functions, plus a user's custom functions.
+
+    Built once per config (the search is a hot path); the user's functions
+    override ours where names clash.
+
+    Args:
+        custom_functions: An instance of a ``jmespath.functions.Functions``
+            subclass, or None for ours alone.
+
+    Returns:
+        ``jmespath.Options``.
+    """
+    if custom_functions is None:
+        return JMESPATH_OPTIONS
+    return jmespath.Options(custom_functions=_Combined(custom_functions))
+
+
+class BoundExpression(jmespath.parser.ParsedResult):
+    """A compiled expression that carries its own JMESPath options (custom functions).
+
+    Args:
+        parsed: The expression compiled by ``jmespath.compile``.
+        options: What :func:`jmespath_options` returned.
+    """
+
+    def __init__(self, parsed: Any, options: Any) -> None:
+        super().__init__(parsed.expression, parsed.parsed)
+        self.options = options
+
+
 def _plain(value: Any) -> Any:
     # A Mapping's data as dicts and lists, at any depth (JMESPath reads dicts).
     if isinstance(value, Mapping):
@@ -210,7 +268,8 @@ def select(expression: Any, payload: Any) -> Any:
     """Apply a compiled JMESPath expression (None selects everything).
 
     Args:
-        expression: A compiled expression from ``jmespath.compile`` or None.
+        expression: A compiled expression from ``jmespath.compile``, a
+            :class:`BoundExpression`, or None.
         payload: JSON-native data.
 
     Returns:
@@ -223,7 +282,8 @@ def select(expression: Any, payload: Any) -> Any:
     if expression is None:
         return payload
     try:
-        return expression.search(payload, options=JMESPATH_OPTIONS)
+        # A BoundExpression (a config with jmespath_options) brings its own functions.
+        return expression.search(payload, options=getattr(expression, "options", JMESPATH_OPTIONS))
     except _InvalidBase64 as exc:
         # The message names the function and the expression, never the text.
         raise IdempotencyKeyError(
