@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import IdempotencyConfigError
-from .keys import hasher
+from .keys import BoundExpression, hasher, jmespath_options
 
 __all__ = ["IdempotencyConfig", "InProgressPolicy", "StoreErrorPolicy"]
 
@@ -55,7 +55,29 @@ def _enum(name: str, kind: type[enum.Enum], value: object) -> Any:
         raise IdempotencyConfigError(f"{name} must be {allowed}, got {value!r}") from None
 
 
-def _jmespath(name: str, expression: object) -> Any:
+def _custom_functions(options: object) -> Any:
+    # Powertools' shape: {"custom_functions": MyFunctions()}; nothing else is read.
+    if options is None:
+        return None
+    from jmespath.functions import Functions
+
+    if not isinstance(options, dict) or set(options) - {"custom_functions"}:
+        raise IdempotencyConfigError(
+            "jmespath_options must be a dict with one key, custom_functions "
+            "(e.g. {'custom_functions': MyFunctions()}), got "
+            + (f"keys {sorted(map(str, options))}" if isinstance(options, dict) else repr(options))
+        )
+    custom = options.get("custom_functions")
+    if "custom_functions" in options and not isinstance(custom, Functions):
+        raise IdempotencyConfigError(
+            "jmespath_options['custom_functions'] must be an instance of a "
+            "jmespath.functions.Functions subclass (e.g. MyFunctions(), not the class), "
+            f"got {custom!r}"
+        )
+    return custom
+
+
+def _jmespath(name: str, expression: object, options: Any = None) -> Any:
     if expression is None:
         return None
     if not isinstance(expression, str) or not expression.strip():
@@ -64,11 +86,12 @@ def _jmespath(name: str, expression: object) -> Any:
     from jmespath.exceptions import JMESPathError
 
     try:
-        return jmespath.compile(expression)
+        parsed = jmespath.compile(expression)
     except JMESPathError as exc:
         raise IdempotencyConfigError(
             f"{name} is not valid JMESPath ({expression!r}): {exc}"
         ) from exc
+    return parsed if options is None else BoundExpression(parsed, options)
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,12 @@ class IdempotencyConfig:
         on_in_progress: "raise" (default) or "wait" for the other execution.
         wait_timeout_seconds: Longest wait with ``on_in_progress="wait"``.
         on_store_error: "raise" (fail closed, default) or "run" without protection.
+        jmespath_options: ``{"custom_functions": MyFunctions()}`` as in
+            Powertools: an instance of a ``jmespath.functions.Functions``
+            subclass whose functions the two expressions may call, beside
+            onceonly's (``from_json``, ``from_base64``, ``from_base64_gzip``,
+            ``powertools_*``); the user's win where names clash. Read once,
+            here. Two configs are equal when they hold the same instance.
 
     Raises:
         IdempotencyConfigError: An option is out of range or of the wrong type.
@@ -117,17 +146,24 @@ class IdempotencyConfig:
     on_in_progress: InProgressPolicy | str = InProgressPolicy.RAISE
     wait_timeout_seconds: float = 30
     on_store_error: StoreErrorPolicy | str = StoreErrorPolicy.RAISE
+    # A dict cannot be hashed: equality and hash use _custom_functions instead.
+    jmespath_options: dict[str, Any] | None = field(default=None, compare=False)
     # Compiled forms, derived in __post_init__.
     _key_expr: Any = field(init=False, repr=False, compare=False)
     _validation_expr: Any = field(init=False, repr=False, compare=False)
+    _custom_functions: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        put(self, "_key_expr", _jmespath("event_key_jmespath", self.event_key_jmespath))
+        custom = _custom_functions(self.jmespath_options)
+        put(self, "_custom_functions", custom)
+        # One combined functions table for both expressions, built here, not per call.
+        options = None if custom is None else jmespath_options(custom)
+        put(self, "_key_expr", _jmespath("event_key_jmespath", self.event_key_jmespath, options))
         put(
             self,
             "_validation_expr",
-            _jmespath("payload_validation_jmespath", self.payload_validation_jmespath),
+            _jmespath("payload_validation_jmespath", self.payload_validation_jmespath, options),
         )
         for name in ("raise_on_no_idempotency_key", "use_local_cache", "heartbeat"):
             if not isinstance(getattr(self, name), bool):

@@ -17,7 +17,7 @@ import json
 import pathlib
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jmespath
@@ -29,9 +29,12 @@ from .records import one_shot_encoder
 __all__ = [
     "JMESPATH_OPTIONS",
     "MAX_GUNZIP_BYTES",
+    "BoundExpression",
     "canonical_json",
+    "event_data",
     "hasher",
     "is_missing",
+    "jmespath_options",
     "json_native",
     "select",
 ]
@@ -146,15 +149,113 @@ class _Functions(jp_functions.Functions):
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=_Functions())
 
 
+def _bind(owner: jp_functions.Functions, function: Callable[..., Any]) -> Callable[..., Any]:
+    # jmespath calls table entries as function(functions_instance, *args); a
+    # user's function gets the user's own instance (its state) as self.
+    def call(_combined: Any, *args: Any) -> Any:
+        return function(owner, *args)
+
+    return call
+
+
+class _Combined(_Functions):
+    """Our decode functions and a user's custom functions in one table; theirs win on a clash."""
+
+    def __init__(self, custom: jp_functions.Functions) -> None:
+        table = dict(_Functions.FUNCTION_TABLE)
+        builtin = jp_functions.Functions.FUNCTION_TABLE
+        for name, spec in custom.FUNCTION_TABLE.items():
+            if name in builtin and builtin[name]["function"] is spec["function"]:
+                continue  # jmespath's own, inherited unchanged: ours is the same
+            table[name] = {
+                "function": _bind(custom, spec["function"]),
+                "signature": spec["signature"],
+            }
+        self.FUNCTION_TABLE = table  # this instance's table, read by call_function
+
+
+def jmespath_options(custom_functions: jp_functions.Functions | None) -> Any:
+    """The JMESPath options for searches: our functions, plus a user's custom functions.
+
+    Built once per config (the search is a hot path); the user's functions
+    override ours where names clash.
+
+    Args:
+        custom_functions: An instance of a ``jmespath.functions.Functions``
+            subclass, or None for ours alone.
+
+    Returns:
+        ``jmespath.Options``.
+    """
+    if custom_functions is None:
+        return JMESPATH_OPTIONS
+    return jmespath.Options(custom_functions=_Combined(custom_functions))
+
+
+class BoundExpression(jmespath.parser.ParsedResult):
+    """A compiled expression that carries its own JMESPath options (custom functions).
+
+    Args:
+        parsed: The expression compiled by ``jmespath.compile``.
+        options: What :func:`jmespath_options` returned.
+    """
+
+    def __init__(self, parsed: Any, options: Any) -> None:
+        super().__init__(parsed.expression, parsed.parsed)
+        self.options = options
+
+
+def _plain(value: Any) -> Any:
+    # A Mapping's data as dicts and lists, at any depth (JMESPath reads dicts).
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def event_data(value: Any) -> Any:
+    """The data of an event object: its ``raw_event``, or a Mapping as a dict.
+
+    Powertools' event data classes (``APIGatewayProxyEventV2``, ``SQSRecord``,
+    ...) keep the event in ``raw_event``; any other ``Mapping``
+    (``MappingProxyType``, a custom class) is read as the dict it holds. Both
+    are made plain dicts and lists at every depth, so that they key exactly as
+    the dict they hold.
+
+    Args:
+        value: A payload; a dict is returned as it is.
+
+    Returns:
+        A dict for a Mapping or an object whose ``raw_event`` is a Mapping
+        (a ``raw_event`` dict as it is), else the value itself.
+    """
+    if isinstance(value, dict):  # dict subclasses too: read as they always were
+        return value
+    raw = getattr(value, "raw_event", None)
+    if isinstance(raw, dict):  # Powertools' data classes: no copy
+        return raw
+    if isinstance(raw, Mapping):
+        value = raw
+    if isinstance(value, Mapping):
+        return _plain(value)
+    return value
+
+
 def json_native(value: Any) -> Any:
-    """Turn a top-level dataclass or pydantic model into plain data for JMESPath.
+    """Turn a top-level event object, dataclass or pydantic model into plain data for JMESPath.
 
     Args:
         value: A payload.
 
     Returns:
-        A dict for a dataclass instance or pydantic model, else the value itself.
+        A dict for a Mapping, an object with a ``raw_event`` Mapping (see
+        :func:`event_data`), a dataclass instance or a pydantic model, else the
+        value itself.
     """
+    if type(value) is dict:
+        return value
+    value = event_data(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     dump = getattr(value, "model_dump", None)
@@ -167,7 +268,8 @@ def select(expression: Any, payload: Any) -> Any:
     """Apply a compiled JMESPath expression (None selects everything).
 
     Args:
-        expression: A compiled expression from ``jmespath.compile`` or None.
+        expression: A compiled expression from ``jmespath.compile``, a
+            :class:`BoundExpression`, or None.
         payload: JSON-native data.
 
     Returns:
@@ -180,7 +282,8 @@ def select(expression: Any, payload: Any) -> Any:
     if expression is None:
         return payload
     try:
-        return expression.search(payload, options=JMESPATH_OPTIONS)
+        # A BoundExpression (a config with jmespath_options) brings its own functions.
+        return expression.search(payload, options=getattr(expression, "options", JMESPATH_OPTIONS))
     except _InvalidBase64 as exc:
         # The message names the function and the expression, never the text.
         raise IdempotencyKeyError(
@@ -253,6 +356,11 @@ def _default(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=canonical_json)
+    if isinstance(value, Mapping):
+        return dict(value)  # json calls back here for Mappings nested in it
+    raw = getattr(value, "raw_event", None)
+    if isinstance(raw, Mapping):
+        return raw  # a Powertools event data class: its event
     raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
 
 
@@ -268,7 +376,9 @@ def canonical_json(value: Any) -> bytes:
 
     Sorted keys, no whitespace, UTF-8, no NaN. Besides JSON types it writes
     dataclasses, pydantic models, datetime/date/time (ISO 8601), UUID, Decimal,
-    Enum (its value), paths, bytes (base64) and sets (sorted).
+    Enum (its value), paths, bytes (base64), sets (sorted), any Mapping (as
+    the dict it holds) and event objects with a ``raw_event`` Mapping (as
+    that event).
 
     Args:
         value: The data to write.
@@ -368,7 +478,10 @@ class Keyer:
         self, payload: Any, key_material: Any
     ) -> tuple[str | None, str | None]:
         if key_material is _UNSET:
-            data = json_native(payload) if self._plain else payload
+            # Without expressions the payload is hashed as it is (a dataclass
+            # through canonical JSON); an event object is still read as its dict,
+            # so that an empty one holds no key, like an empty dict.
+            data = json_native(payload) if self._plain else event_data(payload)
             selected = select(self.key_expr, data)
         else:
             data = json_native(payload) if self._plain_with_material else payload

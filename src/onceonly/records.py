@@ -7,6 +7,7 @@ are integer milliseconds since the epoch, by the store's clock.
 
 from __future__ import annotations
 
+import decimal
 import enum
 import json
 import os
@@ -128,8 +129,33 @@ def one_shot_encoder(encoder: json.JSONEncoder) -> Callable[[Any], str] | None:
 
 # The envelope is a tag byte and compact JSON. The tag leaves room for other
 # kinds (an HTTP response) and makes a stray value fail loudly.
+#
+#   b"j"  plain JSON: every result without a Decimal (and every record written
+#         before Decimal support).
+#   b"e"  JSON with extension objects, written only for a result that holds a
+#         Decimal: a Decimal is ``{"$d": "<str(d)>"}``, and every user dict key
+#         that starts with "$" is written with one more "$" in front. So a
+#         stored key "$" + non-"$" is always ours, "$$..." always the user's:
+#         no user data can be read as a Decimal, whatever keys it uses.
 _JSON_TAG = b"j"
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_EXT_TAG = b"e"
+_DECIMAL_KEY = "$d"
+
+
+class _HoldsDecimal(TypeError):
+    """The value holds a Decimal: write the extended envelope instead."""
+
+
+def _no_decimal(value: Any) -> Any:
+    # The encoders' default(): json calls it only for what it cannot write.
+    if isinstance(value, decimal.Decimal):
+        raise _HoldsDecimal
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_no_decimal
+)
 _FAST_ENCODE = one_shot_encoder(_ENCODER)
 _DECODER = json.JSONDecoder()
 
@@ -188,12 +214,51 @@ def _check_keys(text: str, value: Any) -> None:
         )
 
 
+def _extend(value: Any) -> Any:
+    # The value as the b"e" envelope writes it: Decimals as extension objects,
+    # user keys that start with "$" escaped. Tuples become lists, as json writes them.
+    if isinstance(value, dict):
+        return {
+            ("$" + key if isinstance(key, str) and key[:1] == "$" else key): _extend(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_extend(item) for item in value]
+    if isinstance(value, decimal.Decimal):
+        # str() is exact: digits, exponent, sign of zero, NaN payloads.
+        return {_DECIMAL_KEY: str(value)}
+    return value
+
+
+def _unsupported(value: Any, exc: BaseException) -> IdempotencySerializationError:
+    return IdempotencySerializationError(
+        f"the result ({type(value).__name__}) cannot be stored as JSON: {exc}; "
+        "return JSON-native data or pass output_serializer= (a dataclass or pydantic "
+        "class, or CustomSerializer(to_json, from_json))"
+    )
+
+
+def _encode_extended(value: Any) -> bytes:
+    try:
+        text = _ENCODER.encode(_extend(value))
+        data = text.encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _unsupported(value, exc) from exc
+    # The escaped copy keeps non-str keys as they are, so the text shows them.
+    _check_keys(text, value)
+    return _EXT_TAG + data
+
+
 def encode_outcome(value: Any) -> bytes:
     """Wrap a JSON-native value in the outcome envelope.
 
+    ``Decimal`` values (boto3's DynamoDB numbers), at any depth, are kept
+    exactly: they replay as the same ``Decimal`` (digits, exponent, sign,
+    ``NaN``/``Infinity``), not as floats or strings.
+
     Args:
         value: Anything ``json`` can write without help (falsy values
-            included), whose dicts have ``str`` keys only.
+            included) or a ``Decimal``, whose dicts have ``str`` keys only.
 
     Returns:
         The envelope bytes.
@@ -207,6 +272,8 @@ def encode_outcome(value: Any) -> bytes:
         try:
             text = _FAST_ENCODE(value)
             data = text.encode()
+        except _HoldsDecimal:
+            return _encode_extended(value)
         except Exception:  # the full encoder below raises the documented error
             pass
         else:
@@ -216,14 +283,46 @@ def encode_outcome(value: Any) -> bytes:
         # Encoded inside the try: a lone surrogate fails there (UnicodeEncodeError).
         text = _ENCODER.encode(value)
         data = text.encode()
+    except _HoldsDecimal:
+        return _encode_extended(value)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise IdempotencySerializationError(
-            f"the result ({type(value).__name__}) cannot be stored as JSON: {exc}; "
-            "return JSON-native data or pass output_serializer= (a dataclass or pydantic "
-            "class, or CustomSerializer(to_json, from_json))"
-        ) from exc
+        raise _unsupported(value, exc) from exc
     _check_keys(text, value)
     return _JSON_TAG + data
+
+
+class _BadExtension(ValueError):
+    """A b"e" envelope whose extension objects or escaped keys are malformed."""
+
+
+def _restore(obj: dict[str, Any]) -> Any:
+    # object_hook of the b"e" decoder: undoes _extend for one dict.
+    if len(obj) == 1 and _DECIMAL_KEY in obj:
+        text = obj[_DECIMAL_KEY]
+        if type(text) is str:
+            try:
+                number = decimal.Decimal(text)
+            except decimal.DecimalException:
+                raise _BadExtension from None
+            if str(number) == text:  # the one spelling _extend writes
+                return number
+        raise _BadExtension
+    for key in obj:
+        if key[:1] == "$":
+            break
+    else:
+        return obj
+    restored = {}
+    for key, item in obj.items():
+        if key[:1] == "$":
+            if key[:2] != "$$":  # an extension object where none can be
+                raise _BadExtension
+            key = key[1:]
+        restored[key] = item
+    return restored
+
+
+_EXT_DECODER = json.JSONDecoder(object_hook=_restore)
 
 
 def decode_outcome(data: bytes) -> Any:
@@ -233,12 +332,17 @@ def decode_outcome(data: bytes) -> Any:
         data: Bytes written by :func:`encode_outcome`.
 
     Returns:
-        The JSON value, exactly as it was stored.
+        The value, exactly as it was stored (Decimals as Decimals).
 
     Raises:
         CorruptRecordError: The bytes are not an outcome envelope.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[:1]) != _JSON_TAG:
+    tag = bytes(data[:1]) if isinstance(data, (bytes, bytearray, memoryview)) else None
+    if tag == _JSON_TAG:
+        decoder = _DECODER
+    elif tag == _EXT_TAG:
+        decoder = _EXT_DECODER
+    else:
         raise CorruptRecordError(
             "stored outcome has an unknown envelope tag; delete the key (onceonly purge) "
             "or upgrade onceonly if a newer version wrote it"
@@ -246,7 +350,12 @@ def decode_outcome(data: bytes) -> Any:
     try:
         # encode_outcome writes UTF-8: decoding it directly skips json.loads's
         # encoding detection (UTF-16/32), which a stored outcome never needs.
-        return _DECODER.decode(bytes(data[1:]).decode())
+        return decoder.decode(bytes(data[1:]).decode())
+    except _BadExtension:
+        raise CorruptRecordError(
+            "stored outcome holds a malformed Decimal or escaped key; delete the key "
+            "(onceonly purge) to let it run again"
+        ) from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise CorruptRecordError(
             "stored outcome is not valid JSON; delete the key (onceonly purge) to let it run again"
