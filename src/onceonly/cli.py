@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import re
 import sys
@@ -303,7 +304,9 @@ def _inspect(args: argparse.Namespace) -> int:
     if record is None:
         print(f"no live record under {key}")
         return 1
-    print(json.dumps(describe_record(key, record, wall_ms()), indent=2, ensure_ascii=False))
+    shown = describe_record(key, record, wall_ms())
+    # A Decimal result (boto3's DynamoDB numbers) shows as its exact digits.
+    print(json.dumps(shown, indent=2, ensure_ascii=False, default=_exact_text))
     return 0
 
 
@@ -399,3 +402,10 @@ def _one_line(exc: BaseException) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _exact_text(value: Any) -> str:
+    """JSON output for what JSON has no type for: a Decimal's own digits."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} cannot be shown as JSON")

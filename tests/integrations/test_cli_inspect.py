@@ -7,6 +7,7 @@ import json
 import textwrap
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,14 @@ def test_cluster_flag_builds_a_cluster_client(
     for key in keys:
         assert main(["purge", "--store", url, "--cluster", "--prefix", prefix, "--key", key]) == 0
         assert store.get(key) is None
+
+
+def test_inspect_shows_a_decimal_result_as_its_exact_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # boto3's DynamoDB numbers come back as Decimal; JSON output shows their digits.
+    store = SQLiteStore(tmp_path / "s.db")
+    _completed(store, "k:dec", {"total": Decimal("12.50"), "items": [Decimal("1E+3")]})
+    shown = _inspect(capsys, "--store", str(tmp_path / "s.db"), "k:dec")
+    assert shown["result"] == {"total": "12.50", "items": ["1E+3"]}
+    assert "result_error" not in shown
