@@ -33,6 +33,8 @@ LEAVES = {
     "metrics",
     "cache",
     "serializers",
+    "runtime",
+    "naming",
     "rebuild",
 }
 ENGINE = {"engine", "batch_engine"}

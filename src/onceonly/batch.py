@@ -50,6 +50,9 @@ def _prepare(
         raise IdempotencyConfigError(f"lease_ms must be a positive integer, got {lease_ms!r}")
     guard = _Guard(handler, store, config, output_serializer)
     items = list(records)
+    if guard.switched_off(stacklevel=4, count=False):
+        # Switched off: every record runs unprotected (batch_flow counts each).
+        return guard, items, [None] * len(items)
     invocations = [guard.invocation(record, lease_ms=lease_ms) for record in items]
     return guard, items, invocations
 
@@ -78,6 +81,9 @@ def process_batch(
 
     Returns:
         Every record's outcome; ``.batch_item_failures()`` is Lambda's response.
+        With idempotency switched off (``ONCEONLY_DISABLED``,
+        ``POWERTOOLS_IDEMPOTENCY_DISABLED``, ``onceonly.testing.disabled()``)
+        every record runs, unprotected, with a warning.
 
     Raises:
         IdempotencyConfigError: Bad options, or an async store or handler.

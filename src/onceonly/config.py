@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import IdempotencyConfigError
 from .keys import BoundExpression, hasher, jmespath_options
+from .runtime import LAMBDA_CONTEXT
 
 __all__ = ["IdempotencyConfig", "InProgressPolicy", "StoreErrorPolicy"]
 
@@ -100,10 +101,11 @@ class IdempotencyConfig:
 
     Args:
         event_key_jmespath: JMESPath selecting the part of the payload that
-            identifies the work; None uses the whole payload.
+            identifies the work; None (or ``""``, Powertools' default) uses
+            the whole payload.
         payload_validation_jmespath: JMESPath selecting the part whose hash
             must match on a replay; a different value raises
-            ``IdempotencyKeyReuseError``.
+            ``IdempotencyKeyReuseError``. None or ``""``: no validation.
         raise_on_no_idempotency_key: Raise ``IdempotencyKeyError`` when the key
             selects nothing; otherwise run unprotected with a warning.
         expires_after_seconds: How long a completed outcome is kept.
@@ -155,6 +157,10 @@ class IdempotencyConfig:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
+        # Powertools' default for both expressions is "": no expression.
+        for name in ("event_key_jmespath", "payload_validation_jmespath"):
+            if getattr(self, name) == "":
+                put(self, name, None)
         custom = _custom_functions(self.jmespath_options)
         put(self, "_custom_functions", custom)
         # One combined functions table for both expressions, built here, not per call.
@@ -188,6 +194,22 @@ class IdempotencyConfig:
             raise IdempotencyConfigError("key_prefix must be a non-empty string")
         put(self, "on_in_progress", _enum("on_in_progress", InProgressPolicy, self.on_in_progress))
         put(self, "on_store_error", _enum("on_store_error", StoreErrorPolicy, self.on_store_error))
+
+    def register_lambda_context(self, lambda_context: Any) -> None:
+        """Give the claims of the calls that follow the invocation's remaining time.
+
+        For Powertools code, which calls it at the top of a handler that is
+        not itself ``@idempotent``: every ``idempotent_function`` called after
+        it in the same thread or asyncio task (any config: the config is not
+        changed, it stays frozen and shareable) leases its claim for the
+        context's ``get_remaining_time_in_millis()``. It lasts until the next
+        registration in that thread or task; an ``@idempotent`` handler sets
+        the same for its own call and restores what was there when it returns.
+
+        Args:
+            lambda_context: The handler's Lambda context.
+        """
+        LAMBDA_CONTEXT.set(lambda_context)
 
     @property
     def lease_ms(self) -> int:

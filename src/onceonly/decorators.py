@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
@@ -21,12 +20,13 @@ from .engine import Invocation, Policy, flow
 from .errors import (
     IdempotencyConfigError,
     IdempotencyKeyError,
-    IdempotencySerializationError,
     OnceOnlyWarning,
 )
-from .keys import _UNSET, Keyer, canonical_json, hasher
+from .keys import _UNSET, Keyer
 from .metrics import Event, Stats
+from .naming import default_prefix, display_name
 from .records import new_token
+from .runtime import LAMBDA_CONTEXT, SWITCH
 from .serializers import serializer_for
 from .stores.protocol import AsyncStore, Store, wall_ms
 
@@ -34,19 +34,29 @@ __all__ = ["idempotent", "idempotent_function"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DISABLED_VALUES = frozenset({"1", "true", "yes", "on"})
-
 # A Lambda context's remaining time below this is not taken as the lease: a
 # context made outside an invocation (a test's, at module level) runs down to
 # 0, and a lease of a few ms would store nothing and let every delivery run.
 MIN_LAMBDA_LEASE_MS = 1000
 
-# Hex digits of the digest of a partial's bound arguments kept in its prefix.
-_BOUND_DIGEST_CHARS = 16
+# Powertools' names for our arguments: refused with a hint (the compat module maps them).
+_POWERTOOLS_NAMES = {"persistence_store": "store", "data_keyword_argument": "data"}
+
+_NO_STORE: Any = object()
 
 
-def _disabled() -> bool:
-    return os.environ.get("ONCEONLY_DISABLED", "").strip().lower() in _DISABLED_VALUES
+def _check_names(where: str, store: Any, extra: dict[str, Any]) -> None:
+    """Refuse Powertools' argument names with ours, and anything else as Python would."""
+    for name in extra:
+        if name in _POWERTOOLS_NAMES:
+            ours = _POWERTOOLS_NAMES[name]
+            raise IdempotencyConfigError(
+                f"{where}() takes {ours}=, not Powertools' {name}=; pass {ours}=... instead"
+            )
+    if extra:
+        raise TypeError(f"{where}() got an unexpected keyword argument {next(iter(extra))!r}")
+    if store is _NO_STORE:
+        raise TypeError(f"{where}() missing 1 required keyword-only argument: 'store'")
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
@@ -82,68 +92,6 @@ def _outcome_limit(store: Any) -> int | None:
     return limit if type(limit) is int else None
 
 
-def _named_target(func: Callable[..., Any]) -> tuple[Any, list[Any]]:
-    """The callable under any ``functools.partial`` layers, and their bound arguments."""
-    target: Any = func
-    bound: list[Any] = []
-    while isinstance(target, functools.partial):
-        if target.args or target.keywords:
-            bound.append([list(target.args), dict(target.keywords)])
-        target = target.func
-    return target, bound
-
-
-def _display_name(func: Callable[..., Any]) -> str:
-    """The name of a callable in messages: its qualname, or its class's."""
-    target, _ = _named_target(func)
-    qualname = getattr(target, "__qualname__", None)
-    return qualname if isinstance(qualname, str) else type(target).__qualname__
-
-
-def _default_prefix(func: Callable[..., Any], hash_function: str) -> str:
-    """The key prefix of a function without ``key_prefix``: what tells it apart.
-
-    ``module.qualname``; for a ``functools.partial``, that of the function it
-    wraps plus ``#`` and a digest of the bound arguments (so partials binding
-    other arguments keep their own records); with ``AWS_LAMBDA_FUNCTION_NAME``
-    set, the function name and a dot before it (two Lambda functions whose
-    handlers share a name, on one table, keep their own records).
-
-    Raises:
-        IdempotencyConfigError: The callable has no name of its own (a lambda,
-            an instance of a callable class) or a partial binds arguments that
-            are not JSON: ``key_prefix`` must name it.
-    """
-    target, bound = _named_target(func)
-    qualname = getattr(target, "__qualname__", None)
-    if not isinstance(qualname, str):
-        raise IdempotencyConfigError(
-            f"a {type(target).__qualname__} instance has no name of its own (every instance "
-            "of a callable class would share one key prefix and replay each other's "
-            "results); give it one with IdempotencyConfig(key_prefix=...)"
-        )
-    if qualname.rpartition(".")[2] == "<lambda>":
-        raise IdempotencyConfigError(
-            f"{qualname} has no name of its own (every lambda of its scope would share one "
-            "key prefix and replay each other's results); give it one with "
-            "IdempotencyConfig(key_prefix=...)"
-        )
-    module = getattr(target, "__module__", None) or type(target).__module__
-    prefix = f"{module}.{qualname}"
-    if bound:
-        try:
-            material = canonical_json(bound)
-        except IdempotencySerializationError as exc:
-            raise IdempotencyConfigError(
-                f"functools.partial of {qualname} binds arguments that are not JSON ({exc}), "
-                "so they cannot tell its records from another partial's; give it a name with "
-                "IdempotencyConfig(key_prefix=...)"
-            ) from exc
-        prefix += "#" + hasher(hash_function)(material)[:_BOUND_DIGEST_CHARS]
-    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "").strip()
-    return f"{function_name}.{prefix}" if function_name else prefix
-
-
 class _Call(NamedTuple):
     """What one call carries: payload, key material, lease, and the args to call with."""
 
@@ -152,6 +100,7 @@ class _Call(NamedTuple):
     lease_ms: int | None
     args: tuple[Any, ...]
     deadline_ms: int | None = None
+    context: Any = None  # a handler's Lambda context, current while it runs
 
 
 class _Guard:
@@ -172,13 +121,13 @@ class _Guard:
             raise IdempotencyConfigError(
                 f"config must be an IdempotencyConfig, got {type(config).__name__}"
             )
-        self.name = _display_name(func)
+        self.name = display_name(func)
         self.is_async = _is_async(func)
         _check_store(store, self.is_async, self.name)
         self.store = store
         self.config = config
         self.keyer = Keyer(
-            config.key_prefix or _default_prefix(func, config.hash_function),
+            config.key_prefix or default_prefix(func, config.hash_function),
             config.hash_function,
             config._key_expr,
             config._validation_expr,
@@ -192,9 +141,6 @@ class _Guard:
         # The config is frozen: its derived figures are read once, not per call.
         self.lease_ms = config.lease_ms
         self.ttl_ms = config.ttl_ms
-        # Read once, when the decorator is applied (at import in a Lambda):
-        # a per-call os.environ read costs more than the rest of a cache hit.
-        self.switched_off = _disabled()
         self.warned_lease = False
         self.policy = Policy(
             name=self.name,
@@ -267,15 +213,28 @@ class _Guard:
             )
         return None, None
 
-    def disabled(self) -> bool:
-        if not self.switched_off:
+    def function_lease(self) -> tuple[int | None, int | None]:
+        """The lease and deadline of a function's call: the current Lambda context's."""
+        context = LAMBDA_CONTEXT.get()
+        return (None, None) if context is None else self.lambda_lease(context)
+
+    def switched_off(self, stacklevel: int = 3, count: bool = True) -> bool:
+        """Whether idempotency is off (``runtime.SWITCH``); warns and counts when it is.
+
+        One module attribute read per call, not an environment read: the
+        variables are followed by ``runtime`` as they change.
+        """
+        if not SWITCH.off:
             return False
         warnings.warn(
-            f"{self.name}: ONCEONLY_DISABLED is set; running without idempotency",
+            f"{self.name}: idempotency is switched off (ONCEONLY_DISABLED, "
+            "POWERTOOLS_IDEMPOTENCY_DISABLED or onceonly.testing.disabled()); running without "
+            "idempotency",
             OnceOnlyWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-        self.stats.add(Event.UNPROTECTED)
+        if count:  # a batch counts each of its records itself
+            self.stats.add(Event.UNPROTECTED)
         return True
 
     def call(
@@ -321,19 +280,32 @@ class _Guard:
         if self.is_async:
 
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if self.disabled():
+                if SWITCH.off and self.switched_off():
                     return await func(*args, **kwargs)
                 inv, call = invocation(args, kwargs)
-                return await self.call_async(func, call.args, kwargs, inv)
+                if call.context is None:
+                    return await self.call_async(func, call.args, kwargs, inv)
+                token = LAMBDA_CONTEXT.set(call.context)
+                try:
+                    return await self.call_async(func, call.args, kwargs, inv)
+                finally:
+                    LAMBDA_CONTEXT.reset(token)
 
             wrapper: Callable[..., Any] = async_wrapper
         else:
 
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                if self.disabled():
+                if SWITCH.off and self.switched_off():
                     return func(*args, **kwargs)
                 inv, call = invocation(args, kwargs)
-                return self.call(func, call.args, kwargs, inv)
+                if call.context is None:
+                    return self.call(func, call.args, kwargs, inv)
+                # Functions called inside the handler take its remaining time.
+                token = LAMBDA_CONTEXT.set(call.context)
+                try:
+                    return self.call(func, call.args, kwargs, inv)
+                finally:
+                    LAMBDA_CONTEXT.reset(token)
 
             wrapper = sync_wrapper
 
@@ -352,9 +324,10 @@ class _Guard:
 def idempotent(
     handler: F | None = None,
     *,
-    store: Store | AsyncStore,
+    store: Store | AsyncStore = _NO_STORE,
     config: IdempotencyConfig | None = None,
     output_serializer: Any = None,
+    **powertools: Any,
 ) -> Any:
     """Make a Lambda handler ``handler(event, context)`` run once per idempotency key.
 
@@ -372,8 +345,10 @@ def idempotent(
         The wrapped handler.
 
     Raises:
-        IdempotencyConfigError: Bad options or a store of the wrong kind.
+        IdempotencyConfigError: Bad options, a store of the wrong kind, or
+            Powertools' ``persistence_store=`` (the message names ``store=``).
     """
+    _check_names("idempotent", store, powertools)
 
     def decorate(func: F) -> F:
         guard = _Guard(func, store, config, output_serializer)
@@ -388,7 +363,7 @@ def idempotent(
             if len(args) == 1 and "context" not in kwargs:
                 args = (*args, None)  # handler(event): the context is None
             lease_ms, deadline_ms = guard.lambda_lease(context)
-            return _Call(event, _UNSET, lease_ms, args, deadline_ms)
+            return _Call(event, _UNSET, lease_ms, args, deadline_ms, context)
 
         return guard.wrap(func, split)
 
@@ -435,11 +410,12 @@ def _payload_locator(
 def idempotent_function(
     func: F | None = None,
     *,
-    store: Store | AsyncStore,
+    store: Store | AsyncStore = _NO_STORE,
     data: str | None = None,
     key: Callable[..., Any] | None = None,
     config: IdempotencyConfig | None = None,
     output_serializer: Any = None,
+    **powertools: Any,
 ) -> Any:
     """Make any function run once per idempotency key.
 
@@ -454,14 +430,20 @@ def idempotent_function(
         output_serializer: A dataclass or pydantic class, or a serializer with
             ``to_json``/``from_json``; by default read from the return annotation.
 
+    Called inside an ``@idempotent`` handler (or after
+    ``config.register_lambda_context(context)`` in the same invocation), its
+    claims' lease is the invocation's remaining time, as the handler's is.
+
     Returns:
         The wrapped function.
 
     Raises:
         IdempotencyConfigError: Neither ``data`` nor ``key`` given, ``data`` not
-            a parameter, ``key`` not callable, bad options, or a store of the
-            wrong kind.
+            a parameter, ``key`` not callable, bad options, a store of the
+            wrong kind, or Powertools' ``persistence_store=`` /
+            ``data_keyword_argument=`` (the message names ours).
     """
+    _check_names("idempotent_function", store, powertools)
     if data is None and key is None:
         raise IdempotencyConfigError(
             "idempotent_function needs data='<parameter name>' or key=callable"
@@ -487,7 +469,8 @@ def idempotent_function(
         def split(*args: Any, **kwargs: Any) -> _Call:
             payload = locate(args, kwargs) if locate is not None else None
             material = key(*args, **kwargs) if key is not None else _UNSET
-            return _Call(payload, material, None, args)
+            lease_ms, deadline_ms = guard.function_lease()
+            return _Call(payload, material, lease_ms, args, deadline_ms)
 
         return guard.wrap(f, split)
 

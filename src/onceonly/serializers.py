@@ -138,6 +138,9 @@ class PydanticSerializer(Generic[T]):
 class CustomSerializer:
     """A pair of functions: ``to_json(result) -> JSON data`` and ``from_json(data) -> result``.
 
+    Neither is called for ``None``: a ``None`` result is stored and replayed
+    as ``None``, as with every other serializer here.
+
     Raises:
         IdempotencyConfigError: Either function is not callable.
     """
@@ -149,10 +152,10 @@ class CustomSerializer:
         self._from = from_json
 
     def to_json(self, value: Any) -> Any:
-        return self._to(value)
+        return None if value is None else self._to(value)
 
     def from_json(self, data: Any) -> Any:
-        return self._from(data)
+        return None if data is None else self._from(data)
 
 
 _JSON = JsonSerializer()
@@ -173,22 +176,52 @@ def _for_type(tp: Any) -> Serializer | None:
     return None
 
 
+def _return_hint(func: Callable[..., Any]) -> Any:
+    """The function's return annotation, or None when it has none or it cannot be resolved."""
+    try:
+        return typing.get_type_hints(inspect.unwrap(func)).get("return")
+    except Exception:  # unresolvable annotations are no reason to refuse the function
+        return None
+
+
+def _from_annotation(func: Callable[..., Any], kind: type) -> Serializer:
+    """``output_serializer=DataclassSerializer`` (the class, as Powertools users write it)."""
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    hint = _return_hint(func)
+    picked = _for_type(hint)
+    if picked is None or not isinstance(picked, kind):
+        wanted = "a dataclass" if kind is DataclassSerializer else "a pydantic model"
+        raise IdempotencyConfigError(
+            f"{name}: output_serializer={kind.__name__} (the class) takes the result type from "
+            f"the return annotation, which is {'missing' if hint is None else repr(hint)}, not "
+            f"{wanted}; annotate the return type or pass {kind.__name__}(YourClass)"
+        )
+    return picked
+
+
 def serializer_for(func: Callable[..., Any], given: Any = None) -> Serializer:
     """Pick the serializer of a function's result.
 
     Args:
         func: The decorated function (its return annotation is read when
             nothing is given).
-        given: None, a dataclass or pydantic class, or an object with
-            ``to_json``/``from_json``.
+        given: None, a dataclass or pydantic class, an object with
+            ``to_json``/``from_json``, or the class ``DataclassSerializer`` or
+            ``PydanticSerializer`` itself (the type is then the return
+            annotation's).
 
     Returns:
         The serializer.
 
     Raises:
-        IdempotencyConfigError: ``given`` is none of those, or the dataclass
-            (given or annotated) has a field whose type cannot be rebuilt.
+        IdempotencyConfigError: ``given`` is none of those, a serializer class
+            meets a return annotation of another kind (or none), or the
+            dataclass (given or annotated) has a field whose type cannot be
+            rebuilt.
     """
+    if isinstance(given, type) and issubclass(given, (DataclassSerializer, PydanticSerializer)):
+        kind = DataclassSerializer if issubclass(given, DataclassSerializer) else PydanticSerializer
+        return _from_annotation(func, kind)
     if given is not None:
         if callable(getattr(given, "to_json", None)) and callable(
             getattr(given, "from_json", None)
@@ -202,11 +235,7 @@ def serializer_for(func: Callable[..., Any], given: Any = None) -> Serializer:
             )
         return picked
     try:
-        hints = typing.get_type_hints(inspect.unwrap(func))
-    except Exception:  # unresolvable annotations are no reason to refuse the function
-        return _JSON
-    try:
-        picked = _for_type(hints.get("return"))
+        picked = _for_type(_return_hint(func))
     except IdempotencyConfigError as exc:
         # Refused when the decorator is applied, not at the first replay.
         name = getattr(func, "__qualname__", None) or type(func).__qualname__

@@ -13,6 +13,11 @@ record for the key::
         assert_once(charges)
         assert_one_record(store, handler.key_for(event), result=first)
 
+To test code around a handler without idempotency (every call runs), switch
+every decorator off for a block with :func:`disabled`, or set
+``ONCEONLY_DISABLED=1`` (or Powertools' ``POWERTOOLS_IDEMPOTENCY_DISABLED=1``),
+also after import, e.g. with pytest's ``monkeypatch.setenv``.
+
 Everything here works with every store (memory, SQLite, Redis, DynamoDB
 through moto); the ``a``-prefixed twins are for ``async def`` handlers and
 async stores.
@@ -20,16 +25,18 @@ async stores.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import time
 import uuid
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .metrics import Event
 from .records import Record, Status, decode_outcome
+from .runtime import SWITCH
 
 __all__ = [
     "LambdaContext",
@@ -39,6 +46,7 @@ __all__ = [
     "assert_once",
     "assert_one_record",
     "assert_ran_once",
+    "disabled",
     "invoke_twice",
 ]
 
@@ -78,6 +86,30 @@ class LambdaContext:
         """Milliseconds left before this invocation would time out."""
         spent = int((time.monotonic() - self._started) * 1000)
         return max(0, self.timeout_ms - spent)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Switch idempotency off for every decorator and batch, inside the block.
+
+    Each call runs its function unprotected, with an ``OnceOnlyWarning``, as
+    with ``ONCEONLY_DISABLED=1``; nothing is read from or written to a store.
+    Blocks nest, and the switch is process-wide (every thread), like the
+    variable. As a pytest fixture::
+
+        @pytest.fixture
+        def no_idempotency():
+            with disabled():
+                yield
+
+    Yields:
+        None.
+    """
+    SWITCH.hold(1)
+    try:
+        yield
+    finally:
+        SWITCH.hold(-1)
 
 
 class Twice(NamedTuple):
