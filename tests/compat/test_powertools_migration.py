@@ -369,3 +369,20 @@ def _batch_key(config: IdempotencyConfig, record_id: int) -> str:
     key = probe.key_for({"id": record_id})
     assert isinstance(key, str)
     return key
+
+
+def test_the_environment_is_followed_under_pytest_only() -> None:
+    # The audit hook that follows os.environ is a tax on every audited
+    # operation of the process: it is installed for test runs, not in
+    # production, where the variables are read at import.
+    import subprocess
+    import sys
+
+    from onceonly import runtime
+
+    assert runtime.FOLLOWS_ENVIRONMENT is True
+    code = (
+        "import onceonly.runtime as r, sys; print(r.FOLLOWS_ENVIRONMENT, 'pytest' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
