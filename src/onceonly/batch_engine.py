@@ -1,22 +1,10 @@
 """The batch flow: the I/O-free decisions for a batch of records, beside ``engine.py``.
 
-A batch is an SQS / Kinesis / DynamoDB-streams event, or Redis Stream entries.
-
-All records' keys are claimed together (one round trip per store node on
-Redis), the records whose claim was taken run one by one, and their outcomes
-are stored together (one more round trip). Each record gets its own outcome:
-run, replayed, in progress or failed, so that a Lambda handler can report a
-partial batch failure and let only those records come back. Records of the
-same key inside one batch run once; the others replay that run's result (or,
-with payload validation, fail with IdempotencyKeyReuseError when their payload
-differs, as they would in another batch). With ``heartbeat=True`` every claim
-the batch holds is renewed (all in one round trip) while its records run. An
-interrupted batch (KeyboardInterrupt, cancellation) stores the outcomes of the
-records that finished and releases the other claims before it re-raises.
-
-``batch_flow`` decides (no I/O); the drivers' ``drive_batch`` carry it out for
-``batch.process_batch`` and ``batch.process_batch_async``, as they carry out
-the single-call ``engine.flow`` for the decorators.
+What a batch does for its records (claims together, runs one by one, stores
+outcomes together, a heartbeat for all its claims, an interruption settled
+before it re-raises) is described in ``batch.py``, the entry points; here
+``batch_flow`` decides each step, and the drivers' ``drive_batch`` carry them
+out, as they carry out ``engine.flow`` for the decorators.
 """
 
 from __future__ import annotations

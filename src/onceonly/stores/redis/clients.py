@@ -51,6 +51,18 @@ def _deadline(started: float, budget: float) -> float:
     return own if outer is None or own < outer else outer
 
 
+def _next_pause(backoff: Any, retries: int, failures: int, deadline: float) -> float | None:
+    """The pause before the next try, or None to give up (the sync and async loops' one rule).
+
+    Give up after ``retries`` failed retries (a negative count: no limit), or
+    when the pause would end past the call's deadline.
+    """
+    pause: float = backoff.compute(failures)
+    if failures > retries >= 0 or _monotonic() + pause >= deadline:
+        return None
+    return pause
+
+
 @functools.cache
 def _retry_classes() -> tuple[type[Any], type[Any]]:
     """The bounded retry classes (sync, asyncio), built on first use (redis-py is optional)."""
@@ -100,8 +112,8 @@ def _retry_classes() -> tuple[type[Any], type[Any]]:
                         fail(error, failures)
                     else:
                         fail(error)
-                    pause = self._backoff.compute(failures)
-                    if failures > self._retries >= 0 or _monotonic() + pause >= deadline:
+                    pause = _next_pause(self._backoff, self._retries, failures, deadline)
+                    if pause is None:
                         raise error
                     if pause > 0:
                         time.sleep(pause)
@@ -153,8 +165,8 @@ def _retry_classes() -> tuple[type[Any], type[Any]]:
                     failed = fail(error, failures) if with_failure_count else fail(error)
                     if inspect.isawaitable(failed):
                         await failed
-                    pause = self._backoff.compute(failures)
-                    if failures > self._retries >= 0 or _monotonic() + pause >= deadline:
+                    pause = _next_pause(self._backoff, self._retries, failures, deadline)
+                    if pause is None:
                         raise error
                     if pause > 0:
                         await asyncio.sleep(pause)
