@@ -22,7 +22,7 @@ from .errors import (
     IdempotencyKeyError,
     OnceOnlyWarning,
 )
-from .keys import _UNSET, Keyer
+from .keys import _UNSET, Keyer, KeyScheme
 from .metrics import Event, Stats
 from .naming import default_prefix, display_name
 from .records import new_token
@@ -103,6 +103,18 @@ class _Call(NamedTuple):
     context: Any = None  # a handler's Lambda context, current while it runs
 
 
+class Naming(NamedTuple):
+    """How a decorated function's keys are named, when not as onceonly names them.
+
+    Attributes:
+        prefix: ``prefix(func, config)``: the key prefix of a function.
+        scheme: How the rest of the key is written.
+    """
+
+    prefix: Callable[[Callable[..., Any], IdempotencyConfig], str]
+    scheme: KeyScheme
+
+
 class _Guard:
     """Everything one decorated function needs at call time, built once."""
 
@@ -112,6 +124,7 @@ class _Guard:
         store: Any,
         config: IdempotencyConfig | None,
         output_serializer: Any,
+        naming: Naming | None = None,
     ) -> None:
         if not callable(func):
             raise IdempotencyConfigError(f"can only decorate a callable, got {func!r}")
@@ -126,11 +139,13 @@ class _Guard:
         _check_store(store, self.is_async, self.name)
         self.store = store
         self.config = config
+        if naming is None:
+            prefix = config.key_prefix or default_prefix(func, config.hash_function)
+            scheme = None
+        else:
+            prefix, scheme = naming.prefix(func, config), naming.scheme
         self.keyer = Keyer(
-            config.key_prefix or default_prefix(func, config.hash_function),
-            config.hash_function,
-            config._key_expr,
-            config._validation_expr,
+            prefix, config.hash_function, config._key_expr, config._validation_expr, scheme
         )
         # A store that shards keys (Redis Cluster) warns about a key_prefix
         # that would put every key of this function in one slot.
@@ -349,9 +364,20 @@ def idempotent(
             Powertools' ``persistence_store=`` (the message names ``store=``).
     """
     _check_names("idempotent", store, powertools)
+    decorate = handler_decorator(store, config, output_serializer)
+    return decorate if handler is None else decorate(handler)
+
+
+def handler_decorator(
+    store: Any,
+    config: IdempotencyConfig | None,
+    output_serializer: Any,
+    naming: Naming | None = None,
+) -> Callable[[F], F]:
+    """The decorator ``idempotent`` applies, with keys named by ``naming`` (for ``compat``)."""
 
     def decorate(func: F) -> F:
-        guard = _Guard(func, store, config, output_serializer)
+        guard = _Guard(func, store, config, output_serializer, naming)
 
         def split(*args: Any, **kwargs: Any) -> _Call:
             # The wrapper calls the handler with these args and the caller's own
@@ -367,7 +393,7 @@ def idempotent(
 
         return guard.wrap(func, split)
 
-    return decorate if handler is None else decorate(handler)
+    return decorate
 
 
 def _payload_locator(
@@ -444,6 +470,19 @@ def idempotent_function(
             ``data_keyword_argument=`` (the message names ours).
     """
     _check_names("idempotent_function", store, powertools)
+    decorate = function_decorator(store, data, key, config, output_serializer)
+    return decorate if func is None else decorate(func)
+
+
+def function_decorator(
+    store: Any,
+    data: str | None,
+    key: Callable[..., Any] | None,
+    config: IdempotencyConfig | None,
+    output_serializer: Any,
+    naming: Naming | None = None,
+) -> Callable[[F], F]:
+    """The decorator ``idempotent_function`` applies (arguments checked); ``naming`` names keys."""
     if data is None and key is None:
         raise IdempotencyConfigError(
             "idempotent_function needs data='<parameter name>' or key=callable"
@@ -463,7 +502,7 @@ def idempotent_function(
         )
 
     def decorate(f: F) -> F:
-        guard = _Guard(f, store, config, output_serializer)
+        guard = _Guard(f, store, config, output_serializer, naming)
         locate = _payload_locator(f, data) if data is not None else None
 
         def split(*args: Any, **kwargs: Any) -> _Call:
@@ -474,4 +513,4 @@ def idempotent_function(
 
         return guard.wrap(f, split)
 
-    return decorate if func is None else decorate(func)
+    return decorate

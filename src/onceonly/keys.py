@@ -3,6 +3,8 @@
 A key is ``"{prefix}:{digest}"`` where digest hashes the canonical JSON of the
 selected payload. Canonical JSON has sorted keys and no whitespace, so two
 payloads that are equal as data hash equally whatever their dict order.
+A :class:`KeyScheme` can write keys another way (``onceonly.compat.powertools``
+forms them as Powertools does, so that records it wrote are found).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from .records import one_shot_encoder
 __all__ = [
     "JMESPATH_OPTIONS",
     "MAX_GUNZIP_BYTES",
+    "ONCEONLY_KEYS",
     "BoundExpression",
+    "KeyScheme",
     "canonical_json",
     "event_data",
     "hasher",
@@ -428,6 +432,25 @@ def hasher(name: str) -> Callable[[bytes], str]:
     return lambda data: hashlib.new(name, data, usedforsecurity=False).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyScheme:
+    """How a key is written from what the payload selected.
+
+    Attributes:
+        separator: Between the prefix and the digest.
+        encode: The bytes that are hashed, for a selection (and for the
+            validated part of the payload, the fingerprint).
+        missing: Whether a selection holds no key.
+    """
+
+    separator: str
+    encode: Callable[[Any], bytes]
+    missing: Callable[[Any], bool]
+
+
+# "{prefix}:{digest}" of the canonical JSON; blanks hold no key.
+ONCEONLY_KEYS = KeyScheme(":", canonical_json, is_missing)
+
 _UNSET: Any = object()
 
 
@@ -439,12 +462,21 @@ class Keyer:
         hash_function: A ``hashlib`` algorithm name.
         key_expr: Compiled ``event_key_jmespath`` or None.
         validation_expr: Compiled ``payload_validation_jmespath`` or None.
+        scheme: How keys are written; onceonly's own by default.
     """
 
     def __init__(
-        self, prefix: str, hash_function: str, key_expr: Any, validation_expr: Any
+        self,
+        prefix: str,
+        hash_function: str,
+        key_expr: Any,
+        validation_expr: Any,
+        scheme: KeyScheme | None = None,
     ) -> None:
-        self.prefix = prefix
+        scheme = scheme or ONCEONLY_KEYS
+        self.prefix = prefix + scheme.separator
+        self._encode = scheme.encode
+        self._missing = scheme.missing
         self.digest = hasher(hash_function)
         self.key_expr = key_expr
         self.validation_expr = validation_expr
@@ -486,9 +518,9 @@ class Keyer:
         else:
             data = json_native(payload) if self._plain_with_material else payload
             selected = key_material
-        if is_missing(selected):
+        if self._missing(selected):
             return None, None
-        key = f"{self.prefix}:{self.digest(canonical_json(selected))}"
+        key = self.prefix + self.digest(self._encode(selected))
         if self.validation_expr is None:
             return key, None
-        return key, self.digest(canonical_json(select(self.validation_expr, data)))
+        return key, self.digest(self._encode(select(self.validation_expr, data)))

@@ -1,0 +1,1 @@
+"""Other libraries' names over onceonly; see ``onceonly.compat.powertools``."""
