@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import sqlite3
 import uuid
@@ -74,6 +75,30 @@ def test_a_result_replays_as_itself(api: Api, pt_store: Any, result: Any) -> Non
 
     assert same(handler({"data": 1}, Context()), result)
     assert same(handler({"data": 1}, Context()), result)
+    assert runs == [1]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [float("nan"), float("inf"), {"ratio": float("-inf"), "mean": float("nan")}],
+    ids=["nan", "inf", "nested"],
+)
+def test_a_float_nan_or_infinity_result_replays(api: Api, pt_store: Any, result: Any) -> None:
+    # Powertools writes results with Python's json (NaN and Infinity allowed) and
+    # even turns a Decimal NaN into a float NaN on purpose; its conftest's
+    # response holds Decimal("NaN") and replays as float NaN. A handler that
+    # returns a float NaN or Infinity runs once and replays there.
+    runs: list[int] = []
+
+    @api.idempotent(store=pt_store)
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        runs.append(1)
+        return result
+
+    first = handler({"data": 1}, Context())
+    second = handler({"data": 1}, Context())
+
+    assert json.dumps(first) == json.dumps(second) == json.dumps(result)
     assert runs == [1]
 
 
