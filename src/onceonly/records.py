@@ -10,6 +10,7 @@ from __future__ import annotations
 import decimal
 import enum
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -133,13 +134,17 @@ def one_shot_encoder(encoder: json.JSONEncoder) -> Callable[[Any], str] | None:
 #   b"j"  plain JSON: every result without a Decimal (and every record written
 #         before Decimal support).
 #   b"e"  JSON with extension objects, written only for a result that holds a
-#         Decimal: a Decimal is ``{"$d": "<str(d)>"}``, and every user dict key
-#         that starts with "$" is written with one more "$" in front. So a
-#         stored key "$" + non-"$" is always ours, "$$..." always the user's:
-#         no user data can be read as a Decimal, whatever keys it uses.
+#         Decimal or a float JSON cannot write (NaN, Infinity): a Decimal is
+#         ``{"$d": "<str(d)>"}``, such a float ``{"$f": "nan" | "inf" | "-inf"}``,
+#         and every user dict key that starts with "$" is written with one more
+#         "$" in front. So a stored key "$" + non-"$" is always ours, "$$..."
+#         always the user's: no user data can be read as an extension object,
+#         whatever keys it uses.
 _JSON_TAG = b"j"
 _EXT_TAG = b"e"
 _DECIMAL_KEY = "$d"
+_FLOAT_KEY = "$f"
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 class _HoldsDecimal(TypeError):
@@ -227,6 +232,8 @@ def _extend(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         # str() is exact: digits, exponent, sign of zero, NaN payloads.
         return {_DECIMAL_KEY: str(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT_KEY: repr(value)}  # "nan", "inf" or "-inf"
     return value
 
 
@@ -254,7 +261,8 @@ def encode_outcome(value: Any) -> bytes:
 
     ``Decimal`` values (boto3's DynamoDB numbers), at any depth, are kept
     exactly: they replay as the same ``Decimal`` (digits, exponent, sign,
-    ``NaN``/``Infinity``), not as floats or strings.
+    ``NaN``/``Infinity``), not as floats or strings. Float ``nan``, ``inf``
+    and ``-inf`` (which JSON cannot write) replay as those floats.
 
     Args:
         value: Anything ``json`` can write without help (falsy values
@@ -285,7 +293,14 @@ def encode_outcome(value: Any) -> bytes:
         data = text.encode()
     except _HoldsDecimal:
         return _encode_extended(value)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except ValueError as exc:
+        # NaN or Infinity (allow_nan=False) fit the extended envelope; anything
+        # else that json refuses (a circle, a lone surrogate) fails there too.
+        try:
+            return _encode_extended(value)
+        except IdempotencySerializationError:
+            raise _unsupported(value, exc) from exc
+    except (TypeError, RecursionError) as exc:
         raise _unsupported(value, exc) from exc
     _check_keys(text, value)
     return _JSON_TAG + data
@@ -297,6 +312,11 @@ class _BadExtension(ValueError):
 
 def _restore(obj: dict[str, Any]) -> Any:
     # object_hook of the b"e" decoder: undoes _extend for one dict.
+    if len(obj) == 1 and _FLOAT_KEY in obj:
+        text = obj[_FLOAT_KEY]
+        if type(text) is str and text in _FLOATS:
+            return _FLOATS[text]
+        raise _BadExtension
     if len(obj) == 1 and _DECIMAL_KEY in obj:
         text = obj[_DECIMAL_KEY]
         if type(text) is str:

@@ -104,7 +104,7 @@ def test_decimal_envelope_refuses_what_json_refuses() -> None:
     with pytest.raises(IdempotencySerializationError, match="cannot be stored as JSON"):
         encode_outcome([D("1"), object()])
     with pytest.raises(IdempotencySerializationError, match="cannot be stored as JSON"):
-        encode_outcome([D("1"), float("nan")])
+        encode_outcome([D("1"), "lone surrogate \udc80"])
     with pytest.raises(IdempotencySerializationError, match="int key in a dict at"):
         encode_outcome({"a": D("1"), "b": {1: "x"}})
 
