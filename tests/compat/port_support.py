@@ -24,6 +24,7 @@ from typing import Any
 
 import onceonly
 from onceonly import IdempotencyConfig
+from onceonly.compat import powertools
 from onceonly.errors import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfigError,
@@ -135,3 +136,28 @@ ONCEONLY = Api(
 )
 
 APIS: dict[str, Api] = {"onceonly": ONCEONLY}
+
+
+def _compat_idempotent(*, store: Any, **kw: Any) -> Any:
+    return powertools.idempotent(persistence_store=store, **kw)
+
+
+def _compat_idempotent_function(*, store: Any, data: str, **kw: Any) -> Any:
+    return powertools.idempotent_function(persistence_store=store, data_keyword_argument=data, **kw)
+
+
+COMPAT = Api(
+    name="compat",
+    idempotent=_compat_idempotent,
+    idempotent_function=_compat_idempotent_function,
+    key_for=_ours_key_for,
+    errors=SimpleNamespace(
+        IdempotencyAlreadyInProgressError=powertools.IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError=powertools.IdempotencyValidationError,
+        IdempotencyKeyError=powertools.IdempotencyKeyError,
+        IdempotencyPersistenceLayerError=powertools.IdempotencyPersistenceLayerError,
+        IdempotencyConfigError=powertools.IdempotencyPersistenceConfigError,
+    ),
+)
+
+APIS["compat"] = COMPAT
