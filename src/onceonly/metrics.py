@@ -28,6 +28,8 @@ class Event(enum.Enum):
     KEY_REUSE = "key_reuse"  # same key, different payload
     STORE_ERROR = "store_error"  # the store failed during the call
     UNPROTECTED = "unprotected"  # ran without idempotency (no key, store down, disabled)
+    BAD_KEY = "bad_key"  # HTTP: a missing (where required) or malformed Idempotency-Key
+    NOT_STORED = "not_stored"  # HTTP: a response delivered but not stored (5xx, too large, stream)
 
 
 class Stats:
