@@ -317,3 +317,41 @@ def test_config_is_checked_when_built() -> None:
     config = HttpConfig()
     assert config.replace(required=True).required is True
     assert config.required is False
+
+
+# -- the engine's flow, driven as an adapter drives it ------------------------------------
+
+
+def test_the_flow_stores_a_first_response_and_replays_it() -> None:
+    from onceonly import _sync
+
+    g = gate()
+    runs: list[int] = []
+
+    def app() -> Response:
+        runs.append(1)
+        return g.captured(201, [("location", "/p/1")], b'{"id":1}')
+
+    def once() -> tuple[Any, bool]:
+        inv = g.invocation(head(), Covered("k", ""), b"{}")
+        steps, note = g.flow(inv)
+        return _sync.drive(steps, g.store, inv, app), note.stored
+
+    first, stored = once()
+    assert (first.replayed, stored) == (False, True)
+    again, stored_again = once()
+    assert again == Response(201, (("location", "/p/1"),), b'{"id":1}', replayed=True)
+    assert stored_again is False  # nothing written by a replay
+    assert runs == [1]
+
+
+def test_a_response_not_stored_releases_the_claim() -> None:
+    from onceonly import _sync
+
+    g = gate()
+    inv = g.invocation(head(), Covered("k", ""), b"{}")
+    steps, note = g.flow(inv)
+    with pytest.raises(NotStored):
+        _sync.drive(steps, g.store, inv, lambda: g.captured(500, [], b"boom"))
+    assert note.stored is False
+    assert g.store.get(inv.key) is None  # released: the retry runs

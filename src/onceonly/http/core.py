@@ -19,11 +19,11 @@ import binascii
 import hashlib
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..engine import Invocation, Policy
+from ..engine import Complete, Invocation, Policy, Step, flow
 from ..errors import (
     CorruptRecordError,
     IdempotencyAlreadyInProgressError,
@@ -50,6 +50,7 @@ __all__ = [
     "RequestHead",
     "Response",
     "ResponseSerializer",
+    "Stored",
     "parse_key",
 ]
 
@@ -162,6 +163,37 @@ def parse_key(values: Sequence[str]) -> str | ProblemType:
     if not key or len(key) > MAX_KEY_LENGTH or any(not " " <= c <= "~" for c in key):
         return ProblemType.KEY_INVALID
     return key
+
+
+class Stored:
+    """Whether a flow stored the response (set by :meth:`Gate.flow` as its steps go by)."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self) -> None:
+        self.stored = False
+
+
+def _noting(steps: Generator[Step, Any, Any], note: Stored) -> Generator[Step, Any, Any]:
+    """The engine's steps, passed through as they are; a completion that succeeded is noted."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(result) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        error = None
+        try:
+            result = yield step
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as exc:  # the driver throws the step's failure in: pass it on
+            error, result = exc, None
+            continue
+        if isinstance(step, Complete):
+            note.stored = result is True
 
 
 class ResponseSerializer:
@@ -339,6 +371,18 @@ class Gate:
             self.lease_ms,
             self.ttl_ms,
         )
+
+    def flow(self, inv: Invocation) -> tuple[Generator[Step, Any, Any], Stored]:
+        """The engine's flow for a request, and a note that says, once it ended, if it stored.
+
+        Drive it with ``_sync.drive`` / ``_async.drive``, the app's run being
+        the call. A replay returns a :class:`Response` with ``replayed``; a
+        first run returns what the call returned; ``stored`` is True only when
+        its completion was written (not with ``on_store_error="run"``, nor
+        when the store failed at completion or the lease was lost).
+        """
+        note = Stored()
+        return _noting(flow(self.policy, inv), note), note
 
     # -- the response --------------------------------------------------------------------
 
