@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from onceonly import powertools_records
-from onceonly.records import new_token
+from onceonly.records import Found, new_token
 from testkit import ManualClock
 
 LEASE = 60_000
@@ -53,13 +53,15 @@ def save_inprogress(layer: Any, data: dict[str, Any], remaining_ms: int | None) 
     return key
 
 
-def check_foreign_writes_refused(store: Any, key: str, *, ended: bool) -> None:
-    """complete / renew / release treat a Powertools record as someone else's."""
+def check_foreign_writes_refused(store: Any, key: str) -> None:
+    """complete / renew / release / claim treat a live Powertools record as someone else's."""
     token = new_token()
     assert store.complete(key, token=token, outcome=b"j1", ttl_ms=TTL) is False
     assert store.renew(key, token=token, lease_ms=LEASE) is False
-    assert store.release(key, token=token) is ended
-    # Its own placeholder token is no key to it either.
+    assert store.release(key, token=token) is False
+    # Its placeholder token is no key to it either: never the caller's own claim.
     placeholder = powertools_records.PLACEHOLDER_TOKEN
     assert store.complete(key, token=placeholder, outcome=b"j1", ttl_ms=TTL) is False
     assert store.renew(key, token=placeholder, lease_ms=LEASE) is False
+    assert store.release(key, token=placeholder) is False
+    assert isinstance(claim(store, key, placeholder), Found)

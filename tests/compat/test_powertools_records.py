@@ -89,7 +89,7 @@ def test_dynamodb_a_completed_record_from_powertools_replays(moto_server: MotoSe
     assert record.deadline_ms == int(item["expiration"]["N"]) * 1000
     assert record.token == powertools_records.PLACEHOLDER_TOKEN
     assert store.get(key) == record
-    check_foreign_writes_refused(store, key, ended=False)
+    check_foreign_writes_refused(store, key)
     assert items_of(client, table) == before  # nothing of Powertools' was written over
 
     # Past its expiration (plus the store's skew allowance) a claim takes the
@@ -158,7 +158,7 @@ def test_dynamodb_an_inprogress_record_holds_until_its_expiry_then_is_taken_over
         None,
     )
     assert exact.get(key) == found.record
-    check_foreign_writes_refused(exact, key, ended=False)
+    check_foreign_writes_refused(exact, key)
 
     clock.advance(deadline - 1 - clock.now)
     assert isinstance(claim(exact, key), Found)

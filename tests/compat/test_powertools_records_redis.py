@@ -86,7 +86,7 @@ def test_redis_a_completed_record_from_powertools_replays(standalone: redis.Redi
     assert record.fingerprint is None
     assert record.deadline_ms == stored["expiration"] * 1000
     assert store.get(key) == record
-    check_foreign_writes_refused(store, key, ended=False)
+    check_foreign_writes_refused(store, key)
     assert standalone.get(key) == value
 
     # Without an injected clock get() judges it by the server's TIME.
@@ -126,7 +126,7 @@ def test_redis_an_inprogress_record_holds_until_its_expiry_then_is_taken_over(
         None,
     )
     assert store.get(key) == found.record
-    check_foreign_writes_refused(store, key, ended=False)
+    check_foreign_writes_refused(store, key)
     clock.advance(deadline - 1 - clock.now)
     assert isinstance(claim(store, key), Found)
     assert standalone.get(key) == value
