@@ -474,13 +474,14 @@ class AsyncRedisStore(RedisBase):
     async def get(self, key: str) -> Record | None:
         """Return the record under ``key`` (Redis drops expired ones), or None.
 
-        One GET; a record Powertools wrote costs a TIME besides (see ``_record``).
+        One GET; a record Powertools wrote costs a TIME besides (see
+        ``_judged_by_server``).
         """
         check_key(key)
         value = await self._command("GET", self.full_key(key))
         if self._judged_by_server(value):
-            self._record(value)  # a corrupt value raises before the TIME
-            return self._record(value, await self._server_ms())
+            record = scripts.decode_value(value)  # a corrupt value raises before the TIME
+            return record if record.deadline_ms > await self._server_ms() else None
         return self._record(value)
 
     async def delete(self, key: str) -> bool:

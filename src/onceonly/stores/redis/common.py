@@ -372,23 +372,25 @@ class RedisBase:
         check_ms("lease_ms", lease_ms)
         return scripts.RENEW, key, (token, lease_ms)
 
-    def _record(self, value: Any, server_ms: int | None = None) -> Record | None:
+    def _record(self, value: Any) -> Record | None:
         """A value read with GET as a live record (None when absent or expired).
 
         Redis drops a record of ours when it ends (``PX``), so without an
-        injected clock it is live while it is there. A record Powertools wrote
-        is not: its key lasts until its ``expiration`` while an INPROGRESS one
-        may end before (``in_progress_expiration``), so ``get`` judges it by
-        the server's clock, ``server_ms`` (see :meth:`_judged_by_server`).
+        injected clock it is live while it is there. A record Powertools
+        wrote is not always: see :meth:`_judged_by_server`.
         """
         if value is None:
             return None
         record = scripts.decode_value(value)
-        now = self.clock() if self.clock is not None else server_ms
-        if now is not None and record.deadline_ms <= now:
+        if self.clock is not None and record.deadline_ms <= self.clock():
             return None
         return record
 
     def _judged_by_server(self, value: Any) -> bool:
-        """Whether ``get`` needs the server's TIME to judge ``value`` (see :meth:`_record`)."""
+        """Whether ``get`` must judge ``value`` by the server's TIME (no clock was injected).
+
+        True for a value Powertools wrote: its key lasts until its
+        ``expiration``, but an INPROGRESS record ends at its
+        ``in_progress_expiration``, which may come first.
+        """
         return self.clock is None and isinstance(value, bytes) and not scripts.is_ours(value)

@@ -370,7 +370,8 @@ class RedisStore(RedisBase):
     def get(self, key: str) -> Record | None:
         """Return the record under ``key`` (Redis drops expired ones), or None.
 
-        One GET; a record Powertools wrote costs a TIME besides (see ``_record``).
+        One GET; a record Powertools wrote costs a TIME besides (see
+        ``_judged_by_server``).
 
         Raises:
             CorruptRecordError: The value under the key is not a record.
@@ -378,8 +379,8 @@ class RedisStore(RedisBase):
         check_key(key)
         value = self._command("GET", self.full_key(key))
         if self._judged_by_server(value):
-            self._record(value)  # a corrupt value raises before the TIME
-            return self._record(value, self._server_ms())
+            record = scripts.decode_value(value)  # a corrupt value raises before the TIME
+            return record if record.deadline_ms > self._server_ms() else None
         return self._record(value)
 
     def delete(self, key: str) -> bool:
