@@ -43,6 +43,7 @@ __all__ = [
     "is_powertools_item",
     "layout_mismatch",
     "record_from_item",
+    "still_powertools_item",
     "store_error",
     "value",
 ]
@@ -297,6 +298,31 @@ def record_from_item(
             # cannot be one of them keeps it apart from the fields).
             fields[f"attribute {name}"] = value(attribute)
     return powertools_records.from_fields(fields, store=store)
+
+
+def still_powertools_item(item: Mapping[str, Any], expiry_attr: str) -> tuple[str, dict[str, Any]]:
+    """The condition (and its names and values) that a Powertools item is still ``item``.
+
+    It has no token or deadline to tell one claim from the next: it is still
+    that item while it has the same status, no token, the same expiration and
+    the same ``in_progress_expiration`` (or none), as read in ``item``.
+    """
+    progress = item.get(powertools_records.IN_PROGRESS_EXPIRATION)
+    values = {":s": item[STATUS], ":e": item[expiry_attr]}
+    if progress is None:
+        same_progress = "attribute_not_exists(#i)"
+    else:
+        same_progress = "#i = :i"
+        values[":i"] = progress
+    return f"#s = :s AND attribute_not_exists(#t) AND #e = :e AND {same_progress}", {
+        "ExpressionAttributeNames": {
+            "#s": STATUS,
+            "#t": TOKEN,
+            "#e": expiry_attr,
+            "#i": powertools_records.IN_PROGRESS_EXPIRATION,
+        },
+        "ExpressionAttributeValues": values,
+    }
 
 
 def store_error(

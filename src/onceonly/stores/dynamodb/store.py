@@ -35,7 +35,6 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from ... import powertools_records
 from ...errors import CorruptRecordError, IdempotencyConfigError, IdempotencyStoreError
 from ...records import Acquired, ClaimResult, Found, Record, Status
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
@@ -269,30 +268,13 @@ class DynamoDBStore:
         failed PutItem returns it), checks it with the codec's rules (a value
         that breaks them raises CorruptRecordError and is left as it was), and
         then replaces it only while it is still that item: same status, token
-        (unique per claim) and deadline. An item Powertools wrote has no token
-        or deadline: it is still that item while it has the same status, no
-        token, the same ``expiration`` and the same ``in_progress_expiration``
-        (or none), as it had when read (``item``, the raw attributes).
+        (unique per claim) and deadline; an item Powertools wrote, by the
+        fields it has instead (``items.still_powertools_item``, on ``item`` as read).
         """
         if seen is None:
             return "attribute_not_exists(#k)", {"ExpressionAttributeNames": {"#k": self.key_attr}}
         if items.is_powertools_item(item):
-            progress = item.get(powertools_records.IN_PROGRESS_EXPIRATION)
-            values = {":s": item[items.STATUS], ":e": item[self.expiry_attr]}
-            if progress is None:
-                same_progress = "attribute_not_exists(#i)"
-            else:
-                same_progress = "#i = :i"
-                values[":i"] = progress
-            return f"#s = :s AND attribute_not_exists(#t) AND #e = :e AND {same_progress}", {
-                "ExpressionAttributeNames": {
-                    "#s": items.STATUS,
-                    "#t": items.TOKEN,
-                    "#e": self.expiry_attr,
-                    "#i": powertools_records.IN_PROGRESS_EXPIRATION,
-                },
-                "ExpressionAttributeValues": values,
-            }
+            return items.still_powertools_item(item, self.expiry_attr)
         return "#s = :s AND #t = :t AND #d = :d", {
             "ExpressionAttributeNames": {
                 "#s": items.STATUS,
