@@ -36,6 +36,7 @@ LEAVES = {
     "runtime",
     "naming",
     "rebuild",
+    "powertools_records",
 }
 ENGINE = {"engine", "batch_engine"}
 DRIVERS = {"_sync", "_async"}

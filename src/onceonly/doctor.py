@@ -314,14 +314,15 @@ def run_probe(store: Any, claim_ms: list[float]) -> ProbeAnswers:
     """Run the :data:`PROBE_EXPECTED` steps on a random key, deleted whatever happens.
 
     Args:
-        store: A ``RedisStore``; the key is ``"{prefix}:doctor:{random}"``.
+        store: A ``RedisStore``; the key is ``"{prefix}:doctor:{random}"`` (no
+            prefix with ``prefix=""``).
         claim_ms: Receives each claim's round trip in ms.
 
     Returns:
         What each step observed, or the step that failed and why.
     """
     key = f"doctor:{secrets.token_hex(8)}"
-    probe = ProbeAnswers(key=f"{store.prefix}:{key}")
+    probe = ProbeAnswers(key=store.full_key(key))
     first, second = new_token(), new_token()
 
     def claim(token: str) -> str:

@@ -243,8 +243,9 @@ def test_bad_options_fail_at_construction(
 ) -> None:
     client = redis_farm.standalone(redis_engine).client()
     for kwargs in (
-        {"prefix": ""},
         {"prefix": 5},
+        {"prefix": None},
+        {"prefix": b"p"},
         {"wait_replicas": -1},
         {"wait_timeout_ms": 1.5},
         {"wait_aof": "yes"},

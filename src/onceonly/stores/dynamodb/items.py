@@ -8,16 +8,21 @@ with the low-level client, so every value arrives as ``{"S": ...}``,
 ``{"N": ...}`` or ``{"B": ...}``; :func:`record_from_item` checks each field
 through ``codec.from_fields`` and raises ``CorruptRecordError`` on anything
 else.
+
+An item that Powertools' DynamoDB persistence layer wrote (same default key
+and TTL attributes, so it can share the table) has no ``token`` and a
+``status`` of ``COMPLETED``, ``INPROGRESS`` or ``EXPIRED``:
+:func:`record_from_item` reads it through ``powertools_records`` instead.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from ... import codec
+from ... import codec, powertools_records
 from ...errors import IdempotencyConfigError, IdempotencyStoreError
 from ...records import Record
 
@@ -35,8 +40,10 @@ __all__ = [
     "check_table",
     "ensure_table",
     "import_boto3",
+    "is_powertools_item",
     "layout_mismatch",
     "record_from_item",
+    "still_powertools_item",
     "store_error",
     "value",
 ]
@@ -251,17 +258,71 @@ def value(attribute: object) -> object:
     return attribute
 
 
-def record_from_item(item: Mapping[str, Any], *, store: str = "the DynamoDB store") -> Record:
-    """Build the record an item holds.
+def is_powertools_item(item: Mapping[str, Any]) -> bool:
+    """Whether ``item`` is one that Powertools wrote: no token, and one of its statuses."""
+    if TOKEN in item:  # every onceonly item: one lookup on their path
+        return False
+    status = value(item.get(STATUS))
+    return isinstance(status, str) and status in powertools_records.STATUSES
+
+
+def record_from_item(
+    item: Mapping[str, Any],
+    *,
+    store: str = "the DynamoDB store",
+    expiry_attr: str = "expiration",
+    key_attrs: Collection[str] = ("id",),
+) -> Record:
+    """Build the record an item holds (one of onceonly's, or one Powertools wrote).
 
     Args:
         item: The item, as the low-level client returns it.
         store: Which table it comes from, for the error message.
+        expiry_attr: The store's TTL attribute (Powertools' ``expiration``).
+        key_attrs: The store's key attributes, which a Powertools item has
+            besides its fields.
 
     Raises:
         CorruptRecordError: A field is missing or malformed.
     """
-    return codec.from_fields(*(value(item.get(name)) for name in DATA_ATTRS), store=store)
+    if not is_powertools_item(item):
+        return codec.from_fields(*(value(item.get(name)) for name in DATA_ATTRS), store=store)
+    fields: dict[str, object] = {}
+    for name, attribute in item.items():
+        if name == expiry_attr:
+            fields[powertools_records.EXPIRATION] = value(attribute)
+        elif name in powertools_records.FIELDS and name != powertools_records.EXPIRATION:
+            fields[name] = value(attribute)
+        elif name not in key_attrs:
+            # Not a field of Powertools' default layout: refused (a name that
+            # cannot be one of them keeps it apart from the fields).
+            fields[f"attribute {name}"] = value(attribute)
+    return powertools_records.from_fields(fields, store=store)
+
+
+def still_powertools_item(item: Mapping[str, Any], expiry_attr: str) -> tuple[str, dict[str, Any]]:
+    """The condition (and its names and values) that a Powertools item is still ``item``.
+
+    It has no token or deadline to tell one claim from the next: it is still
+    that item while it has the same status, no token, the same expiration and
+    the same ``in_progress_expiration`` (or none), as read in ``item``.
+    """
+    progress = item.get(powertools_records.IN_PROGRESS_EXPIRATION)
+    values = {":s": item[STATUS], ":e": item[expiry_attr]}
+    if progress is None:
+        same_progress = "attribute_not_exists(#i)"
+    else:
+        same_progress = "#i = :i"
+        values[":i"] = progress
+    return f"#s = :s AND attribute_not_exists(#t) AND #e = :e AND {same_progress}", {
+        "ExpressionAttributeNames": {
+            "#s": STATUS,
+            "#t": TOKEN,
+            "#e": expiry_attr,
+            "#i": powertools_records.IN_PROGRESS_EXPIRATION,
+        },
+        "ExpressionAttributeValues": values,
+    }
 
 
 def store_error(

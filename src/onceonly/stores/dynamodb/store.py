@@ -13,6 +13,13 @@ cannot tell whether a token or fingerprint is lower-case hex. ``complete``
 and ``renew`` are an ``UpdateItem``, ``release`` a ``DeleteItem``, each
 conditioned on status, token and deadline: the token fences every write.
 
+Items that Powertools' idempotency utility wrote on the same table (a team
+moving a function over without a gap) are read as records (see
+``onceonly.powertools_records``): a duplicate finds their COMPLETED or live
+INPROGRESS record, a claim replaces an ended one on condition that it is still
+that item (status, no token, ``expiration`` and ``in_progress_expiration``, or
+its absence), and complete / renew / release never take one for their own.
+
 The default layout is the one Powertools' DynamoDB persistence layer uses: a
 string partition key ``id`` and DynamoDB TTL on ``expiration`` (epoch
 seconds), so a table made for Powertools, and its TTL setting, can be reused.
@@ -25,7 +32,7 @@ boto3 is imported when a store is built, so this module imports without it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ...errors import CorruptRecordError, IdempotencyConfigError, IdempotencyStoreError
@@ -148,6 +155,7 @@ class DynamoDBStore:
         self.max_outcome_bytes = max_outcome_bytes
         self._clock = clock or wall_ms
         self._key_kind = "partition" if sort_key_attr is None else "sort"
+        self._key_attrs = (key_attr,) if sort_key_attr is None else (key_attr, sort_key_attr)
         # The table's key schema is checked against the layout before the
         # first claim (see _check_table); a lock keeps that to one DescribeTable.
         self._table_checked = False
@@ -249,7 +257,9 @@ class DynamoDBStore:
             {":p": {"S": _P}, ":tok": {"S": token}, ":n": _NUMBER, ":now": {"N": str(now)}},
         )
 
-    def _claim_condition(self, seen: Record | None) -> tuple[str, dict[str, Any]]:
+    def _claim_condition(
+        self, seen: Record | None, item: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
         """The condition of a claim's PutItem: the key is absent, or holds ``seen`` still.
 
         A condition cannot tell whether a token or fingerprint is lower-case
@@ -258,10 +268,13 @@ class DynamoDBStore:
         failed PutItem returns it), checks it with the codec's rules (a value
         that breaks them raises CorruptRecordError and is left as it was), and
         then replaces it only while it is still that item: same status, token
-        (unique per claim) and deadline.
+        (unique per claim) and deadline; an item Powertools wrote, by the
+        fields it has instead (``items.still_powertools_item``, on ``item`` as read).
         """
         if seen is None:
             return "attribute_not_exists(#k)", {"ExpressionAttributeNames": {"#k": self.key_attr}}
+        if items.is_powertools_item(item):
+            return items.still_powertools_item(item, self.expiry_attr)
         return "#s = :s AND #t = :t AND #d = :d", {
             "ExpressionAttributeNames": {
                 "#s": items.STATUS,
@@ -275,7 +288,14 @@ class DynamoDBStore:
             },
         }
 
-    def _read(self, key: str) -> Record | None:
+    def _record(self, item: Mapping[str, Any]) -> Record:
+        """The record an item holds, ours or Powertools' (see ``items.record_from_item``)."""
+        return items.record_from_item(
+            item, store=self._name, expiry_attr=self.expiry_attr, key_attrs=self._key_attrs
+        )
+
+    def _read(self, key: str) -> Mapping[str, Any]:
+        """The item under ``key`` (a consistent GetItem), or {} when there is none."""
         _, response = self._call(
             self.client.get_item,
             (),
@@ -284,8 +304,8 @@ class DynamoDBStore:
             Key=self._key(key),
             ConsistentRead=True,
         )
-        item = response.get("Item")
-        return None if not item else items.record_from_item(item, store=self._name)
+        item: Mapping[str, Any] = response.get("Item") or {}
+        return item
 
     # -- the protocol ------------------------------------------------------
     #
@@ -317,9 +337,11 @@ class DynamoDBStore:
         check_claim(key, token, lease_ms, ttl_ms, fingerprint)
         if not self._table_checked:
             self._check_table()
-        # The item this claim read and checked (codec rules) and may replace:
-        # None until then, or when the key was found absent.
+        # The item this claim read and checked (codec rules) and may replace,
+        # as a record and as stored: None and {} until then, or when the key
+        # was found absent.
         seen: Record | None = None
+        seen_item: Mapping[str, Any] = {}
         for _ in range(_CLAIM_ATTEMPTS):
             now = self._clock()
             ended = now - self.clock_skew_ms
@@ -333,7 +355,7 @@ class DynamoDBStore:
             }
             if fingerprint is not None:
                 item[items.FINGERPRINT] = {"S": fingerprint}
-            condition, expression = self._claim_condition(seen)
+            condition, expression = self._claim_condition(seen, seen_item)
             done, response = self._write(
                 self.client.put_item, key, condition, Item=item, **expression
             )
@@ -341,21 +363,23 @@ class DynamoDBStore:
                 return Acquired(
                     takeover=seen is not None
                     and seen.status is Status.IN_PROGRESS
-                    and seen.token != token
+                    and (seen.token != token or items.is_powertools_item(seen_item))
                 )
-            if response:
-                record: Record | None = items.record_from_item(response, store=self._name)
-            else:
-                # A backend that does not return the item on a failed condition
-                # (old DynamoDB-compatible servers): read it.
-                record = self._read(key)
-            if record is not None and (
-                record.deadline_ms > ended
-                and (record.status is Status.COMPLETED or record.token != token)
-            ):
+            # A backend that does not return the item on a failed condition
+            # (old DynamoDB-compatible servers): read it.
+            old = response or self._read(key)
+            record = self._record(old) if old else None
+            # A Powertools item is never the caller's own claim, whatever its token.
+            own = (
+                record is not None
+                and record.status is Status.IN_PROGRESS
+                and record.token == token
+                and not items.is_powertools_item(old)
+            )
+            if record is not None and record.deadline_ms > ended and not own:
                 return Found(record, ended)
             # Absent, ended, or our own claim: claim again, on what was just read.
-            seen = record
+            seen, seen_item = record, old
         raise IdempotencyStoreError(
             f"DynamoDB table {self.table_name}: key {key} changed hands {_CLAIM_ATTEMPTS} "
             "times during one claim; retry"
@@ -427,7 +451,7 @@ class DynamoDBStore:
             return True  # released, or no item at all (a retried release): done either way
         # Another item holds the key: done only if it has ended (the claim's skew rule).
         try:
-            return items.record_from_item(old).deadline_ms + self.clock_skew_ms <= now
+            return self._record(old).deadline_ms + self.clock_skew_ms <= now
         except CorruptRecordError:
             return False
 
@@ -461,7 +485,8 @@ class DynamoDBStore:
             CorruptRecordError: The item under the key is not a record.
         """
         check_key(key)
-        record = self._read(key)
+        item = self._read(key)
+        record = self._record(item) if item else None
         if record is None or record.deadline_ms + self.clock_skew_ms <= self._clock():
             return None
         return record

@@ -33,6 +33,7 @@ from .common import (
     needs_command_name,
     redis_errors,
     store_error,
+    time_ms,
 )
 
 __all__ = ["AsyncRedisStore"]
@@ -439,6 +440,13 @@ class AsyncRedisStore(RedisBase):
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
+    async def _server_ms(self) -> int:
+        """The server's clock (TIME), in integer ms."""
+        try:
+            return time_ms(await self.client.time())
+        except self._errors as exc:
+            raise store_error(exc, None) from exc
+
     # -- the protocol ------------------------------------------------------
 
     async def claim(
@@ -464,9 +472,17 @@ class AsyncRedisStore(RedisBase):
         return scripts.write_result(await self._run(*self._renew_call(key, token, lease_ms)), key)
 
     async def get(self, key: str) -> Record | None:
-        """Return the record under ``key`` (Redis drops expired ones), or None."""
+        """Return the record under ``key`` (Redis drops expired ones), or None.
+
+        One GET; a record Powertools wrote costs a TIME besides (see
+        ``_judged_by_server``).
+        """
         check_key(key)
-        return self._record(await self._command("GET", self.full_key(key)))
+        value = await self._command("GET", self.full_key(key))
+        if self._judged_by_server(value):
+            record = scripts.decode_value(value)  # a corrupt value raises before the TIME
+            return record if record.deadline_ms > await self._server_ms() else None
+        return self._record(value)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` whatever it holds; True if something was there."""

@@ -41,6 +41,7 @@ __all__ = [
     "needs_command_name",
     "redis_errors",
     "store_error",
+    "time_ms",
     "wire_args",
 ]
 
@@ -53,7 +54,8 @@ ACL_COMMANDS = ("EVALSHA", "EVAL", "GET", "SET", "DEL", "TIME")
 ACL_HINT = (
     f"the ACL user needs {' '.join('+' + c.lower() for c in ACL_COMMANDS)} "
     "(and +wait / +waitaof with wait_replicas / wait_aof) and the key pattern "
-    "~<prefix>:* of the store's prefix"
+    "~<prefix>:* of the store's prefix (with prefix='' the keys are stored as given: "
+    "a pattern that matches them, e.g. ~<function name>#* for Powertools' keys)"
 )
 # An ACL refusal of a command a script calls comes back as a plain error reply:
 # Redis says "The user executing the script can't run this command or
@@ -153,8 +155,10 @@ def check_options(
     prefix: object, wait_replicas: object, wait_timeout_ms: object, wait_aof: object
 ) -> None:
     """Validate the store options shared by the sync and async stores."""
-    if not isinstance(prefix, str) or not prefix:
-        raise IdempotencyConfigError(f"prefix must be a non-empty string, got {prefix!r}")
+    if not isinstance(prefix, str):
+        raise IdempotencyConfigError(
+            f"prefix must be a string ('' stores each key as given), got {prefix!r}"
+        )
     if type(wait_replicas) is not int or wait_replicas < 0:
         raise IdempotencyConfigError(
             f"wait_replicas must be an integer >= 0, got {wait_replicas!r}"
@@ -201,6 +205,12 @@ def _outside_this_package() -> int:
     return level
 
 
+def time_ms(reply: Any) -> int:
+    """The server's clock in integer ms from a TIME reply (seconds, microseconds)."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def hash_tag(key: str) -> str | None:
     """The part of ``key`` Redis Cluster hashes instead of the whole key, if any.
 
@@ -242,6 +252,9 @@ class RedisBase:
             )
         self.client = client
         self.prefix = prefix
+        # What goes before each key: "{prefix}:", or nothing with prefix=""
+        # (keys as given, such as those Powertools' Redis layer wrote).
+        self._key_head = f"{prefix}:" if prefix else ""
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.wait_aof = wait_aof
@@ -249,10 +262,10 @@ class RedisBase:
         self.clock = clock
         self._lock = threading.Lock()
         self._cluster = callable(getattr(client, "get_node_from_key", None))
-        if self._cluster and hash_tag(f"{prefix}:") is not None:
+        if self._cluster and hash_tag(self._key_head) is not None:
             warnings.warn(
                 f"prefix {prefix!r} holds a Redis Cluster hash tag "
-                f"{{{hash_tag(f'{prefix}:')}}}: every key of this store goes to one slot, "
+                f"{{{hash_tag(self._key_head)}}}: every key of this store goes to one slot, "
                 "on one node. Keep it if that is what you want; otherwise drop the braces",
                 OnceOnlyWarning,
                 stacklevel=_outside_this_package(),
@@ -264,8 +277,8 @@ class RedisBase:
         self._wait_command = self._waits()
 
     def full_key(self, key: str) -> str:
-        """The Redis key of an idempotency key."""
-        return f"{self.prefix}:{key}"
+        """The Redis key of an idempotency key: ``"{prefix}:{key}"``, or ``key`` with prefix ""."""
+        return self._key_head + key
 
     def key_bytes(self, full: str) -> bytes:
         """A Redis key as the store sends it: UTF-8, whatever the client's ``encoding``."""
@@ -288,7 +301,7 @@ class RedisBase:
             key_prefix: The key prefix of one decorated function.
             stacklevel: Passed to ``warnings.warn``.
         """
-        if not self._cluster or hash_tag(f"{self.prefix}:") is not None:
+        if not self._cluster or hash_tag(self._key_head) is not None:
             return
         tag = hash_tag(self.full_key(f"{key_prefix}:"))
         if tag is not None:
@@ -360,10 +373,24 @@ class RedisBase:
         return scripts.RENEW, key, (token, lease_ms)
 
     def _record(self, value: Any) -> Record | None:
-        """A value read with GET as a live record (None when absent or expired)."""
+        """A value read with GET as a live record (None when absent or expired).
+
+        Redis drops a record of ours when it ends (``PX``), so without an
+        injected clock it is live while it is there. A record Powertools
+        wrote is not always: see :meth:`_judged_by_server`.
+        """
         if value is None:
             return None
         record = scripts.decode_value(value)
         if self.clock is not None and record.deadline_ms <= self.clock():
             return None
         return record
+
+    def _judged_by_server(self, value: Any) -> bool:
+        """Whether ``get`` must judge ``value`` by the server's TIME (no clock was injected).
+
+        True for a value Powertools wrote: its key lasts until its
+        ``expiration``, but an INPROGRESS record ends at its
+        ``in_progress_expiration``, which may come first.
+        """
+        return self.clock is None and isinstance(value, bytes) and not scripts.is_ours(value)

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-from ... import codec
+from ... import codec, powertools_records
 from ...errors import CorruptRecordError
 from ...records import Acquired, ClaimResult, Found, Record
 
@@ -75,9 +75,9 @@ def claim_result(reply: object) -> ClaimResult:
         return Acquired(takeover=detail == 1)
     if code == -1:
         # The script's rule and the decoder's are one; the decoder says what is wrong.
-        codec.decode(_bytes(detail), store=_STORE)
+        decode_value(detail)
         raise codec.corrupt(_STORE, "the claim script's check refused it")
-    return Found(codec.decode(_bytes(detail), store=_STORE), int(now))
+    return Found(decode_value(detail), int(now))
 
 
 def write_result(reply: object, key: str) -> bool:
@@ -96,10 +96,19 @@ def write_result(reply: object, key: str) -> bool:
     )
 
 
+def is_ours(value: bytes) -> bool:
+    """Whether a stored value is in onceonly's layout (else it may be one Powertools wrote)."""
+    return value[:3] == codec.HEADER_PREFIX
+
+
 def decode_value(value: object) -> Record:
-    """Decode a value read with GET.
+    """Decode a value read with GET or answered by a script: ours, or one Powertools wrote.
 
     Raises:
-        CorruptRecordError: It is not a record.
+        CorruptRecordError: It is neither.
     """
-    return codec.decode(_bytes(value), store=_STORE)
+    data = _bytes(value)
+    if is_ours(data):
+        return codec.decode(data, store=_STORE)
+    # Powertools' Redis layer stores a JSON object (powertools_records has the rule).
+    return powertools_records.from_json(data, store=_STORE)

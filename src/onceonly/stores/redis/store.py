@@ -1,15 +1,20 @@
 """The Redis store: Redis, Valkey, Amazon ElastiCache and Amazon MemoryDB.
 
-One string value per record under ``"{prefix}:{key}"``, with ``PX`` set to the
-lease while IN_PROGRESS (an orphan vanishes by itself) and to the retention
-once COMPLETED. Each operation is one Lua script call (``EVALSHA``, sent as
-``EVAL`` when the server answers ``NOSCRIPT``), on one key, so it runs as it is
-on Redis Cluster and MemoryDB. Expiry is judged by the server's ``TIME``.
+One string value per record under ``"{prefix}:{key}"`` (or ``key`` itself
+with ``prefix=""``), with ``PX`` set to the lease while IN_PROGRESS (an orphan
+vanishes by itself) and to the retention once COMPLETED. Each operation is one
+Lua script call (``EVALSHA``, sent as ``EVAL`` when the server answers
+``NOSCRIPT``), on one key, so it runs as it is on Redis Cluster and MemoryDB.
+Expiry is judged by the server's ``TIME``.
 
 The client is injected: a ``redis.Redis``, a ``redis.RedisCluster`` or a
 Sentinel master client (``Sentinel(...).master_for(name)``).
 ``RedisStore.from_url`` builds one from a URL. ``AsyncRedisStore`` is the
 asyncio twin, with automatic pipelining.
+
+Values that Powertools' idempotency utility wrote (a JSON object under the
+bare key: use ``prefix=""`` to meet them) are read as records (see
+``onceonly.powertools_records``); the scripts apply the same rule.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .common import (
     needs_command_name,
     redis_errors,
     store_error,
+    time_ms,
 )
 
 __all__ = ["RedisStore"]
@@ -49,7 +55,9 @@ class RedisStore(RedisBase):
         client: A ``redis.Redis``, ``redis.RedisCluster`` or Sentinel master
             client. Its ``decode_responses`` and ``encoding`` do not matter:
             the store sends UTF-8 bytes and reads its replies undecoded.
-        prefix: Every record key is ``"{prefix}:{key}"``.
+        prefix: Every record key is ``"{prefix}:{key}"``; with ``""`` it is
+            ``key`` as given (as Powertools' Redis layer stores them, for a
+            move from Powertools: its records are then read as records).
         wait_replicas: After each write, ``WAIT`` for this many replicas to
             acknowledge it (0: do not wait). A shortfall is logged and counted
             in ``wait_shortfalls``; the write itself stands either way.
@@ -301,6 +309,13 @@ class RedisStore(RedisBase):
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
+    def _server_ms(self) -> int:
+        """The server's clock (TIME), in integer ms."""
+        try:
+            return time_ms(self.client.time())
+        except self._errors as exc:
+            raise store_error(exc, None) from exc
+
     # -- the protocol ------------------------------------------------------
 
     def claim(
@@ -355,11 +370,18 @@ class RedisStore(RedisBase):
     def get(self, key: str) -> Record | None:
         """Return the record under ``key`` (Redis drops expired ones), or None.
 
+        One GET; a record Powertools wrote costs a TIME besides (see
+        ``_judged_by_server``).
+
         Raises:
             CorruptRecordError: The value under the key is not a record.
         """
         check_key(key)
-        return self._record(self._command("GET", self.full_key(key)))
+        value = self._command("GET", self.full_key(key))
+        if self._judged_by_server(value):
+            record = scripts.decode_value(value)  # a corrupt value raises before the TIME
+            return record if record.deadline_ms > self._server_ms() else None
+        return self._record(value)
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` whatever it holds; True if something was there."""

@@ -37,13 +37,66 @@ local function header(status, token, deadline, fingerprint)
     .. '|' .. fingerprint .. '|'
 end
 
+-- A value that Powertools' idempotency utility wrote (its Redis layer stores a
+-- JSON object under the bare key), by the rule of onceonly/powertools_records.py,
+-- check for check: only the fields status, expiration, in_progress_expiration,
+-- data and validation; status COMPLETED, INPROGRESS or EXPIRED; expiration whole
+-- seconds 0..1e12; in_progress_expiration absent or whole ms 0..1e15; data absent
+-- or a string; validation absent or 0..128 lower-case hex digits. cjson reads
+-- numbers as doubles, exact for whole numbers this small. Returns 'C', 'P' or 'E'
+-- (EXPIRED: ended) and the deadline in ms (COMPLETED: expiration; INPROGRESS: the
+-- earlier of in_progress_expiration and expiration); nil when v is not one
+-- (never raises: cjson.decode runs under pcall). Called only for a value that
+-- parse refused: a record of ours pays for nothing but this function's closure,
+-- made once per script call like the others here. Powertools' own "<key>:lock"
+-- key (its orphan lock) is never read: a claim here is one atomic script and
+-- needs no lock.
+local function powertools(v)
+  -- Built here, not at the top: every script call would pay for them.
+  local STATUS = {COMPLETED = 'C', INPROGRESS = 'P', EXPIRED = 'E'}
+  local FIELD = {status = true, expiration = true, in_progress_expiration = true,
+    data = true, validation = true}
+  local function whole(n, limit)
+    return type(n) == 'number' and n >= 0 and n <= limit and n == math.floor(n)
+  end
+  local ok, t = pcall(cjson.decode, v)
+  if not ok or type(t) ~= 'table' then return nil end
+  for field in pairs(t) do
+    if not FIELD[field] then return nil end
+  end
+  local kind, expiration = STATUS[t.status], t.expiration
+  local progress, data, validation = t.in_progress_expiration, t.data, t.validation
+  if not kind or not whole(expiration, 1e12)
+      or (progress ~= nil and not whole(progress, 1e15))
+      or (data ~= nil and type(data) ~= 'string')
+      or (validation ~= nil and (type(validation) ~= 'string' or #validation > 128
+        or string.find(validation, '[^0-9a-f]'))) then
+    return nil
+  end
+  -- cjson also reads number spellings that JSON (and Python, which reads these
+  -- values on the other side) refuses: hex, '+1', '010', '1.', nan, inf; and it
+  -- stops at a NUL. Outside its strings a Powertools value holds only JSON
+  -- numbers and punctuation, so those are refused here, on the text with its
+  -- escapes and then its strings taken out.
+  local bare = string.gsub(string.gsub(v, '\\.', ''), '"[^"]*"', '')
+  if string.find(bare, '[^ \t\n\r%d{},:%.eE%+%-]') or string.find(bare, '[^eE]%+')
+      or string.find(bare, '[^%d%.eE%+%-]%-?0%d') or string.find(bare, '%.[^%d]') then
+    return nil
+  end
+  if kind == 'E' then return kind, 0 end
+  local deadline = expiration * 1000
+  if kind == 'P' and progress ~= nil and progress < deadline then deadline = progress end
+  return kind, deadline
+end
+
 -- The record under KEYS[1] if the caller (token) holds a running claim on it:
--- returns fingerprint, now; or nil, code with code 0 (lost) or -1 (not a record).
+-- returns fingerprint, now; or nil, code with code 0 (lost: a record Powertools
+-- wrote too, never the caller's) or -1 (not a record).
 local function owned(token)
   local v = redis.call('GET', KEYS[1])
   if not v then return nil, 0 end
   local status, holder, deadline, fingerprint = parse(v)
-  if not status then return nil, -1 end
+  if not status then return nil, powertools(v) and 0 or -1 end
   local now = now_ms()
   if status ~= 'P' or holder ~= token or deadline <= now then return nil, 0 end
   return fingerprint, now

@@ -5,13 +5,19 @@
 --   {0, value, now}
 -- and to a value that is not a record (see parse), which it leaves as it is:
 --   {-1, value, now}
+-- A record that Powertools wrote (see powertools) is never the caller's own: it is
+-- answered while live and taken once ended (a takeover when it was INPROGRESS).
 local token, lease = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local v = redis.call('GET', KEYS[1])
 local takeover = 0
 if v then
   local status, holder, deadline = parse(v)
-  if not status then return {-1, v, now} end
+  if not status then
+    status, deadline = powertools(v)
+    if not status then return {-1, v, now} end
+    holder = nil
+  end
   if deadline > now and not (status == 'P' and holder == token) then
     return {0, v, now}
   end
