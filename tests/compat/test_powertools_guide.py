@@ -31,6 +31,9 @@ from aws_lambda_powertools.utilities.idempotency import idempotent as pt_idempot
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyPersistenceLayerError as PtPersistenceLayerError,
 )
+from aws_lambda_powertools.utilities.idempotency.persistence.redis import (
+    RedisCachePersistenceLayer as PtRedisCachePersistenceLayer,
+)
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
@@ -98,7 +101,7 @@ def test_the_iam_policy_names_exactly_the_calls_the_store_sends(moto_server: Mot
 def test_the_acl_rule_lets_the_compat_layer_work_and_nothing_else(
     redis_farm: RedisFarm, redis_engine: harness.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (line,) = [ln for ln in guide_block("").splitlines() if ln.startswith("ACL SETUSER")]
+    (line,) = [ln for ln in guide_block("text").splitlines() if ln.startswith("ACL SETUSER")]
     words = shlex.split(line)
     user = words[2]
     password = f"pw-{uuid.uuid4().hex}"
@@ -202,3 +205,35 @@ def test_powertools_meeting_a_record_onceonly_wrote_does_not_run_again(
             theirs(event, Context())
     assert runs == ["1"]
     client.close()
+
+
+def test_powertools_on_redis_meeting_a_record_onceonly_wrote_runs_again(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    # What the guide warns of: Powertools' Redis layer takes a value it cannot
+    # read for an orphan and overwrites it, so the two must not serve at once.
+    server = redis_farm.standalone(redis_engine)
+    ours_client, theirs_client = server.client(), server.client()
+    runs: list[str] = []
+
+    def handler(event: dict[str, Any], context: Any) -> str:
+        runs.append(event["id"])
+        return "done"
+
+    ours = pt.idempotent(
+        persistence_store=pt.RedisCachePersistenceLayer(client=ours_client),
+        config=pt.IdempotencyConfig("id"),
+        key_prefix=f"guide-{uuid.uuid4().hex}",
+    )(handler)
+    with pytest.warns(DeprecationWarning, match="CachePersistenceLayer"):
+        layer = PtRedisCachePersistenceLayer(client=theirs_client)
+    theirs = pt_idempotent(
+        persistence_store=layer,
+        config=PtConfig(event_key_jmespath="id"),
+        key_prefix=ours.guard.keyer.prefix[:-1],
+    )(handler)
+    assert ours({"id": "1"}, Context()) == "done"
+    assert theirs({"id": "1"}, Context()) == "done"
+    assert runs == ["1", "1"]
+    ours_client.close()
+    theirs_client.close()
