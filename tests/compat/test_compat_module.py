@@ -399,3 +399,26 @@ def test_redis_layer_needs_a_server() -> None:
         pt.RedisCachePersistenceLayer()
     with pytest.raises(errors.IdempotencyConfigError, match="mode"):
         pt.RedisCachePersistenceLayer(host="127.0.0.1", mode="sentinel")
+
+
+def test_redis_layer_from_url_and_cluster_mode(redis_farm: Any, redis_engine: Any) -> None:
+    server = redis_farm.standalone(redis_engine)
+    by_url = pt.RedisCachePersistenceLayer(url=f"redis://{server.client_host()}:{server.port}/0")
+    node = redis_farm.cluster(redis_engine).primaries()[0]
+    on_cluster = pt.RedisCachePersistenceLayer(
+        host=node.client_host(), port=node.port, mode="cluster", ssl=False
+    )
+    for layer in (by_url, on_cluster):
+        runs: list[int] = []
+
+        @pt.idempotent_function(data_keyword_argument="order", persistence_store=layer)
+        def charge(order: dict[str, Any], runs: list[int] = runs) -> int:
+            runs.append(1)
+            return len(runs)
+
+        order = {"id": uuid.uuid4().hex}
+        assert charge(order=order) == 1
+        assert charge(order=order) == 1
+        key = charge.key_for(order=order)
+        assert layer.client.exists(key) == 1  # stored as Powertools stores it: no prefix
+        layer.client.close()
