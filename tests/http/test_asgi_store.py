@@ -21,7 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from onceonly import Event, Stats
+from onceonly.http import HttpConfig
 from onceonly.http.asgi import IdempotencyMiddleware
+from onceonly.http.core import Covered, Gate, RequestHead
 from testkit import ManualClock
 
 PAY = b'{"amount": 10}'
@@ -319,5 +321,34 @@ def test_patch_is_covered_put_and_get_pass_through_even_with_a_key(http_async_st
             put = [await c.put("/payments", content=PAY, headers=key("u")) for _ in "ab"]
         assert put[1].headers["idempotent-replayed"] == "true"
         assert with_put.runs == 1
+
+    asyncio.run(scenario())
+
+
+def test_with_heartbeat_a_long_run_keeps_its_claim_past_the_first_lease(
+    http_async_store: Any, clock: ManualClock
+) -> None:
+    async def scenario() -> None:
+        shop = Shop(http_async_store, lease_seconds=0.3, heartbeat=True)
+        shop.hold = True
+        head = RequestHead("POST", "/payments", b"", [])
+        stored_key = (
+            Gate(HttpConfig(), http_async_store).invocation(head, Covered("h", ""), PAY).key
+        )
+        async with shop.client() as c:
+            first = asyncio.ensure_future(c.post("/payments", content=PAY, headers=key("h")))
+            await shop.entered.wait()
+            claimed = await http_async_store.get(stored_key)
+            clock.advance(250)
+            async with asyncio.timeout(10):  # a beat every 100 ms renews it from the store's now
+                while (await http_async_store.get(stored_key)).deadline_ms <= claimed.deadline_ms:
+                    await asyncio.sleep(0.01)
+            clock.advance(250)  # past the first lease: still held
+            busy = await c.post("/payments", content=PAY, headers=key("h"))
+            shop.release.set()
+            done = await first
+        assert busy.status_code == 409
+        assert done.status_code == 201
+        assert shop.runs == 1
 
     asyncio.run(scenario())
