@@ -47,8 +47,12 @@ added outermost):
 Per route: :func:`onceonly.http.routes.idempotency_options` /
 :func:`~onceonly.http.routes.idempotency_exempt` on an endpoint, or the FastAPI
 dependency ``onceonly.http.fastapi.IdempotencyKey``; the middleware finds them
-by matching the request against the app's routes. OpenAPI documentation of
-covered FastAPI routes: ``onceonly.http.fastapi.document_idempotency(app)``.
+by matching the request against the routes of ``scope["app"]``, which
+Starlette and FastAPI set before their middleware runs: add it with
+``add_middleware`` (or ``middleware=[...]``) for per-route options; wrapped
+around the app by hand it applies its own options to every route. OpenAPI
+documentation of covered FastAPI routes:
+``onceonly.http.fastapi.document_idempotency(app)``.
 Counters: ``.stats``; pass ``stats=Stats()`` to read them when the framework
 builds the middleware for you.
 """
