@@ -257,14 +257,18 @@ class Gate:
         config: The options.
         store: A store (sync for WSGI/Django, async for ASGI).
         name: How the middleware is named in log lines.
+        stats: Counters to add to (per-route gates of one middleware share
+            its counters); new ones by default.
     """
 
-    def __init__(self, config: HttpConfig, store: Any, name: str = "http") -> None:
+    def __init__(
+        self, config: HttpConfig, store: Any, name: str = "http", stats: Stats | None = None
+    ) -> None:
         if not isinstance(config, HttpConfig):
             raise IdempotencyConfigError(f"config must be an HttpConfig, got {config!r}")
         self.config = config
         self.store = store
-        self.stats = Stats()
+        self.stats = Stats() if stats is None else stats
         self.digest = hasher(config.hash_function)
         sync = getattr(store, "sync", store)  # the async twins wrap a sync store
         limit = getattr(sync, "max_outcome_bytes", None)
