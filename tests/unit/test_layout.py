@@ -80,6 +80,10 @@ def test_a_driver_loads_without_the_batch_entry_point() -> None:
         ("import onceonly.stores.redis", {"redis", "boto3"}),
         ("import onceonly.stores.dynamodb", {"boto3", "botocore", "redis"}),
         ("import onceonly.batch", {"redis", "boto3"}),
+        (
+            "import onceonly.http, onceonly.http.wsgi, onceonly.http.flask, onceonly.http.django",
+            {"flask", "werkzeug", "django"},
+        ),
     ],
 )
 def test_optional_clients_are_imported_only_when_a_store_is_built(
