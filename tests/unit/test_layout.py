@@ -81,7 +81,8 @@ def test_a_driver_loads_without_the_batch_entry_point() -> None:
         ("import onceonly.stores.dynamodb", {"boto3", "botocore", "redis"}),
         ("import onceonly.batch", {"redis", "boto3"}),
         (
-            "import onceonly.http, onceonly.http.wsgi, onceonly.http.flask, onceonly.http.django",
+            "import onceonly.http.views, onceonly.http.wsgi, "
+            "onceonly.http.flask, onceonly.http.django",
             {"flask", "werkzeug", "django"},
         ),
     ],

@@ -54,18 +54,8 @@ from ..metrics import Event
 from .config import HttpConfig
 from .core import Gate, NotStored, Pass, RequestHead, Response
 from .problems import Problem
-from .wsgi import (
-    NO_VIEW,
-    SAFE_METHODS,
-    Route,
-    RouteGates,
-    build_config,
-    check_sync_store,
-    environ_headers,
-    idempotency,
-    route_of,
-    wire_bytes,
-)
+from .views import NO_VIEW, Route, RouteGates, build_config, check_sync_store, idempotency, route_of
+from .wsgi import SAFE_METHODS, environ_headers, wire_bytes
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponseBase

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import IdempotencyConfigError
 from ..metrics import Stats
 from .config import HttpConfig
-from .wsgi import NO_VIEW, IdempotencyMiddleware, Route, build_config, idempotency, route_of
+from .views import NO_VIEW, Route, build_config, idempotency, route_of
+from .wsgi import IdempotencyMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
