@@ -242,6 +242,26 @@ def test_a_principal_setting_by_dotted_path(calls: list[str]) -> None:
     assert calls.count("payments") == 3  # the GET, t1 once (whoever the user), t2 once
 
 
+def scope_everyone(request: Any) -> str:
+    """A ``scope`` setting for the tests: one scope for every caller."""
+    return "everyone"
+
+
+def test_a_scope_setting_by_dotted_path(calls: list[str]) -> None:
+    client = client_on(MemoryStore(), scope="test_django.scope_everyone")
+    for user in ("7", "8"):
+        client.post("/payments", b"{}", content_type=JSON, headers={**KEY, "X-Test-User": user})
+    assert calls.count("payments") == 2  # the GET, then user 8 got user 7's replay
+
+
+def test_a_response_over_the_limit_is_delivered_unstored(http_store: Any) -> None:
+    client = client_on(http_store, max_response_bytes=20)
+    for n in (2, 3):
+        answer = client.post("/payments", b"{}", content_type=JSON, headers=KEY)
+        assert answer.json()["payment"] == n  # ran again: released
+        assert answer["Idempotency-Stored"] == "false"
+
+
 def test_bodies_over_the_limits_are_413_and_claim_nothing(calls: list[str]) -> None:
     from django.test import override_settings
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -165,6 +166,45 @@ def test_a_replay_over_the_wire(http_store: Any) -> None:
     assert shop.runs == 2
 
 
+def stored_key(store: Any, key: str, scope: str = "") -> str:
+    """The key the middleware (default options) stores a request's response under."""
+    head = RequestHead("POST", "/", b"", [])
+    return Gate(HttpConfig(), store).invocation(head, Covered(key, scope), b"").key
+
+
+def test_a_client_gone_after_the_handler_started_still_gets_its_response_stored(
+    http_store: Any,
+) -> None:
+    shop = Payments(http_store)
+    request = (
+        b'POST /payments HTTP/1.1\r\nHost: 127.0.0.1\r\nIdempotency-Key: "gone"\r\n'
+        b'Content-Type: application/json\r\nContent-Length: 13\r\n\r\n{"amount": 3}'
+    )
+    with serving(shop.app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(request)
+            wait_for(lambda: shop.runs == 1, "the handler to start")
+        shop.go.set()  # the client has hung up; the handler finishes now
+        key = stored_key(http_store, "gone")
+        wait_for(
+            lambda: (
+                (record := http_store.get(key)) is not None and record.status is Status.COMPLETED
+            ),
+            "the response to be stored",
+        )
+        with httpx.Client(base_url=url) as client:
+            retry = client.post(
+                "/payments",
+                content=b'{"amount": 3}',
+                headers={"Idempotency-Key": '"gone"', "Content-Type": "application/json"},
+            )
+    assert retry.status_code == 201
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == {"payment": "p-1", "amount": 3}
+    assert shop.runs == 1
+
+
 # -- gunicorn, a worker killed mid-request -------------------------------------------
 
 
@@ -253,12 +293,8 @@ def test_a_worker_killed_mid_request_is_taken_over_after_its_lease_and_charges_o
     # The dead worker's claim holds until its lease ends; wait for that on the record.
     store = SQLiteStore(folder / "store.db")
     try:
-        stored_key = (
-            Gate(HttpConfig(), store)
-            .invocation(RequestHead("POST", "/charge", b"", []), Covered("charge-1", ""), b"")
-            .key
-        )
-        record = store.get(stored_key)
+        charge_key = stored_key(store, "charge-1")
+        record = store.get(charge_key)
         assert record is not None
         assert record.status is Status.IN_PROGRESS
         wait_for(lambda: wall_ms() > record.deadline_ms, "the lease to end")
@@ -270,7 +306,7 @@ def test_a_worker_killed_mid_request_is_taken_over_after_its_lease_and_charges_o
         again = httpx.post(url + "/charge", content=body, headers=headers, timeout=60)
         assert again.headers["idempotent-replayed"] == "true"
         assert again.content == retry.content
-        completed = store.get(stored_key)
+        completed = store.get(charge_key)
         assert completed is not None
         assert completed.status is Status.COMPLETED
     finally:
