@@ -7,6 +7,8 @@ ROOT_URLCONF = "djangoproject.urls"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
+# Leave the process's logging alone (pytest's capture handlers included).
+LOGGING_CONFIG = None
 MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "djangoproject.middleware.HeaderUserMiddleware",
