@@ -84,6 +84,11 @@ def test_a_driver_loads_without_the_batch_entry_point() -> None:
             "import onceonly.http.asgi, onceonly.http.routes, onceonly.http.fastapi",
             {"starlette", "fastapi", "pydantic", "flask", "django", "anyio"},
         ),
+        (
+            "import onceonly.http.views, onceonly.http.wsgi, "
+            "onceonly.http.flask, onceonly.http.django",
+            {"flask", "werkzeug", "django", "starlette", "fastapi"},
+        ),
     ],
 )
 def test_optional_clients_are_imported_only_when_a_store_is_built(
