@@ -251,6 +251,10 @@ def test_only_replayable_headers_are_stored() -> None:
 def test_server_errors_and_large_bodies_are_not_stored() -> None:
     with pytest.raises(NotStored, match="status 503"):
         gate().captured(503, [], b"")
+    for retry_status in (408, 425, 429):  # "send it again": never replayed
+        with pytest.raises(NotStored, match=f"status {retry_status}"):
+            gate(store_server_errors=True).captured(retry_status, [], b"")
+    assert gate().captured(409, [], b"").status == 409  # other 4xx are stored
     assert gate(store_server_errors=True).captured(503, [], b"x").status == 503
     with pytest.raises(NotStored, match="too large"):
         gate(max_response_bytes=3).captured(200, [], b"1234")

@@ -125,6 +125,7 @@ class HttpConfig:
             limit applies too).
         store_server_errors: Store and replay 5xx responses too (as Stripe
             does); by default a 5xx releases the claim so the retry runs.
+            408, 425 and 429 (send it again) are never stored.
         replayed_headers: Response headers stored and replayed (lower or any
             case); ``Set-Cookie``, credentials, hop-by-hop headers, ``Date``,
             ``Server`` and ``Content-Length`` never are.

@@ -42,6 +42,7 @@ from .problems import Problem, ProblemType, problem
 __all__ = [
     "MAX_KEY_LENGTH",
     "REPLAYED_HEADER",
+    "RETRY_STATUSES",
     "STORED_HEADER",
     "Covered",
     "Gate",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 MAX_KEY_LENGTH = 255
+# 4xx answers that tell the client to send the same request again: never stored.
+RETRY_STATUSES = frozenset({408, 425, 429})
 REPLAYED_HEADER = "idempotent-replayed"
 STORED_HEADER = "idempotency-stored"
 
@@ -405,6 +408,10 @@ class Gate:
         """
         headers = list(headers)
         if status >= 500 and not self.config.store_server_errors:
+            raise NotStored(f"status {status}")
+        if status in RETRY_STATUSES:
+            # "Try again" answers (a rate limiter's 429, a timeout's 408): the
+            # request was not done, so the retry must run, not replay them.
             raise NotStored(f"status {status}")
         if len(body) > self.max_response_bytes:
             raise NotStored("too large")
