@@ -11,9 +11,12 @@ app has returned, background tasks included):
 - onceonly's ``IdempotencyMiddleware`` on ``AsyncMemoryStore``, and on
   ``AsyncRedisStore`` against a local Redis / Valkey server (a free loopback
   port, as the other benchmarks start it);
-- each PyPI package that is importable (``scripts/bench`` installs them for
-  this run only, beside the venv), on its own in-memory backend, with its
-  defaults otherwise.
+- the Idempotency-Key middlewares for Starlette / FastAPI found on PyPI:
+  ``asgi-idempotency-header``, ``fastapi-idempotency``,
+  ``fastapi-idempotency-key`` and ``fastidempotent`` (versions pinned in
+  ``scripts/bench``, which installs them for this run only, beside the venv,
+  without their dependencies), each on its own in-memory backend, with its
+  defaults otherwise. One that is not importable gets "not installed" cells.
 
 The cases, each on a fresh key:
 
@@ -25,7 +28,8 @@ The cases, each on a fresh key:
 6. the replay: which header marks it, and is it the original status and body;
 7. a background task that sleeps 500 ms: when the first response's last body
    message reaches the server, and what a retry sent meanwhile gets;
-8. a 500 from the handler: stored and replayed, or retried.
+8. a 500 from the handler: stored and replayed, or retried;
+9. the same POST twice without a key: how often the handler ran, what they got.
 """
 
 from __future__ import annotations
@@ -219,9 +223,11 @@ class Bench:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         self.client = httpx.AsyncClient(transport=transport, base_url="http://peers")
 
-    async def post(self, path: str, key: str, data: Any = PAYLOAD) -> httpx.Response:
-        """POST ``data`` as JSON with ``key``; NoAnswer past TIMEOUT."""
-        headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+    async def post(self, path: str, key: str | None, data: Any = PAYLOAD) -> httpx.Response:
+        """POST ``data`` as JSON with ``key`` (None: no key); NoAnswer past TIMEOUT."""
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
         try:
             return await asyncio.wait_for(
                 self.client.post(path, content=json.dumps(data).encode(), headers=headers),
@@ -305,6 +311,7 @@ ROWS = {
     "latency": f"7a. first response sent after (task sleeps {TASK_SLEEP * 1000:.0f} ms)",
     "during_task": "7b. retry while the background task runs",
     "server_error": "8. handler answered 500: the retry",
+    "no_key": "9. same POST twice, no key: handler runs (statuses)",
 }
 
 
@@ -425,6 +432,11 @@ async def server_error(bench: Bench) -> dict[str, str]:
     return {"server_error": f"stored: {second.status_code} replayed, ran once"}
 
 
+async def no_key(bench: Bench) -> dict[str, str]:
+    answers = [await bench.post("/create", None) for _ in range(2)]
+    return {"no_key": f"{bench.probe.runs['create']} ({tally(answers)})"}
+
+
 # Each case with the rows it fills (all marked when the case breaks as a whole).
 CASES: list[tuple[Case, list[str]]] = [
     (handler_raises, ["raises"]),
@@ -435,6 +447,7 @@ CASES: list[tuple[Case, list[str]]] = [
     (replay, ["marker", "faithful"]),
     (background, ["latency", "during_task"]),
     (server_error, ["server_error"]),
+    (no_key, ["no_key"]),
 ]
 
 
