@@ -52,6 +52,7 @@ by this import (``pip install 'onceonly[redis]'``).
 """
 
 from .config import ConsumerConfig
+from .consumer import StreamConsumer
 from .effects import Effects
 from .model import EntryResult, EntryStatus, StreamEntry, StreamStats
 
@@ -60,6 +61,7 @@ __all__ = [
     "Effects",
     "EntryResult",
     "EntryStatus",
+    "StreamConsumer",
     "StreamEntry",
     "StreamStats",
 ]
