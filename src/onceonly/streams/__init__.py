@@ -55,6 +55,7 @@ from .config import ConsumerConfig
 from .consumer import StreamConsumer
 from .effects import Effects
 from .model import EntryResult, EntryStatus, StreamEntry, StreamStats
+from .publish import apublish, publish
 
 __all__ = [
     "ConsumerConfig",
@@ -64,4 +65,6 @@ __all__ = [
     "StreamConsumer",
     "StreamEntry",
     "StreamStats",
+    "apublish",
+    "publish",
 ]
