@@ -81,6 +81,10 @@ def test_a_driver_loads_without_the_batch_entry_point() -> None:
         ("import onceonly.stores.dynamodb", {"boto3", "botocore", "redis"}),
         ("import onceonly.batch", {"redis", "boto3"}),
         (
+            "import onceonly.streams, onceonly.streams.consumer, onceonly.streams.publish",
+            {"redis", "boto3"},
+        ),
+        (
             "import onceonly.http.asgi, onceonly.http.routes, onceonly.http.fastapi",
             {"starlette", "fastapi", "pydantic", "flask", "django", "anyio"},
         ),

@@ -1,0 +1,244 @@
+"""StreamConsumer: a Redis Streams consumer whose effects are applied exactly once.
+
+Each pass (:meth:`StreamConsumer.run_once`) costs two round trips: one read
+(its own pending entries first, then new ones with ``XREADGROUP ... >``) and
+one pipeline that carries every entry's script (commit, dead letter) or
+command (the error record of a FAILED entry, the XACK of a LOST one). The
+group is created (``MKSTREAM``) on the first pass: one more, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import IdempotencyConfigError, IdempotencyStoreError
+from ..stores.redis.common import NEVER_DECODE, redis_errors
+from . import core, scripts
+from .config import ConsumerConfig, default_consumer_name
+from .effects import Effects
+from .model import EntryResult, EntryStatus, StatsCounter, StreamEntry, StreamStats
+from .redis_io import check_client, is_cluster, run_call, send_batch
+
+__all__ = ["Handler", "StreamConsumer"]
+
+logger = logging.getLogger("onceonly")
+
+Handler = Callable[[StreamEntry], Effects | None]
+
+
+class StreamConsumer:
+    """Consume a Redis stream in a consumer group, applying each event's effects once.
+
+    The handler gets a :class:`StreamEntry` and returns :class:`Effects` (or
+    None: nothing to write, but the event is still recorded and
+    acknowledged). One Lua script per entry then, atomically: checks that
+    this consumer still holds the entry at the delivery count it read
+    (else FENCED: another consumer reclaimed it), checks the event's dedup
+    record (present: acknowledge only, DUPLICATE), checks that every effect
+    will succeed (else FAILED, nothing written), applies the effects, writes
+    the dedup record with its TTL and ``XACK``s (APPLIED). A crash at any
+    point leaves all of that or none of it; a redelivered entry is applied
+    once.
+
+    Args:
+        client: A sync redis-py client: ``redis.Redis``, ``redis.RedisCluster``
+            or a Sentinel master. Its ``socket_timeout`` must exceed ``block_ms``.
+        stream, group, consumer, batch_size, block_ms, max_deliveries,
+        dead_letter_stream, dedup_ttl_seconds, event_id_field, same_slot,
+        start_id: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        handler: ``handler(entry) -> Effects | None``. An exception leaves the
+            entry pending (FAILED) and is kept, as ``Type: message``, for its
+            dead letter.
+
+    Raises:
+        IdempotencyConfigError: Bad options, a client that is not a sync
+            redis-py client, or ``same_slot=False`` on a cluster client.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        stream: str,
+        group: str,
+        handler: Handler,
+        consumer: str | None = None,
+        batch_size: int = 100,
+        block_ms: int = 2000,
+        max_deliveries: int | None = 10,
+        dead_letter_stream: str | None = None,
+        dedup_ttl_seconds: int = 86_400,
+        event_id_field: str | None = None,
+        same_slot: bool = True,
+        start_id: str = "0",
+    ) -> None:
+        check_client(client, asyncio=False)
+        if not callable(handler):
+            raise IdempotencyConfigError(f"handler must be callable, got {handler!r}")
+        self.config = ConsumerConfig(
+            stream=stream,
+            group=group,
+            consumer=default_consumer_name() if consumer is None else consumer,
+            batch_size=batch_size,
+            block_ms=block_ms,
+            max_deliveries=max_deliveries,
+            dead_letter_stream=dead_letter_stream,
+            dedup_ttl_seconds=dedup_ttl_seconds,
+            event_id_field=event_id_field,
+            same_slot=same_slot,
+            start_id=start_id,
+        )
+        self._cluster = is_cluster(client)
+        if self._cluster and not same_slot:
+            raise IdempotencyConfigError(
+                "same_slot=False needs a standalone or Sentinel client: on Redis Cluster every "
+                "key of a script must be in one slot"
+            )
+        self.client = client
+        self.handler = handler
+        self._state = core.ReadState()
+        self._stats = StatsCounter()
+        self._group_ready = False
+        self._stopping = threading.Event()
+
+    @property
+    def stats(self) -> StreamStats:
+        """The counts so far (a snapshot)."""
+        return self._stats.snapshot()
+
+    # -- reading -------------------------------------------------------------------
+
+    def ensure_group(self) -> bool:
+        """Create the group (and the stream, ``MKSTREAM``) unless it exists; True if created.
+
+        Raises:
+            IdempotencyStoreError: Redis failed or refused.
+        """
+        config = self.config
+        try:
+            self.client.xgroup_create(
+                config.stream.encode(), config.group.encode(), id=config.start_id, mkstream=True
+            )
+            created = True
+        except redis_errors() as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise scripts.stream_error(exc, config.stream) from exc
+            created = False
+        self._group_ready = True
+        return created
+
+    def _read_new(self) -> list[core.RawEntry]:
+        config = self.config
+        args: list[Any] = ["XREADGROUP", "GROUP", config.group, config.consumer]
+        args += ["COUNT", config.batch_size]
+        if config.block_ms > 0:
+            args += ["BLOCK", config.block_ms]
+        args += ["STREAMS", config.stream, ">"]
+        options: dict[str, Any] = {NEVER_DECODE: True}
+        if self._cluster:
+            # XREADGROUP's keys are "movable": redis-py would ask the server
+            # (COMMAND GETKEYS) on every read to route it. The stream's node is known.
+            options["target_nodes"] = self.client.get_node_from_key(config.stream.encode())
+        # The command name stays text (redis-py routes and parses by it).
+        wire = [args[0], *(a.encode() if isinstance(a, str) else a for a in args[1:])]
+        try:
+            return core.new_entries(self.client.execute_command(*wire, **options))
+        except redis_errors() as exc:
+            raise scripts.stream_error(exc, config.stream) from exc
+
+    def _read_once(self) -> list[core.RawEntry]:
+        if self._state.draining:
+            reply = run_call(self.client, scripts.pending_call(self.config, self._state.cursor))
+            entries = scripts.pending_entries(reply)
+            if not self._state.drained(entries):
+                return list(entries)
+        return self._read_new()
+
+    def _read(self) -> list[core.RawEntry]:
+        try:
+            return self._read_once()
+        except IdempotencyStoreError as exc:
+            if "NOGROUP" not in str(exc.__cause__):
+                raise
+        # The group (or the whole stream) was deleted since it was made: make it
+        # again and read once more. Entries it hands out again are only
+        # acknowledged (their dedup records are still there).
+        self.ensure_group()
+        self._state.restart()
+        return self._read_once()
+
+    # -- one pass ------------------------------------------------------------------
+
+    def run_once(self) -> list[EntryResult]:
+        """Read one batch, handle it, commit it; one result per entry read.
+
+        Returns:
+            The results, in the order read (empty when nothing came within
+            ``block_ms``).
+
+        Raises:
+            IdempotencyStoreError: A read or the commit pipeline failed.
+                After a failed commit the next pass re-reads this consumer's
+                pending entries: each commit is safe to send again.
+        """
+        if not self._group_ready:
+            self.ensure_group()
+        raws = self._read()
+        plans = [self._plan(raw) for raw in raws]
+        try:
+            replies = send_batch(self.client, [plan.item for plan in plans])
+        except BaseException:
+            self._state.restart()
+            raise
+        out = core.results(plans, replies)
+        self._stats.add(len(raws), out)
+        self._log(out)
+        return out
+
+    def _plan(self, raw: core.RawEntry) -> core.Plan:
+        step = core.classify(self.config, raw)
+        if isinstance(step, core.Plan):
+            return step
+        try:
+            outcome = self.handler(step)
+        except Exception as exc:
+            # The type only: a message may quote the payload. The full text
+            # goes to the entry's error record, for its dead letter.
+            logger.warning(
+                "onceonly: the stream handler raised %s on entry %s (delivery %d); it stays "
+                "pending",
+                type(exc).__name__,
+                step.id,
+                step.deliveries,
+            )
+            error = core.error_text(exc)
+            return core.failed_plan(self.config, step.id, step.deliveries, error, step.event_id)
+        return core.commit_plan(self.config, step, outcome)
+
+    def _log(self, results: list[EntryResult]) -> None:
+        lost = sum(1 for r in results if r.status is EntryStatus.LOST)
+        if lost:
+            logger.warning(
+                "onceonly: %d pending entries of the stream were deleted or trimmed before "
+                "they were handled; acknowledged as LOST",
+                lost,
+            )
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Call :meth:`run_once` until :meth:`stop` is called.
+
+        Errors propagate (the caller decides whether to retry); this loop
+        does not yet reclaim other consumers' idle entries nor handle signals.
+        """
+        self._stopping.clear()
+        while not self._stopping.is_set():
+            self.run_once()
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after its current pass (within ``block_ms`` when idle)."""
+        self._stopping.set()

@@ -1,0 +1,247 @@
+"""The consumer's decisions, without I/O: what to read, what to send per entry, what came of it.
+
+A pass of a consumer (sync now, asyncio later) is:
+
+1. read: its own pending entries after a cursor (at start, and after a
+   failed commit) until there are none, then new ones (``>``);
+2. per entry, :func:`classify`: LOST (deleted while pending), DEAD (past
+   ``max_deliveries``), FAILED (no event id), or handle it;
+3. the driver calls the handler; :func:`commit_plan` / :func:`failed_plan`
+   turn its outcome into the one call that entry needs;
+4. the driver sends every plan's call in one pipeline; :func:`results` reads
+   the replies into one :class:`EntryResult` per entry.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import IdempotencyConfigError, IdempotencyStoreError
+from ..stores.redis.common import chained
+from . import scripts
+from .config import MAX_EVENT_ID_BYTES, ConsumerConfig, check_same_slot
+from .effects import Effects
+from .model import EntryResult, EntryStatus, StreamEntry
+from .scripts import Call, Code, Command
+
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "Plan",
+    "RawEntry",
+    "ReadState",
+    "Step",
+    "classify",
+    "commit_plan",
+    "error_text",
+    "failed_plan",
+    "new_entries",
+    "results",
+]
+
+MAX_ERROR_CHARS = 1000  # of a handler's error kept for the dead letter
+
+# (id, fields or None when the entry was deleted while pending, delivery count)
+RawEntry = tuple[str, "Mapping[bytes, bytes] | None", int]
+
+
+class ReadState:
+    """Which entries a consumer reads next: its own pending ones (after a cursor), or new ones.
+
+    A consumer starts by draining its pending entries (a restarted process
+    that keeps its name finds what it had read before it stopped), page by
+    page; once a page comes back empty it reads new entries. Entries that
+    FAILED stay pending: they are not read again in this pass (the cursor is
+    past them) but are redelivered by a restart or, later, the reclaim loop.
+    """
+
+    def __init__(self) -> None:
+        self.draining = True
+        self.cursor = "0"
+
+    def restart(self) -> None:
+        """Drain again from the start (after a commit whose outcome is unknown)."""
+        self.draining, self.cursor = True, "0"
+
+    def drained(self, entries: Sequence[RawEntry]) -> bool:
+        """Note a page of own pending entries; True when there were none left."""
+        if not entries:
+            self.draining = False
+            return True
+        self.cursor = entries[-1][0]
+        return False
+
+
+def new_entries(reply: object) -> list[RawEntry]:
+    """``XREADGROUP ... >`` as redis-py hands it back: delivery 1 each.
+
+    redis-py's shape depends on its version and protocol: ``[[stream,
+    entries]]`` (RESP2) or ``{stream: entries}``, entries possibly wrapped
+    in one more list (RESP3), each entry ``(id, {field: value})`` or
+    ``[id, [field, value, ...]]``. All of them are read here.
+    """
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        entries: Any = next(iter(reply.values()))
+    elif isinstance(reply, list) and isinstance(reply[0], (list, tuple)) and len(reply[0]) == 2:
+        entries = reply[0][1]
+    else:
+        raise IdempotencyStoreError(f"unexpected XREADGROUP reply: {type(reply).__name__}")
+    wrapped = entries and len(entries) == 1 and isinstance(entries[0], list) and entries[0]
+    if wrapped and isinstance(entries[0][0], (list, tuple)):
+        entries = entries[0]  # RESP3: [entries]
+    out: list[RawEntry] = []
+    for raw_id, fields in entries or []:
+        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        out.append((entry_id, _field_map(fields), 1))
+    return out
+
+
+def _field_map(fields: object) -> Mapping[bytes, bytes] | None:
+    if fields is None or isinstance(fields, dict):
+        return fields
+    if isinstance(fields, list) and len(fields) % 2 == 0:
+        return {bytes(fields[i]): bytes(fields[i + 1]) for i in range(0, len(fields), 2)}
+    raise IdempotencyStoreError("unexpected entry fields in an XREADGROUP reply")
+
+
+class Step(enum.Enum):
+    """What one read entry's call in the batch is."""
+
+    COMMIT = "commit"
+    LOST = "lost"
+    DEAD = "dead"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One entry's call in the batch and how to read its reply.
+
+    Attributes:
+        entry_id, deliveries, event_id: The entry.
+        step: COMMIT (the handler returned), LOST, DEAD or FAILED.
+        item: The script call or command sent for it.
+        error: For FAILED: why (sent as the entry's error record).
+    """
+
+    entry_id: str
+    deliveries: int
+    event_id: str | None
+    step: Step
+    item: Call | Command
+    error: str | None = None
+
+
+def error_text(exc: BaseException) -> str:
+    """A handler's exception as kept for the dead letter: ``Type: message``, bounded."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def failed_plan(
+    config: ConsumerConfig,
+    entry_id: str,
+    deliveries: int,
+    error: str,
+    event_id: str | None = None,
+) -> Plan:
+    """An entry that stays pending: its error is recorded (``SET ... PX``) for its dead letter."""
+    item: Command = ("SET", config.error_key(entry_id), error, "PX", config.dedup_ttl_ms)
+    return Plan(entry_id, deliveries, event_id, Step.FAILED, item, error)
+
+
+def classify(config: ConsumerConfig, raw: RawEntry) -> StreamEntry | Plan:
+    """The entry to hand to the handler, or the plan of one that must not be handled."""
+    entry_id, fields, deliveries = raw
+    if fields is None:
+        # Trimmed or deleted while pending: nothing to apply; acknowledge it.
+        return Plan(
+            entry_id, deliveries, None, Step.LOST, ("XACK", config.stream, config.group, entry_id)
+        )
+    if config.max_deliveries is not None and deliveries > config.max_deliveries:
+        call = scripts.dead_letter_call(config, entry_id, deliveries)
+        return Plan(entry_id, deliveries, None, Step.DEAD, call)
+    if config.event_id_field is None:
+        event_id = entry_id
+    else:
+        value = fields.get(config.event_id_field.encode())
+        if not value:
+            return failed_plan(
+                config, entry_id, deliveries, f"the entry has no {config.event_id_field!r} field"
+            )
+        if len(value) > MAX_EVENT_ID_BYTES:
+            return failed_plan(
+                config, entry_id, deliveries, f"its event id is over {MAX_EVENT_ID_BYTES} bytes"
+            )
+        try:
+            event_id = value.decode()
+        except UnicodeDecodeError:
+            return failed_plan(config, entry_id, deliveries, "its event id is not UTF-8")
+    return StreamEntry(config.stream, entry_id, dict(fields), deliveries, event_id)
+
+
+def commit_plan(config: ConsumerConfig, entry: StreamEntry, outcome: object) -> Plan:
+    """The commit of an entry whose handler returned ``outcome`` (Effects or None).
+
+    A wrong return type or a key outside the stream's slot (with
+    ``same_slot``) makes it FAILED before anything is sent for it.
+    """
+    if outcome is not None and not isinstance(outcome, Effects):
+        return failed_plan(
+            config,
+            entry.id,
+            entry.deliveries,
+            f"TypeError: the handler must return Effects or None, got {type(outcome).__name__}",
+            entry.event_id,
+        )
+    if outcome is not None and config.same_slot:
+        try:
+            check_same_slot(outcome.keys(), config.stream, what="the effects' key")
+        except IdempotencyConfigError as exc:
+            return failed_plan(config, entry.id, entry.deliveries, error_text(exc), entry.event_id)
+    call = scripts.commit_call(config, entry.id, entry.deliveries, entry.event_id, outcome)
+    return Plan(entry.id, entry.deliveries, entry.event_id, Step.COMMIT, call)
+
+
+_STATUS = {
+    Code.APPLIED: EntryStatus.APPLIED,
+    Code.DUPLICATE: EntryStatus.DUPLICATE,
+    Code.FENCED: EntryStatus.FENCED,
+    Code.REFUSED: EntryStatus.FAILED,
+    Code.DEAD: EntryStatus.DEAD,
+    Code.LOST: EntryStatus.LOST,
+}
+
+
+def _result(plan: Plan, reply: object) -> EntryResult:
+    if isinstance(reply, BaseException):
+        error = chained(scripts.stream_error(reply, plan.entry_id), reply)
+        return EntryResult(
+            plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, str(error)
+        )
+    if plan.step is Step.FAILED:
+        return EntryResult(
+            plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, plan.error
+        )
+    if plan.step is Step.LOST:
+        return EntryResult(plan.entry_id, EntryStatus.LOST, plan.deliveries)
+    try:
+        code, detail = scripts.script_reply(reply)
+    except IdempotencyStoreError as exc:
+        return EntryResult(
+            plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, str(exc)
+        )
+    status = _STATUS[code]
+    if status is EntryStatus.DEAD:
+        return EntryResult(plan.entry_id, status, plan.deliveries, dead_letter_id=detail)
+    why = detail if status in (EntryStatus.FAILED, EntryStatus.FENCED) else None
+    return EntryResult(plan.entry_id, status, plan.deliveries, plan.event_id, why)
+
+
+def results(plans: Sequence[Plan], replies: Sequence[object]) -> list[EntryResult]:
+    """One result per plan, from its reply (or the error the server answered for it)."""
+    return [_result(plan, reply) for plan, reply in zip(plans, replies, strict=True)]

@@ -1,0 +1,258 @@
+"""The stream scripts, the calls that carry them, and what their replies mean.
+
+I/O-free: the sync consumer (and, later, the async one) and ``publish`` build
+their calls here and read their replies here, so both share every byte of
+script and every reply rule.
+
+Every call lists all of its keys in ``KEYS`` (the stream first), so Redis
+Cluster routes it to the stream's node and refuses it (CROSSSLOT) if a key is
+elsewhere; the scripts refuse that on a standalone server too.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from ..errors import IdempotencyStoreError
+from ..stores.redis.common import import_redis, store_error
+from ..stores.redis.scripts import Script
+from .config import CONSUMER_ACL_COMMANDS, PUBLISH_ACL_COMMANDS, ConsumerConfig
+from .effects import Effects, encode_value
+
+__all__ = [
+    "COMMIT",
+    "DEAD_LETTER",
+    "PENDING",
+    "PUBLISH",
+    "Call",
+    "Code",
+    "Command",
+    "Script",
+    "commit_call",
+    "dead_letter_call",
+    "fields_digest",
+    "mark",
+    "pending_call",
+    "pending_entries",
+    "publish_call",
+    "publish_fields",
+    "publish_reply",
+    "script_reply",
+    "stream_error",
+]
+
+
+def _load(name: str) -> Script:
+    folder = resources.files(__package__) / "lua"
+    source = (folder / "_prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    code = source.encode()
+    return Script(name, source, hashlib.sha1(code, usedforsecurity=False).hexdigest(), code)
+
+
+COMMIT = _load("commit")
+DEAD_LETTER = _load("dead_letter")
+PENDING = _load("pending")
+PUBLISH = _load("publish")
+
+
+class Code(enum.IntEnum):
+    """The first element of a stream script's reply (``_prelude.lua`` has the same table)."""
+
+    APPLIED = 1
+    DUPLICATE = 2
+    FENCED = 3
+    REFUSED = 4
+    DEAD = 5
+    LOST = 6
+
+
+Command = tuple[Any, ...]  # a plain command sent beside the scripts, e.g. ("XACK", stream, ...)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One script call: the script, its keys (the stream first) and its arguments."""
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[bytes | str | int, ...]
+
+    def wire(self, *, by_sha: bool) -> tuple[Any, ...]:
+        """The command as sent: ``EVALSHA sha n keys... args...`` (or ``EVAL``), text as UTF-8."""
+        head: tuple[Any, ...] = (
+            ("EVALSHA", self.script.sha) if by_sha else ("EVAL", self.script.code)
+        )
+        body = tuple(a.encode() if isinstance(a, str) else a for a in (*self.keys, *self.args))
+        return (*head, len(self.keys), *body)
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def mark(entry_id: str, deliveries: int, consumer: str) -> str:
+    """What a dedup record holds: the delivery that applied it (a retried commit knows its own)."""
+    return f"{entry_id}|{deliveries}|{consumer}"
+
+
+def commit_call(
+    config: ConsumerConfig, entry_id: str, deliveries: int, event_id: str, effects: Effects | None
+) -> Call:
+    """The commit script call of one entry (the effects' keys are not checked here)."""
+    effect_keys: list[str] = []
+    flat: list[bytes] = []
+    count = 0
+    if effects is not None:
+        effect_keys, flat = effects.encode()
+        count = len(effects)
+    keys = (config.stream, config.dedup_key(event_id), config.error_key(entry_id), *effect_keys)
+    args: tuple[bytes | str | int, ...] = (
+        config.group,
+        config.consumer,
+        entry_id,
+        deliveries,
+        mark(entry_id, deliveries, config.consumer),
+        config.dedup_ttl_ms,
+        _flag(config.same_slot),
+        config.dedup_ttl_ms,
+        count,
+        *flat,
+    )
+    return Call(COMMIT, keys, args)
+
+
+def dead_letter_call(config: ConsumerConfig, entry_id: str, deliveries: int) -> Call:
+    """The dead-letter script call of one entry."""
+    keys = (config.stream, config.dead_letters, config.error_key(entry_id))
+    args = (
+        config.group,
+        config.consumer,
+        entry_id,
+        deliveries,
+        _flag(config.same_slot),
+        config.dedup_ttl_ms,
+    )
+    return Call(DEAD_LETTER, keys, args)
+
+
+def pending_call(config: ConsumerConfig, after: str) -> Call:
+    """The call that re-reads this consumer's pending entries after ``after``."""
+    return Call(
+        PENDING, (config.stream,), (config.group, config.consumer, config.batch_size, after)
+    )
+
+
+def _text(value: object, what: str) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise IdempotencyStoreError(f"unexpected {what} in a stream script's reply: {value!r}")
+
+
+def pending_entries(reply: object) -> list[tuple[str, dict[bytes, bytes] | None, int]]:
+    """The pending script's reply as (id, fields or None when deleted, deliveries)."""
+    if not isinstance(reply, list) or len(reply) % 3:
+        raise IdempotencyStoreError(f"unexpected reply from the pending-entries script: {reply!r}")
+    out: list[tuple[str, dict[bytes, bytes] | None, int]] = []
+    for i in range(0, len(reply), 3):
+        raw_id, raw_fields, deliveries = reply[i : i + 3]
+        fields = None if raw_fields is None else _pairs(raw_fields)
+        out.append((_text(raw_id, "entry id"), fields, int(deliveries)))
+    return out
+
+
+def _pairs(flat: object) -> dict[bytes, bytes]:
+    if not isinstance(flat, list) or len(flat) % 2:
+        raise IdempotencyStoreError("unexpected entry fields in a stream script's reply")
+    return {bytes(flat[i]): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def script_reply(reply: object) -> tuple[Code, str]:
+    """A commit / dead-letter / publish reply as (code, detail text)."""
+    if not isinstance(reply, list) or len(reply) != 2:
+        raise IdempotencyStoreError(f"unexpected reply from a stream script: {reply!r}")
+    try:
+        code = Code(int(reply[0]))
+    except (TypeError, ValueError):
+        raise IdempotencyStoreError(f"unexpected reply from a stream script: {reply!r}") from None
+    return code, _text(reply[1], "detail")
+
+
+def publish_reply(reply: object) -> tuple[int, str]:
+    """The publish script's reply: 2 appended, 1 appended before, 0 other fields; the entry id."""
+    if not isinstance(reply, list) or len(reply) != 2 or reply[0] not in (0, 1, 2):
+        raise IdempotencyStoreError(f"unexpected reply from the publish script: {reply!r}")
+    return int(reply[0]), _text(reply[1], "entry id")
+
+
+def fields_digest(fields: Sequence[tuple[bytes, bytes]]) -> str:
+    """SHA-256 of an entry's fields, order-free, each name and value length-prefixed."""
+    digest = hashlib.sha256()
+    for name, value in sorted(fields):
+        for part in (name, value):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.hexdigest()
+
+
+def publish_fields(fields: object) -> list[tuple[bytes, bytes]]:
+    """``publish``'s fields as (name, value) bytes pairs, checked.
+
+    Raises:
+        TypeError, ValueError: Not a non-empty mapping of str / bytes / int / float.
+    """
+    if not isinstance(fields, Mapping) or not fields:
+        raise TypeError(f"fields must be a non-empty mapping, got {fields!r}")
+    pairs: list[tuple[bytes, bytes]] = []
+    for name, value in fields.items():
+        pairs.append((encode_value("a field name", name), encode_value(f"field {name!r}", value)))
+    return pairs
+
+
+def publish_call(
+    stream: str,
+    record_key: str,
+    pairs: Sequence[tuple[bytes, bytes]],
+    *,
+    ttl_ms: int,
+    maxlen: int | None,
+) -> Call:
+    """The publish script call."""
+    flat: list[bytes | str | int] = []
+    for name, value in pairs:
+        flat += [name, value]
+    args = (fields_digest(pairs), ttl_ms, "" if maxlen is None else maxlen, *flat)
+    return Call(PUBLISH, (stream, record_key), args)
+
+
+# An ACL refusal inside a script is a plain error reply: Redis says "The user
+# executing the script can't run this command or subcommand", Valkey "ACL
+# failure in script: ... no permissions to run ..." (the Redis store reads them
+# the same way).
+_SCRIPT_ACL = re.compile(r"can't run this command|ACL failure|no permissions", re.IGNORECASE)
+ACL_HINT = (
+    "a consumer's ACL user needs "
+    + " ".join("+" + c.lower() for c in CONSUMER_ACL_COMMANDS)
+    + " and the commands its effects use; a producer's (publish) "
+    + " ".join("+" + c.lower() for c in PUBLISH_ACL_COMMANDS)
+    + "; both need the key pattern of the stream's hash tag (e.g. ~{p3}:*)"
+)
+
+
+def stream_error(exc: BaseException, key: str | None) -> IdempotencyStoreError:
+    """Map a redis-py exception to the documented error; an ACL refusal lists what is needed."""
+    redis = import_redis()
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and _SCRIPT_ACL.search(text)
+    ):
+        where = f" (key {key})" if key is not None else ""
+        return IdempotencyStoreError(f"Redis refused a command{where} (ACL): {text}; {ACL_HINT}")
+    return store_error(exc, key)

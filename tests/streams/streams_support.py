@@ -1,0 +1,54 @@
+"""Helpers of the stream tests (imported by name): names, handlers, readings of server state."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from onceonly.streams import Effects, StreamEntry
+
+
+def tag() -> str:
+    """A fresh hash tag, so that tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def names(t: str | None = None) -> tuple[str, str, str, str]:
+    """(stream, user-hash prefix, leaderboard, group) under one fresh hash tag."""
+    t = t or tag()
+    return f"{{{t}}}:events", f"{{{t}}}:user:", f"{{{t}}}:leaderboard", "profiles"
+
+
+class ScoreHandler:
+    """Adds an entry's ``points`` to the user's hash and the leaderboard; counts its calls."""
+
+    def __init__(self, user_prefix: str, board: str) -> None:
+        self.user_prefix = user_prefix
+        self.board = board
+        self.calls: list[str] = []
+
+    def __call__(self, entry: StreamEntry) -> Effects:
+        self.calls.append(entry.id)
+        user, points = entry.fields["user"], int(entry.fields["points"])
+        return (
+            Effects()
+            .hincrby(self.user_prefix + user, "points", points)
+            .zincrby(self.board, points, user)
+        )
+
+
+def pending_ids(client: Any, stream: str, group: str) -> list[str]:
+    """Ids of the group's pending entries, whoever holds them."""
+    rows = client.xpending_range(stream, group, min="-", max="+", count=1000)
+    return [r["message_id"].decode() for r in rows]
+
+
+def points(client: Any, user_prefix: str, user: str) -> int:
+    """The user's points in its hash (0 when absent)."""
+    value = client.hget(user_prefix + user, "points")
+    return 0 if value is None else int(value)
+
+
+def board(client: Any, key: str) -> dict[str, float]:
+    """The leaderboard as {member: score}."""
+    return {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
