@@ -31,13 +31,14 @@ def run_plain(client: Any, stream: str, name: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-    cursor = "0"  # this consumer's pending entries first
+    cursor = "0"  # this consumer's pending entries first, page by page, then new ones
     while True:
+        draining = cursor != ">"
         reply = client.xreadgroup(
-            service.GROUP, name, {stream: cursor}, count=BATCH, block=None if cursor == "0" else 500
+            service.GROUP, name, {stream: cursor}, count=BATCH, block=None if draining else 500
         )
         entries = reply[0][1] if reply else []
-        if cursor == "0" and not entries:
+        if draining and not entries:
             cursor = ">"
             continue
         for entry_id, raw in entries:
@@ -46,7 +47,7 @@ def run_plain(client: Any, stream: str, name: str) -> None:
             service.apply_event(fields, pipe)
             pipe.execute()  # the writes are made ...
             client.xack(stream, service.GROUP, entry_id)  # ... and acknowledged after
-        if cursor == "0" and entries:
+        if draining:
             cursor = entries[-1][0].decode()
 
 
