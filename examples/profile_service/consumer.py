@@ -3,15 +3,18 @@
 ``--mode onceonly`` runs a :class:`~onceonly.streams.StreamConsumer` whose
 handler returns the event's writes as ``Effects`` (applied with the dedup
 record and the XACK in one script). ``--mode plain`` is what a consumer
-without onceonly does: read a batch, send its writes, then ``XACK`` it. Both
-first read their own pending entries (those a killed process under the same
-name left), then new ones. Runs until killed.
+without onceonly does: read a batch, send each entry's writes, then ``XACK``
+the batch. Both first read their own pending entries (those a killed process
+under the same name left), then new ones. Each entry takes ``--work-ms`` of
+the handler's own work (a sleep standing for validation, a lookup) before
+its writes. Runs until killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,12 @@ import service
 BATCH = 50
 
 
-def run_plain(client: Any, stream: str, name: str) -> None:
-    """Read, write, acknowledge: an entry redelivered after a crash is applied again."""
+def run_plain(client: Any, stream: str, name: str, work_ms: float) -> None:
+    """Read a batch, write each entry's effects, acknowledge the batch.
+
+    An entry written before a crash and not yet acknowledged is delivered
+    again after the restart, and applied again.
+    """
     try:
         client.xgroup_create(stream, service.GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -41,12 +48,14 @@ def run_plain(client: Any, stream: str, name: str) -> None:
         if draining and not entries:
             cursor = ">"
             continue
-        for entry_id, raw in entries:
+        for _, raw in entries:
             fields = {k.decode(): v.decode() for k, v in raw.items()}
+            time.sleep(work_ms / 1000)
             pipe = client.pipeline(transaction=False)
             service.apply_event(fields, pipe)
             pipe.execute()  # the writes are made ...
-            client.xack(stream, service.GROUP, entry_id)  # ... and acknowledged after
+        if entries:  # ... and the batch acknowledged after them
+            client.xack(stream, service.GROUP, *(entry_id for entry_id, _ in entries))
         if draining:
             cursor = entries[-1][0].decode()
 
@@ -59,6 +68,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the consumer's name in the group")
     parser.add_argument("--password", required=True, help="the partition user's password")
     parser.add_argument("--mode", choices=("onceonly", "plain"), default="onceonly")
+    parser.add_argument("--work-ms", type=float, default=1.0, help="the handler's work per entry")
     parser.add_argument("--emails", type=Path, help="append welcome e-mails here (onceonly)")
     args = parser.parse_args()
     host, port = args.cluster.rsplit(":", 1)
@@ -67,7 +77,7 @@ def main() -> None:
     )
     stream = service.stream(args.partition)
     if args.mode == "plain":
-        run_plain(client, stream, args.name)
+        run_plain(client, stream, args.name, args.work_ms)
         return
     from onceonly.streams import EntryStatus, StreamConsumer
 
@@ -76,7 +86,7 @@ def main() -> None:
         from onceonly.stores import SQLiteStore
 
         store = SQLiteStore(args.emails.with_suffix(".db"))
-    handler = service.onceonly_handler(args.emails, store)
+    handler = service.onceonly_handler(args.emails, store, args.work_ms)
 
     def new_consumer() -> StreamConsumer:
         return StreamConsumer(

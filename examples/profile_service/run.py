@@ -9,7 +9,7 @@ then the plain one (bare ``XADD``; consumers that write, then ``XACK``). Each
 run sends ``--events`` events to the API (1 in 5 sent a second time with the
 same ``Idempotency-Key``: a client retry), starts the consumers halfway (the
 first half waits as a backlog), SIGKILLs a random consumer process ``--kills``
-times, 50 to 400 ms apart, and restarts it under its name, waits until
+times while it holds entries (mid-batch), restarts it under its name, waits until
 every entry is acknowledged, then compares every user's hash and the merged
 leaderboard, key by key, with what applying each event once gives. Prints a
 table; exits non-zero if the onceonly run differs.
@@ -95,10 +95,12 @@ def admin_setup(admin: Any, mode: str, passwords: dict[str, str]) -> None:
 class Consumers:
     """One consumer process per partition, killed and restarted under the same name."""
 
-    def __init__(self, args: list[str], passwords: dict[str, str], emails: Path | None) -> None:
-        self.args, self.passwords, self.emails = args, passwords, emails
+    def __init__(
+        self, admin: Any, args: list[str], passwords: dict[str, str], emails: Path | None
+    ) -> None:
+        self.admin, self.args, self.passwords, self.emails = admin, args, passwords, emails
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.kills = 0
+        self.kills = self.busy_kills = 0
 
     def start_all(self) -> None:
         """Start one consumer process per partition."""
@@ -114,16 +116,31 @@ class Consumers:
             [sys.executable, str(HERE / "consumer.py"), *self.args, *extra]
         )
 
+    def _pending(self, part: str) -> int:
+        with contextlib.suppress(redis.RedisError):
+            return int(self.admin.xpending(service.stream(part), service.GROUP)["pending"])
+        return 0
+
     def kill_randomly(self, kills: int, seed: int) -> None:
-        """``kills`` times: wait 50 to 400 ms, SIGKILL a random consumer, start it again."""
+        """``kills`` times: SIGKILL a random consumer while it works, and start it again.
+
+        The killer waits (up to 2 s) until the consumer holds entries it has
+        read and not acknowledged, then 0 to 20 ms more: the kill lands in
+        the middle of a batch (its handler, its writes, its commit).
+        """
         rng = random.Random(seed)
         for _ in range(kills):
-            time.sleep(rng.uniform(0.05, 0.4))
+            time.sleep(rng.uniform(0.05, 0.2))
             part = rng.choice(sorted(self.processes))
+            deadline = time.monotonic() + 2
+            while not self._pending(part) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.02))
             process = self.processes[part]
             process.send_signal(signal.SIGKILL)  # no shutdown of any kind
             process.wait()
             self.kills += 1
+            self.busy_kills += self._pending(part) > 0  # it died with entries in hand
             self.start(part)
 
     def stop(self) -> None:
@@ -181,7 +198,7 @@ def compare(
 
 
 def run_mode(
-    mode: str, address: str, n: int, kills: int, seed: int, folder: Path
+    mode: str, address: str, n: int, kills: int, seed: int, folder: Path, work_ms: float
 ) -> dict[str, Any]:
     """One run of the service in ``mode``; the comparison's counts."""
     host, port = address.rsplit(":", 1)
@@ -200,7 +217,8 @@ def run_mode(
         emails = folder / "emails.txt"
     events = make_events(n, seed)
     sends = with_retries(events, seed)
-    consumers = Consumers(["--cluster", address, "--mode", mode], passwords, emails)
+    options = ["--cluster", address, "--mode", mode, "--work-ms", str(work_ms)]
+    consumers = Consumers(admin, options, passwords, emails)
     killer = threading.Thread(target=consumers.kill_randomly, args=(kills, seed + 2))
     try:
         with serving(build_app(producer, store)) as url, httpx.Client(base_url=url) as http:
@@ -231,6 +249,7 @@ def run_mode(
     )
     out = compare(admin, expected)
     out.update(mode=mode, events=n, sent=len(sends), kills=consumers.kills)
+    out["busy_kills"] = consumers.busy_kills
     # What retried requests alone add (each sent request applied once); the rest of
     # the extra points come from entries applied again after a kill.
     retried = sum(int(b["points"]) for _, p, b in sends if p == "/score")
@@ -249,21 +268,26 @@ def main() -> None:
     parser.add_argument("--cluster", help="host:port of a running cluster (default: start one)")
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=30)
+    parser.add_argument("--work-ms", type=float, default=1.0, help="handler work per entry")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         address = args.cluster or stack.enter_context(local_cluster())
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        results = [run_mode(m, address, args.events, args.kills, args.seed, folder) for m in MODES]
-    print(f"{'':9} {'sent':>6} {'kills':>5} {'users wrong':>12} {'board wrong':>12} "
+        results = [
+            run_mode(m, address, args.events, args.kills, args.seed, folder, args.work_ms)
+            for m in MODES
+        ]
+    print(f"{'':9} {'sent':>6} {'kills (at work)':>15} {'users wrong':>12} {'board wrong':>12} "
           f"{'extra points':>12} {'e-mails':>8}")  # fmt: skip
     for r in results:
         emails = "-" if r["emails"] is None else f"{r['emails']}/{r['new_users']}"
         users = f"{r['wrong_users']}/{r['users']}"
+        kills = f"{r['kills']} ({r['busy_kills']})"
         board = f"{r['wrong_members']}/{r['members']}"
         print(
-            f"{r['mode']:9} {r['sent']:6} {r['kills']:5} {users:>12} {board:>12} "
+            f"{r['mode']:9} {r['sent']:6} {kills:>15} {users:>12} {board:>12} "
             f"{r['extra_points']:12.0f} {emails:>8}"
         )
     plain = results[1]

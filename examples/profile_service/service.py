@@ -16,6 +16,7 @@ sort the union, keep N.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def apply_event(fields: dict[str, str], effects: Any) -> None:
         effects.zincrby(leaderboard(partition(user)), points, str(user))
 
 
-def onceonly_handler(emails: Path | None, store: Any | None) -> Any:
+def onceonly_handler(emails: Path | None, store: Any | None, work_ms: float = 0.0) -> Any:
     """The consumer's handler: the event's Redis writes as :class:`Effects`.
 
     With ``emails`` and ``store``, a user's first profile event (``"new":
@@ -102,6 +103,7 @@ def onceonly_handler(emails: Path | None, store: Any | None) -> Any:
     ``idempotent_function`` keyed by the event id. If the consumer dies after
     the e-mail and before the commit, the entry comes again and the e-mail
     is not sent again (the function's recorded outcome is returned).
+    ``work_ms`` stands for the handler's own work per entry (a sleep).
     """
     send_welcome = None
     if emails is not None and store is not None:
@@ -123,6 +125,7 @@ def onceonly_handler(emails: Path | None, store: Any | None) -> Any:
 
     def handle(entry: StreamEntry) -> Effects:
         fields = entry.fields
+        time.sleep(work_ms / 1000)
         if send_welcome is not None and fields.get("new") == "1":
             send_welcome(event_id=entry.event_id, user=fields["user"])
         effects = Effects()
