@@ -26,6 +26,13 @@ reclaim) is applied once::
     )
     results = consumer.run_once()  # or consumer.run() until consumer.stop()
 
+Entries left pending on a consumer that died are taken over by the others:
+each pass of a consumer drains its own pending entries (after a restart
+under the same name), then, every ``min_idle_ms``, scans the group for
+entries idle that long (``XAUTOCLAIM``, a page of at most ``batch_size`` per
+pass) and handles them as its own; the first owner's late commit is then
+FENCED. Keep ``min_idle_ms`` well above the time one batch takes.
+
 Every key of one consumer (the stream, its dedup and error records, the
 dead-letter stream, the effects' keys) must be in the stream's Redis Cluster
 hash slot: give them the stream's hash tag (``{p3}`` above) and use one stream
@@ -40,8 +47,8 @@ delivery count and last error, and acknowledged, in one script), FAILED (the
 handler raised or an effect would fail: nothing written, it stays pending).
 
 ACL: a consumer's user needs the key pattern of its stream's tag (e.g.
-``~{p3}:*``) and ``+xgroup|create +xreadgroup +evalsha +eval +xpending +xack
-+xrange +xadd +get +set +del +type +hget`` plus the commands its effects use
+``~{p3}:*``) and ``+xgroup|create +xreadgroup +evalsha +eval +xpending
++xautoclaim +xack +xrange +xadd +get +set +del +type +hget`` plus the commands its effects use
 (``+hincrby +zincrby`` above); a producer's needs ``+evalsha +eval +get +set
 +xadd`` (``CONSUMER_ACL_COMMANDS`` and ``PUBLISH_ACL_COMMANDS`` in
 ``onceonly.streams.config``). A ``RedisCluster`` client also sends ``CLUSTER

@@ -1,7 +1,9 @@
 """StreamConsumer: a Redis Streams consumer whose effects are applied exactly once.
 
 Each pass (:meth:`StreamConsumer.run_once`) costs two round trips: one read
-(its own pending entries first, then new ones with ``XREADGROUP ... >``) and
+(its own pending entries first, then, when a reclaim scan is due, entries
+idle on other consumers with ``XAUTOCLAIM``, else new ones with
+``XREADGROUP ... >``) and
 one pipeline that carries every entry's script (commit, dead letter) or
 command (the error record of a FAILED entry, the XACK of a LOST one). The
 group is created (``MKSTREAM``) on the first pass: one more, once.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +49,7 @@ class StreamConsumer:
     Args:
         client: A sync redis-py client: ``redis.Redis``, ``redis.RedisCluster``
             or a Sentinel master. Its ``socket_timeout`` must exceed ``block_ms``.
-        stream, group, consumer, batch_size, block_ms, max_deliveries,
+        stream, group, consumer, batch_size, block_ms, min_idle_ms, max_deliveries,
         dead_letter_stream, dedup_ttl_seconds, event_id_field, same_slot,
         start_id: See :class:`~onceonly.streams.config.ConsumerConfig`.
         handler: ``handler(entry) -> Effects | None``. An exception leaves the
@@ -68,6 +71,7 @@ class StreamConsumer:
         consumer: str | None = None,
         batch_size: int = 100,
         block_ms: int = 2000,
+        min_idle_ms: int | None = 60_000,
         max_deliveries: int | None = 10,
         dead_letter_stream: str | None = None,
         dedup_ttl_seconds: int = 86_400,
@@ -84,6 +88,7 @@ class StreamConsumer:
             consumer=default_consumer_name() if consumer is None else consumer,
             batch_size=batch_size,
             block_ms=block_ms,
+            min_idle_ms=min_idle_ms,
             max_deliveries=max_deliveries,
             dead_letter_stream=dead_letter_stream,
             dedup_ttl_seconds=dedup_ttl_seconds,
@@ -149,15 +154,31 @@ class StreamConsumer:
         except redis_errors() as exc:
             raise scripts.stream_error(exc, config.stream) from exc
 
-    def _read_once(self) -> list[core.RawEntry]:
+    def _reclaim(self) -> list[core.RawEntry] | None:
+        """One reclaim page when one is due (None when not): claimed and deleted entries."""
+        config, state = self.config, self._state
+        if config.min_idle_ms is None or not state.reclaim_due(time.monotonic()):
+            return None
+        call = scripts.reclaim_call(config, config.min_idle_ms, state.reclaim_cursor)
+        cursor, entries, deleted = scripts.reclaim_reply(run_call(self.client, call))
+        state.reclaimed(cursor, time.monotonic(), config.min_idle_ms)
+        # Ids deleted while pending (Redis >= 7 drops them from the PEL itself):
+        # LOST, acknowledged (a no-op there) and logged with the batch.
+        return [*entries, *((entry_id, None, 0) for entry_id in deleted)]
+
+    def _read_once(self) -> tuple[list[core.RawEntry], int]:
+        """A page of entries, and how many of them were reclaimed."""
         if self._state.draining:
             reply = run_call(self.client, scripts.pending_call(self.config, self._state.cursor))
             entries = scripts.pending_entries(reply)
             if not self._state.drained(entries):
-                return list(entries)
-        return self._read_new()
+                return list(entries), 0
+        reclaimed = self._reclaim()
+        if reclaimed:
+            return reclaimed, len(reclaimed)
+        return self._read_new(), 0
 
-    def _read(self) -> list[core.RawEntry]:
+    def _read(self) -> tuple[list[core.RawEntry], int]:
         try:
             return self._read_once()
         except IdempotencyStoreError as exc:
@@ -186,7 +207,7 @@ class StreamConsumer:
         """
         if not self._group_ready:
             self.ensure_group()
-        raws = self._read()
+        raws, reclaimed = self._read()
         plans = [self._plan(raw) for raw in raws]
         try:
             replies = send_batch(self.client, [plan.item for plan in plans])
@@ -194,7 +215,7 @@ class StreamConsumer:
             self._state.restart()
             raise
         out = core.results(plans, replies)
-        self._stats.add(len(raws), out)
+        self._stats.add(len(raws), out, reclaimed)
         self._log(out)
         return out
 
@@ -233,7 +254,7 @@ class StreamConsumer:
         """Call :meth:`run_once` until :meth:`stop` is called.
 
         Errors propagate (the caller decides whether to retry); this loop
-        does not yet reclaim other consumers' idle entries nor handle signals.
+        does not yet handle signals.
         """
         self._stopping.clear()
         while not self._stopping.is_set():

@@ -3,7 +3,9 @@
 A pass of a consumer (sync now, asyncio later) is:
 
 1. read: its own pending entries after a cursor (at start, and after a
-   failed commit) until there are none, then new ones (``>``);
+   failed commit) until there are none, then a page of entries reclaimed
+   from idle consumers when one is due (:class:`ReadState`), else new ones
+   (``>``);
 2. per entry, :func:`classify`: LOST (deleted while pending), DEAD (past
    ``max_deliveries``), FAILED (no event id), or handle it;
 3. the driver calls the handler; :func:`commit_plan` / :func:`failed_plan`
@@ -48,18 +50,25 @@ RawEntry = tuple[str, "Mapping[bytes, bytes] | None", int]
 
 
 class ReadState:
-    """Which entries a consumer reads next: its own pending ones (after a cursor), or new ones.
+    """Which entries a consumer reads next: its own pending ones, reclaimed ones, or new ones.
 
     A consumer starts by draining its pending entries (a restarted process
     that keeps its name finds what it had read before it stopped), page by
     page; once a page comes back empty it reads new entries. Entries that
     FAILED stay pending: they are not read again in this pass (the cursor is
-    past them) but are redelivered by a restart or, later, the reclaim loop.
+    past them) but are redelivered by a restart or the reclaim scan.
+
+    The reclaim scan (``XAUTOCLAIM`` pages from a cursor) starts at the first
+    pass after the drain and again ``min_idle_ms`` after each full scan; a
+    scan under way goes on one page per pass until its cursor is back at
+    ``0-0``. Times are the caller's monotonic clock, in seconds.
     """
 
     def __init__(self) -> None:
         self.draining = True
         self.cursor = "0"
+        self.reclaim_cursor = "0-0"
+        self.reclaim_at = 0.0
 
     def restart(self) -> None:
         """Drain again from the start (after a commit whose outcome is unknown)."""
@@ -72,6 +81,16 @@ class ReadState:
             return True
         self.cursor = entries[-1][0]
         return False
+
+    def reclaim_due(self, now: float) -> bool:
+        """Whether this pass reads a reclaim page (a scan under way, or one due)."""
+        return self.reclaim_cursor != "0-0" or now >= self.reclaim_at
+
+    def reclaimed(self, cursor: str, now: float, min_idle_ms: int) -> None:
+        """Note a reclaim page's next cursor; a full scan schedules the next one."""
+        self.reclaim_cursor = cursor
+        if cursor == "0-0":
+            self.reclaim_at = now + min_idle_ms / 1000
 
 
 def new_entries(reply: object) -> list[RawEntry]:

@@ -85,8 +85,10 @@ class StreamStats:
     """A consumer's counts since it was built (a snapshot).
 
     Attributes:
-        read: Entries read (own pending and new).
+        read: Entries read (own pending, reclaimed and new).
         applied, duplicates, fenced, lost, dead, failed: Entries per status.
+        reclaimed: Entries taken over from idle consumers (``XAUTOCLAIM``),
+            those deleted while pending included (they are also LOST).
     """
 
     read: int = 0
@@ -96,6 +98,7 @@ class StreamStats:
     lost: int = 0
     dead: int = 0
     failed: int = 0
+    reclaimed: int = 0
 
 
 _FIELD_OF = {
@@ -115,10 +118,11 @@ class StatsCounter:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys((f.name for f in fields(StreamStats)), 0)
 
-    def add(self, read: int, results: list[EntryResult]) -> None:
-        """Count ``read`` entries read and one per result by its status."""
+    def add(self, read: int, results: list[EntryResult], reclaimed: int = 0) -> None:
+        """Count ``read`` entries read (``reclaimed`` of them reclaimed) and each status."""
         with self._lock:
             self._counts["read"] += read
+            self._counts["reclaimed"] += reclaimed
             for result in results:
                 self._counts[_FIELD_OF[result.status]] += 1
 

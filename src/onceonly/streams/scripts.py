@@ -30,6 +30,7 @@ __all__ = [
     "DEAD_LETTER",
     "PENDING",
     "PUBLISH",
+    "RECLAIM",
     "Call",
     "Code",
     "Command",
@@ -43,6 +44,8 @@ __all__ = [
     "publish_call",
     "publish_fields",
     "publish_reply",
+    "reclaim_call",
+    "reclaim_reply",
     "script_reply",
     "stream_error",
 ]
@@ -59,6 +62,7 @@ COMMIT = _load("commit")
 DEAD_LETTER = _load("dead_letter")
 PENDING = _load("pending")
 PUBLISH = _load("publish")
+RECLAIM = _load("reclaim")
 
 
 class Code(enum.IntEnum):
@@ -146,6 +150,22 @@ def pending_call(config: ConsumerConfig, after: str) -> Call:
     return Call(
         PENDING, (config.stream,), (config.group, config.consumer, config.batch_size, after)
     )
+
+
+def reclaim_call(config: ConsumerConfig, min_idle_ms: int, cursor: str) -> Call:
+    """The call claiming up to ``batch_size`` entries idle past ``min_idle_ms`` from ``cursor``."""
+    args = (config.group, config.consumer, min_idle_ms, cursor, config.batch_size)
+    return Call(RECLAIM, (config.stream,), args)
+
+
+def reclaim_reply(
+    reply: object,
+) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None, int]], list[str]]:
+    """The reclaim script's reply as (next cursor, claimed entries, ids deleted while pending)."""
+    if not isinstance(reply, list) or len(reply) != 3 or not isinstance(reply[2], list):
+        raise IdempotencyStoreError(f"unexpected reply from the reclaim script: {reply!r}")
+    deleted = [_text(raw, "entry id") for raw in reply[2]]
+    return _text(reply[0], "cursor"), pending_entries(reply[1]), deleted
 
 
 def _text(value: object, what: str) -> str:
