@@ -31,7 +31,10 @@ each pass of a consumer drains its own pending entries (after a restart
 under the same name), then, every ``min_idle_ms``, scans the group for
 entries idle that long (``XAUTOCLAIM``, a page of at most ``batch_size`` per
 pass) and handles them as its own; the first owner's late commit is then
-FENCED. Keep ``min_idle_ms`` well above the time one batch takes.
+FENCED. While a batch is in hand (its handlers running, its entries waiting
+in the batch, its commits in flight), a heartbeat resets their idle time
+every ``min_idle_ms / 3`` (``XCLAIM ... JUSTID`` to itself, which keeps the
+delivery count), so a slow handler's entries are not reclaimed from under it.
 
 Every key of one consumer (the stream, its dedup and error records, the
 dead-letter stream, the effects' keys) must be in the stream's Redis Cluster
@@ -48,11 +51,12 @@ handler raised or an effect would fail: nothing written, it stays pending).
 
 ACL: a consumer's user needs the key pattern of its stream's tag (e.g.
 ``~{p3}:*``) and ``+xgroup|create +xreadgroup +evalsha +eval +xpending
-+xautoclaim +xack +xrange +xadd +get +set +del +type +hget`` plus the commands its effects use
-(``+hincrby +zincrby`` above); a producer's needs ``+evalsha +eval +get +set
-+xadd`` (``CONSUMER_ACL_COMMANDS`` and ``PUBLISH_ACL_COMMANDS`` in
-``onceonly.streams.config``). A ``RedisCluster`` client also sends ``CLUSTER
-SLOTS`` / ``CLUSTER SHARDS`` and ``COMMAND`` when it starts.
++xautoclaim +xclaim +xack +xrange +xadd +get +set +del +type +hget`` plus the
+commands its effects use (``+hincrby +zincrby`` above); a producer's needs
+``+evalsha +eval +get +set +xadd`` (``CONSUMER_ACL_COMMANDS`` and
+``PUBLISH_ACL_COMMANDS`` in ``onceonly.streams.config``). A ``RedisCluster``
+client also sends ``CLUSTER SLOTS`` / ``CLUSTER SHARDS`` and ``COMMAND`` when
+it starts.
 
 redis-py is imported when a consumer is built or ``publish`` is called, not
 by this import (``pip install 'onceonly[redis]'``).

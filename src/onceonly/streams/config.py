@@ -38,8 +38,9 @@ __all__ = [
 # HDEL, ZADD, ZINCRBY, ZREM, SADD, SREM, INCRBY, SET, XADD, EXPIRE: only those
 # it uses). The consumer sends XGROUP CREATE, XREADGROUP, EVALSHA, EVAL (on
 # NOSCRIPT) and SET (a FAILED entry's error record); its scripts call
-# XREADGROUP, XPENDING, XAUTOCLAIM (reclaim), XACK, XRANGE, XADD (dead letters), GET, SET, DEL, TYPE
-# and HGET (before an HINCRBY), which ACLs check inside scripts too. publish
+# XREADGROUP, XPENDING, XAUTOCLAIM (reclaim), XCLAIM (keeping entries in hand
+# from being reclaimed), XACK, XRANGE, XADD (dead letters), GET, SET, DEL,
+# TYPE and HGET (before an HINCRBY), which ACLs check inside scripts too. publish
 # sends EVALSHA / EVAL and its script calls GET, SET and XADD.
 CONSUMER_ACL_COMMANDS = (
     "XGROUP|CREATE",
@@ -48,6 +49,7 @@ CONSUMER_ACL_COMMANDS = (
     "EVAL",
     "XPENDING",
     "XAUTOCLAIM",
+    "XCLAIM",
     "XACK",
     "XRANGE",
     "XADD",

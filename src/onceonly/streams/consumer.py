@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
@@ -30,6 +31,40 @@ __all__ = ["Handler", "StreamConsumer"]
 logger = logging.getLogger("onceonly")
 
 Handler = Callable[[StreamEntry], Effects | None]
+
+
+class _Heartbeat:
+    """A thread that resets the idle time of a batch's entries while the batch is in hand.
+
+    Every ``min_idle_ms / 3`` it sends the extend script (``XCLAIM ... JUSTID``
+    to this consumer, for the entries it still holds at the count it read),
+    so no other consumer's reclaim takes an entry that is being handled or
+    waits in the batch. A failed send is logged and tried again at the next beat.
+    """
+
+    def __init__(self, client: Any, call: scripts.Call, interval: float) -> None:
+        self._client, self._call, self._interval = client, call, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="onceonly-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                run_call(self._client, self._call)
+            except IdempotencyStoreError as exc:
+                logger.warning(
+                    "onceonly: could not extend the idle time of entries in hand (%s); "
+                    "they may be reclaimed by another consumer (their commits are then FENCED)",
+                    type(exc.__cause__ or exc).__name__,
+                )
 
 
 class StreamConsumer:
@@ -208,16 +243,27 @@ class StreamConsumer:
         if not self._group_ready:
             self.ensure_group()
         raws, reclaimed = self._read()
-        plans = [self._plan(raw) for raw in raws]
-        try:
-            replies = send_batch(self.client, [plan.item for plan in plans])
-        except BaseException:
-            self._state.restart()
-            raise
+        with self._keep_held(raws):
+            plans = [self._plan(raw) for raw in raws]
+            try:
+                replies = send_batch(self.client, [plan.item for plan in plans])
+            except BaseException:
+                self._state.restart()
+                raise
         out = core.results(plans, replies)
         self._stats.add(len(raws), out, reclaimed)
         self._log(out)
         return out
+
+    def _keep_held(self, raws: list[core.RawEntry]) -> AbstractContextManager[object]:
+        """Keep the batch's entries from being reclaimed until it is committed."""
+        held = [
+            (entry_id, deliveries) for entry_id, fields, deliveries in raws if fields is not None
+        ]
+        if self.config.min_idle_ms is None or not held:
+            return nullcontext()
+        call = scripts.extend_call(self.config, held)
+        return _Heartbeat(self.client, call, self.config.min_idle_ms / 3000)
 
     def _plan(self, raw: core.RawEntry) -> core.Plan:
         step = core.classify(self.config, raw)

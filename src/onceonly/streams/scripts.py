@@ -28,6 +28,7 @@ from .effects import Effects, encode_value
 __all__ = [
     "COMMIT",
     "DEAD_LETTER",
+    "EXTEND",
     "PENDING",
     "PUBLISH",
     "RECLAIM",
@@ -37,6 +38,7 @@ __all__ = [
     "Script",
     "commit_call",
     "dead_letter_call",
+    "extend_call",
     "fields_digest",
     "mark",
     "pending_call",
@@ -60,6 +62,7 @@ def _load(name: str) -> Script:
 
 COMMIT = _load("commit")
 DEAD_LETTER = _load("dead_letter")
+EXTEND = _load("extend")
 PENDING = _load("pending")
 PUBLISH = _load("publish")
 RECLAIM = _load("reclaim")
@@ -150,6 +153,14 @@ def pending_call(config: ConsumerConfig, after: str) -> Call:
     return Call(
         PENDING, (config.stream,), (config.group, config.consumer, config.batch_size, after)
     )
+
+
+def extend_call(config: ConsumerConfig, held: Sequence[tuple[str, int]]) -> Call:
+    """The call that resets the idle time of entries held: (id, delivery count read) pairs."""
+    flat: list[bytes | str | int] = []
+    for entry_id, deliveries in held:
+        flat += [entry_id, deliveries]
+    return Call(EXTEND, (config.stream,), (config.group, config.consumer, *flat))
 
 
 def reclaim_call(config: ConsumerConfig, min_idle_ms: int, cursor: str) -> Call:
