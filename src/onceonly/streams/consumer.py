@@ -11,24 +11,21 @@ group is created (``MKSTREAM``) on the first pass: one more, once.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..stores.redis.common import NEVER_DECODE, redis_errors
+from ..errors import IdempotencyStoreError
+from ..stores.redis.common import redis_errors
 from . import core, scripts
 from .config import ConsumerConfig, default_consumer_name
+from .consumer_base import ConsumerBase
 from .effects import Effects
-from .model import EntryResult, EntryStatus, StatsCounter, StreamEntry, StreamStats
-from .redis_io import check_client, is_cluster, run_call, send_batch
+from .model import EntryResult, StreamEntry
+from .redis_io import run_call, send_batch
 
 __all__ = ["Handler", "StreamConsumer"]
-
-logger = logging.getLogger("onceonly")
 
 Handler = Callable[[StreamEntry], Effects | None]
 
@@ -42,8 +39,8 @@ class _Heartbeat:
     waits in the batch. A failed send is logged and tried again at the next beat.
     """
 
-    def __init__(self, client: Any, call: scripts.Call, interval: float) -> None:
-        self._client, self._call, self._interval = client, call, interval
+    def __init__(self, consumer: StreamConsumer, call: scripts.Call) -> None:
+        self._consumer, self._call = consumer, call
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="onceonly-heartbeat", daemon=True)
 
@@ -56,18 +53,15 @@ class _Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._done.wait(self._interval):
+        consumer = self._consumer
+        while not self._done.wait(consumer._beat_seconds):
             try:
-                run_call(self._client, self._call)
+                run_call(consumer.client, self._call)
             except IdempotencyStoreError as exc:
-                logger.warning(
-                    "onceonly: could not extend the idle time of entries in hand (%s); "
-                    "they may be reclaimed by another consumer (their commits are then FENCED)",
-                    type(exc.__cause__ or exc).__name__,
-                )
+                consumer._heartbeat_failed(exc)
 
 
-class StreamConsumer:
+class StreamConsumer(ConsumerBase):
     """Consume a Redis stream in a consumer group, applying each event's effects once.
 
     The handler gets a :class:`StreamEntry` and returns :class:`Effects` (or
@@ -114,10 +108,7 @@ class StreamConsumer:
         same_slot: bool = True,
         start_id: str = "0",
     ) -> None:
-        check_client(client, asyncio=False)
-        if not callable(handler):
-            raise IdempotencyConfigError(f"handler must be callable, got {handler!r}")
-        self.config = ConsumerConfig(
+        config = ConsumerConfig(
             stream=stream,
             group=group,
             consumer=default_consumer_name() if consumer is None else consumer,
@@ -131,23 +122,7 @@ class StreamConsumer:
             same_slot=same_slot,
             start_id=start_id,
         )
-        self._cluster = is_cluster(client)
-        if self._cluster and not same_slot:
-            raise IdempotencyConfigError(
-                "same_slot=False needs a standalone or Sentinel client: on Redis Cluster every "
-                "key of a script must be in one slot"
-            )
-        self.client = client
-        self.handler = handler
-        self._state = core.ReadState()
-        self._stats = StatsCounter()
-        self._group_ready = False
-        self._stopping = threading.Event()
-
-    @property
-    def stats(self) -> StreamStats:
-        """The counts so far (a snapshot)."""
-        return self._stats.snapshot()
+        super().__init__(client, handler, config, asyncio=False)
 
     # -- reading -------------------------------------------------------------------
 
@@ -157,67 +132,43 @@ class StreamConsumer:
         Raises:
             IdempotencyStoreError: Redis failed or refused.
         """
-        config = self.config
+        stream, group, start = self._xgroup_create()
         try:
-            self.client.xgroup_create(
-                config.stream.encode(), config.group.encode(), id=config.start_id, mkstream=True
-            )
+            self.client.xgroup_create(stream, group, id=start, mkstream=True)
             created = True
         except redis_errors() as exc:
             if "BUSYGROUP" not in str(exc):
-                raise scripts.stream_error(exc, config.stream) from exc
+                raise scripts.stream_error(exc, self.config.stream) from exc
             created = False
         self._group_ready = True
         return created
 
     def _read_new(self) -> list[core.RawEntry]:
-        config = self.config
-        args: list[Any] = ["XREADGROUP", "GROUP", config.group, config.consumer]
-        args += ["COUNT", config.batch_size]
-        if config.block_ms > 0:
-            args += ["BLOCK", config.block_ms]
-        args += ["STREAMS", config.stream, ">"]
-        options: dict[str, Any] = {NEVER_DECODE: True}
-        if self._cluster:
-            # XREADGROUP's keys are "movable": redis-py would ask the server
-            # (COMMAND GETKEYS) on every read to route it. The stream's node is known.
-            options["target_nodes"] = self.client.get_node_from_key(config.stream.encode())
-        # The command name stays text (redis-py routes and parses by it).
-        wire = [args[0], *(a.encode() if isinstance(a, str) else a for a in args[1:])]
+        wire, options = self._read_new_command()
         try:
             return core.new_entries(self.client.execute_command(*wire, **options))
         except redis_errors() as exc:
-            raise scripts.stream_error(exc, config.stream) from exc
-
-    def _reclaim(self) -> list[core.RawEntry] | None:
-        """One reclaim page when one is due (None when not): claimed and deleted entries."""
-        config, state = self.config, self._state
-        if config.min_idle_ms is None or not state.reclaim_due(time.monotonic()):
-            return None
-        call = scripts.reclaim_call(config, config.min_idle_ms, state.reclaim_cursor)
-        cursor, entries, deleted = scripts.reclaim_reply(run_call(self.client, call))
-        state.reclaimed(cursor, time.monotonic(), config.min_idle_ms)
-        # Ids deleted while pending (Redis >= 7 drops them from the PEL itself):
-        # LOST, acknowledged (a no-op there) and logged with the batch.
-        return [*entries, *((entry_id, None, 0) for entry_id in deleted)]
+            raise scripts.stream_error(exc, self.config.stream) from exc
 
     def _read_once(self) -> tuple[list[core.RawEntry], int]:
         """A page of entries, and how many of them were reclaimed."""
-        if self._state.draining:
-            reply = run_call(self.client, scripts.pending_call(self.config, self._state.cursor))
-            entries = scripts.pending_entries(reply)
+        call = self._pending_call()
+        if call is not None:
+            entries = scripts.pending_entries(run_call(self.client, call))
             if not self._state.drained(entries):
                 return list(entries), 0
-        reclaimed = self._reclaim()
-        if reclaimed:
-            return reclaimed, len(reclaimed)
+        call = self._reclaim_call()
+        if call is not None:
+            reclaimed = self._reclaimed(run_call(self.client, call))
+            if reclaimed:
+                return reclaimed, len(reclaimed)
         return self._read_new(), 0
 
     def _read(self) -> tuple[list[core.RawEntry], int]:
         try:
             return self._read_once()
         except IdempotencyStoreError as exc:
-            if "NOGROUP" not in str(exc.__cause__):
+            if not self._no_group(exc):
                 raise
         # The group (or the whole stream) was deleted since it was made: make it
         # again and read once more. Entries it hands out again are only
@@ -250,20 +201,12 @@ class StreamConsumer:
             except BaseException:
                 self._state.restart()
                 raise
-        out = core.results(plans, replies)
-        self._stats.add(len(raws), out, reclaimed)
-        self._log(out)
-        return out
+        return self._finish(raws, reclaimed, plans, replies)
 
     def _keep_held(self, raws: list[core.RawEntry]) -> AbstractContextManager[object]:
         """Keep the batch's entries from being reclaimed until it is committed."""
-        held = [
-            (entry_id, deliveries) for entry_id, fields, deliveries in raws if fields is not None
-        ]
-        if self.config.min_idle_ms is None or not held:
-            return nullcontext()
-        call = scripts.extend_call(self.config, held)
-        return _Heartbeat(self.client, call, self.config.min_idle_ms / 3000)
+        call = self._extend_call(raws)
+        return nullcontext() if call is None else _Heartbeat(self, call)
 
     def _plan(self, raw: core.RawEntry) -> core.Plan:
         step = core.classify(self.config, raw)
@@ -272,27 +215,8 @@ class StreamConsumer:
         try:
             outcome = self.handler(step)
         except Exception as exc:
-            # The type only: a message may quote the payload. The full text
-            # goes to the entry's error record, for its dead letter.
-            logger.warning(
-                "onceonly: the stream handler raised %s on entry %s (delivery %d); it stays "
-                "pending",
-                type(exc).__name__,
-                step.id,
-                step.deliveries,
-            )
-            error = core.error_text(exc)
-            return core.failed_plan(self.config, step.id, step.deliveries, error, step.event_id)
+            return self._handler_failed(step, exc)
         return core.commit_plan(self.config, step, outcome)
-
-    def _log(self, results: list[EntryResult]) -> None:
-        lost = sum(1 for r in results if r.status is EntryStatus.LOST)
-        if lost:
-            logger.warning(
-                "onceonly: %d pending entries of the stream were deleted or trimmed before "
-                "they were handled; acknowledged as LOST",
-                lost,
-            )
 
     # -- the loop --------------------------------------------------------------------
 
