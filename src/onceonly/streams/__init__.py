@@ -26,6 +26,10 @@ reclaim) is applied once::
     )
     results = consumer.run_once()  # or consumer.run() until consumer.stop()
 
+:class:`AsyncStreamConsumer` is the same with a ``redis.asyncio`` client; its
+handler may be an ``async def``, and up to ``concurrency`` handlers of a batch
+run at once.
+
 Entries left pending on a consumer that died are taken over by the others:
 each pass of a consumer drains its own pending entries (after a restart
 under the same name), then, every ``min_idle_ms``, scans the group for
@@ -62,6 +66,7 @@ redis-py is imported when a consumer is built or ``publish`` is called, not
 by this import (``pip install 'onceonly[redis]'``).
 """
 
+from .async_consumer import AsyncStreamConsumer
 from .config import ConsumerConfig
 from .consumer import StreamConsumer
 from .effects import Effects
@@ -69,6 +74,7 @@ from .model import EntryResult, EntryStatus, StreamEntry, StreamStats
 from .publish import apublish, publish
 
 __all__ = [
+    "AsyncStreamConsumer",
     "ConsumerConfig",
     "Effects",
     "EntryResult",
