@@ -40,6 +40,10 @@ in the batch, its commits in flight), a heartbeat resets their idle time
 every ``min_idle_ms / 3`` (``XCLAIM ... JUSTID`` to itself, which keeps the
 delivery count), so a slow handler's entries are not reclaimed from under it.
 
+``run()`` stops on ``stop()`` (from any thread) or SIGTERM / SIGINT (when
+called in the main thread): the handlers running finish and their commits
+are sent, the rest of the batch stays pending, nothing new is read.
+
 Every key of one consumer (the stream, its dedup and error records, the
 dead-letter stream, the effects' keys) must be in the stream's Redis Cluster
 hash slot: give them the stream's hash tag (``{p3}`` above) and use one stream

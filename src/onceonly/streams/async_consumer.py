@@ -151,12 +151,15 @@ class AsyncStreamConsumer(ConsumerBase):
         """Read one batch, handle it (concurrently), commit it; one result per entry read.
 
         Returns:
-            The results, in the order read.
+            The results, in the order read (entries a :meth:`stop` left
+            unhandled stay pending and have no result).
 
         Raises:
             IdempotencyStoreError: A read or the commit pipeline failed (the
                 next pass re-reads this consumer's pending entries).
         """
+        if self._stopping.is_set():
+            return []
         if not self._group_ready:
             await self.ensure_group()
         raws, reclaimed = await self._read()
@@ -164,7 +167,8 @@ class AsyncStreamConsumer(ConsumerBase):
         beat = None if call is None else asyncio.ensure_future(self._beat(call))
         try:
             gate = asyncio.Semaphore(self.concurrency)
-            plans = await asyncio.gather(*(self._plan(raw, gate) for raw in raws))
+            planned = await asyncio.gather(*(self._plan(raw, gate) for raw in raws))
+            plans = [plan for plan in planned if plan is not None]  # None: stopped first
             try:
                 replies = await asend_batch(self.client, [plan.item for plan in plans])
             except BaseException:
@@ -186,11 +190,13 @@ class AsyncStreamConsumer(ConsumerBase):
             except IdempotencyStoreError as exc:
                 self._heartbeat_failed(exc)
 
-    async def _plan(self, raw: core.RawEntry, gate: asyncio.Semaphore) -> core.Plan:
+    async def _plan(self, raw: core.RawEntry, gate: asyncio.Semaphore) -> core.Plan | None:
         step = core.classify(self.config, raw)
         if isinstance(step, core.Plan):
             return step
         async with gate:
+            if self._stopping.is_set():
+                return None  # stopped before its turn: it stays pending, unhandled
             try:
                 outcome = self.handler(step)
                 if inspect.isawaitable(outcome):
@@ -202,11 +208,13 @@ class AsyncStreamConsumer(ConsumerBase):
     # -- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Await :meth:`run_once` until :meth:`stop` is called (errors propagate)."""
-        self._stopping.clear()
-        while not self._stopping.is_set():
-            await self.run_once()
+        """Await :meth:`run_once` until :meth:`stop` is called, or SIGTERM / SIGINT comes.
 
-    def stop(self) -> None:
-        """Make :meth:`run` return after its current pass (callable from any thread)."""
-        self._stopping.set()
+        Signals as in :meth:`StreamConsumer.run` (main thread only, previous
+        handlers put back). On stop, handlers already running finish and
+        are committed; those not started leave their entries pending.
+        """
+        self._started()
+        with self._signals():
+            while not self._stopping.is_set():
+                await self.run_once()

@@ -184,18 +184,25 @@ class StreamConsumer(ConsumerBase):
 
         Returns:
             The results, in the order read (empty when nothing came within
-            ``block_ms``).
+            ``block_ms``, or after :meth:`stop`). Entries left unhandled by
+            a :meth:`stop` during the pass stay pending and have no result.
 
         Raises:
             IdempotencyStoreError: A read or the commit pipeline failed.
                 After a failed commit the next pass re-reads this consumer's
                 pending entries: each commit is safe to send again.
         """
+        if self._stopping.is_set():
+            return []
         if not self._group_ready:
             self.ensure_group()
         raws, reclaimed = self._read()
         with self._keep_held(raws):
-            plans = [self._plan(raw) for raw in raws]
+            plans = []
+            for raw in raws:
+                if self._stopping.is_set():
+                    break  # the rest stays pending, unhandled
+                plans.append(self._plan(raw))
             try:
                 replies = send_batch(self.client, [plan.item for plan in plans])
             except BaseException:
@@ -221,15 +228,15 @@ class StreamConsumer(ConsumerBase):
     # -- the loop --------------------------------------------------------------------
 
     def run(self) -> None:
-        """Call :meth:`run_once` until :meth:`stop` is called.
+        """Call :meth:`run_once` until :meth:`stop` is called, or SIGTERM / SIGINT comes.
 
-        Errors propagate (the caller decides whether to retry); this loop
-        does not yet handle signals.
+        Called in the main thread, it makes SIGTERM and SIGINT call
+        :meth:`stop` while it runs (their previous handlers are put back when
+        it returns): the batch in hand is finished as :meth:`stop` says,
+        within the time its running handler takes (or ``block_ms`` when
+        idle). Errors propagate (the caller decides whether to retry).
         """
-        self._stopping.clear()
-        while not self._stopping.is_set():
-            self.run_once()
-
-    def stop(self) -> None:
-        """Make :meth:`run` return after its current pass (within ``block_ms`` when idle)."""
-        self._stopping.set()
+        self._started()
+        with self._signals():
+            while not self._stopping.is_set():
+                self.run_once()

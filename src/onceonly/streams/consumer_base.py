@@ -9,10 +9,12 @@ in hand); ``core`` plans and reads the commits. The sync consumer
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import IdempotencyConfigError
@@ -65,6 +67,52 @@ class ConsumerBase:
     def stats(self) -> StreamStats:
         """The counts so far (a snapshot)."""
         return self._stats.snapshot()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (or SIGTERM / SIGINT came) since ``run()`` started.
+
+        A long handler may check it to give up early: raising leaves its
+        entry pending (FAILED), for this consumer after a restart or for
+        another one's reclaim.
+        """
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop: finish the batch in hand, handle nothing more, read nothing new.
+
+        Callable from any thread (and from a handler). Handlers already
+        running finish and their entries are committed; entries of the batch
+        not yet handled are left pending (for a restart under the same name,
+        or another consumer's reclaim) and have no result. ``run()`` then
+        returns, and ``run_once()`` reads nothing until ``run()`` is called again.
+        """
+        self._stopping.set()
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT call :meth:`stop` meanwhile (main thread only); then as before."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: object) -> None:
+            logger.warning(
+                "onceonly: %s received: the stream consumer stops after the batch in hand",
+                signal.Signals(signum).name,
+            )
+            self.stop()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _started(self) -> None:
+        """Note that ``run()`` starts: an earlier :meth:`stop` no longer holds."""
+        self._stopping.clear()
 
     def _xgroup_create(self) -> tuple[bytes, bytes, str]:
         config = self.config
