@@ -42,7 +42,8 @@ delivery count), so a slow handler's entries are not reclaimed from under it.
 
 ``run()`` stops on ``stop()`` (from any thread) or SIGTERM / SIGINT (when
 called in the main thread): the handlers running finish and their commits
-are sent, the rest of the batch stays pending, nothing new is read.
+are sent, the rest of the batch stays pending, nothing new is read. ``status()`` gives
+the group's pending count and lag (``XINFO GROUPS``) with the counts.
 
 Every key of one consumer (the stream, its dedup and error records, the
 dead-letter stream, the effects' keys) must be in the stream's Redis Cluster
@@ -59,10 +60,10 @@ handler raised or an effect would fail: nothing written, it stays pending).
 
 ACL: a consumer's user needs the key pattern of its stream's tag (e.g.
 ``~{p3}:*``) and ``+xgroup|create +xreadgroup +evalsha +eval +xpending
-+xautoclaim +xclaim +xack +xrange +xadd +get +set +del +type +hget`` plus the
-commands its effects use (``+hincrby +zincrby`` above); a producer's needs
-``+evalsha +eval +get +set +xadd`` (``CONSUMER_ACL_COMMANDS`` and
-``PUBLISH_ACL_COMMANDS`` in ``onceonly.streams.config``). A ``RedisCluster``
++xautoclaim +xclaim +xinfo|groups +xack +xrange +xadd +get +set +del +type
++hget`` plus the commands its effects use (``+hincrby +zincrby`` above); a
+producer's needs ``+evalsha +eval +get +set +xadd`` (``CONSUMER_ACL_COMMANDS``
+and ``PUBLISH_ACL_COMMANDS`` in ``onceonly.streams.config``). A ``RedisCluster``
 client also sends ``CLUSTER SLOTS`` / ``CLUSTER SHARDS`` and ``COMMAND`` when
 it starts.
 
@@ -74,7 +75,7 @@ from .async_consumer import AsyncStreamConsumer
 from .config import ConsumerConfig
 from .consumer import StreamConsumer
 from .effects import Effects
-from .model import EntryResult, EntryStatus, StreamEntry, StreamStats
+from .model import EntryResult, EntryStatus, StreamEntry, StreamStats, StreamStatus
 from .publish import apublish, publish
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "StreamConsumer",
     "StreamEntry",
     "StreamStats",
+    "StreamStatus",
     "apublish",
     "publish",
 ]

@@ -20,7 +20,7 @@ from . import core, scripts
 from .config import MAX_BATCH, ConsumerConfig, default_consumer_name
 from .consumer_base import ConsumerBase
 from .effects import Effects
-from .model import EntryResult, StreamEntry
+from .model import EntryResult, StreamEntry, StreamStatus
 from .redis_io import arun_call, asend_batch
 
 __all__ = ["AsyncHandler", "AsyncStreamConsumer"]
@@ -95,6 +95,22 @@ class AsyncStreamConsumer(ConsumerBase):
         )
         super().__init__(client, handler, config, asyncio=True)
         self.concurrency = concurrency
+
+    async def status(self) -> StreamStatus:
+        """The group as the server sees it (``XINFO GROUPS``) and this consumer's counts.
+
+        Returns:
+            Pending entries, lag (Redis / Valkey >= 7), consumers, the last
+            delivered id, and :attr:`stats`. The ACL user needs ``+xinfo|groups``.
+
+        Raises:
+            IdempotencyStoreError: Redis failed, or the group does not exist yet.
+        """
+        try:
+            reply = await self.client.xinfo_groups(self.config.stream.encode())
+        except redis_errors() as exc:
+            raise scripts.stream_error(exc, self.config.stream) from exc
+        return self._status(reply)
 
     # -- reading -------------------------------------------------------------------
 

@@ -37,11 +37,11 @@ __all__ = [
 # What an ACL user needs, besides the commands its effects use (HSET, HINCRBY,
 # HDEL, ZADD, ZINCRBY, ZREM, SADD, SREM, INCRBY, SET, XADD, EXPIRE: only those
 # it uses). The consumer sends XGROUP CREATE, XREADGROUP, EVALSHA, EVAL (on
-# NOSCRIPT) and SET (a FAILED entry's error record); its scripts call
-# XREADGROUP, XPENDING, XAUTOCLAIM (reclaim), XCLAIM (keeping entries in hand
-# from being reclaimed), XACK, XRANGE, XADD (dead letters), GET, SET, DEL,
-# TYPE and HGET (before an HINCRBY), which ACLs check inside scripts too. publish
-# sends EVALSHA / EVAL and its script calls GET, SET and XADD.
+# NOSCRIPT), SET (a FAILED entry's error record) and XINFO GROUPS (status());
+# its scripts call XREADGROUP, XPENDING, XAUTOCLAIM (reclaim), XCLAIM (keeping
+# entries in hand from being reclaimed), XACK, XRANGE, XADD (dead letters),
+# GET, SET, DEL, TYPE and HGET (before an HINCRBY), which ACLs check inside
+# scripts too. publish sends EVALSHA / EVAL and its script calls GET, SET, XADD.
 CONSUMER_ACL_COMMANDS = (
     "XGROUP|CREATE",
     "XREADGROUP",
@@ -50,6 +50,7 @@ CONSUMER_ACL_COMMANDS = (
     "XPENDING",
     "XAUTOCLAIM",
     "XCLAIM",
+    "XINFO|GROUPS",
     "XACK",
     "XRANGE",
     "XADD",

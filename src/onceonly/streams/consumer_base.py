@@ -14,19 +14,41 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import IdempotencyConfigError
+from ..errors import IdempotencyConfigError, OnceOnlyWarning
 from ..stores.redis.common import NEVER_DECODE
 from . import core, scripts
 from .config import ConsumerConfig
-from .model import EntryResult, EntryStatus, StatsCounter, StreamEntry, StreamStats
+from .model import (
+    EntryResult,
+    EntryStatus,
+    StatsCounter,
+    StreamEntry,
+    StreamStats,
+    StreamStatus,
+)
 from .redis_io import check_client, is_cluster
 
 __all__ = ["ConsumerBase", "logger"]
 
 logger = logging.getLogger("onceonly")
+
+
+def _socket_timeout(client: Any) -> float | None:
+    """The client's socket timeout in seconds (None: none, or not found)."""
+    for owner in (
+        getattr(client, "connection_pool", None),
+        getattr(client, "nodes_manager", None),
+        client,
+    ):
+        kwargs = getattr(owner, "connection_kwargs", None)
+        if isinstance(kwargs, dict):
+            value = kwargs.get("socket_timeout")
+            return float(value) if isinstance(value, (int, float)) else None
+    return None
 
 
 class ConsumerBase:
@@ -54,6 +76,15 @@ class ConsumerBase:
             raise IdempotencyConfigError(
                 "same_slot=False needs a standalone or Sentinel client: on Redis Cluster every "
                 "key of a script must be in one slot"
+            )
+        timeout = _socket_timeout(client)
+        if timeout is not None and config.block_ms > 0 and timeout * 1000 <= config.block_ms:
+            warnings.warn(
+                f"the client's socket_timeout ({timeout} s) is not above block_ms "
+                f"({config.block_ms} ms): a read that waits for new entries would time out. "
+                "Raise socket_timeout or lower block_ms",
+                OnceOnlyWarning,
+                stacklevel=3,
             )
         self.config = config
         self.client = client
@@ -109,6 +140,10 @@ class ConsumerBase:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _status(self, reply: object) -> StreamStatus:
+        pending, lag, consumers, last = core.group_info(reply, self.config.group)
+        return StreamStatus(pending, lag, consumers, last, self.stats)
 
     def _started(self) -> None:
         """Note that ``run()`` starts: an earlier :meth:`stop` no longer holds."""

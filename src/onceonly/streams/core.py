@@ -39,6 +39,7 @@ __all__ = [
     "commit_plan",
     "error_text",
     "failed_plan",
+    "group_info",
     "new_entries",
     "results",
 ]
@@ -91,6 +92,34 @@ class ReadState:
         self.reclaim_cursor = cursor
         if cursor == "0-0":
             self.reclaim_at = now + min_idle_ms / 1000
+
+
+def _str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def group_info(reply: object, group: str) -> tuple[int, int | None, int, str]:
+    """(pending, lag, consumers, last delivered id) of ``group`` in an ``XINFO GROUPS`` reply.
+
+    Raises:
+        IdempotencyStoreError: The group is not in the reply (not created yet,
+            or deleted), or the reply has another shape.
+    """
+    if not isinstance(reply, list):
+        raise IdempotencyStoreError(f"unexpected XINFO GROUPS reply: {type(reply).__name__}")
+    for row in reply:
+        if isinstance(row, list):  # RESP2 pairs, when not parsed by redis-py
+            row = {row[i]: row[i + 1] for i in range(0, len(row), 2)}
+        info = {_str(k): v for k, v in dict(row).items()}
+        if _str(info.get("name")) == group:
+            lag = info.get("lag")
+            return (
+                int(info["pending"]),
+                None if lag is None else int(lag),
+                int(info["consumers"]),
+                _str(info["last-delivered-id"]),
+            )
+    raise IdempotencyStoreError(f"the stream has no consumer group {group!r}")
 
 
 def new_entries(reply: object) -> list[RawEntry]:

@@ -7,7 +7,14 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-__all__ = ["EntryResult", "EntryStatus", "StatsCounter", "StreamEntry", "StreamStats"]
+__all__ = [
+    "EntryResult",
+    "EntryStatus",
+    "StatsCounter",
+    "StreamEntry",
+    "StreamStats",
+    "StreamStatus",
+]
 
 
 class EntryStatus(enum.Enum):
@@ -99,6 +106,26 @@ class StreamStats:
     dead: int = 0
     failed: int = 0
     reclaimed: int = 0
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """A consumer group as the server sees it, with this consumer's counts.
+
+    Attributes:
+        pending: Entries of the group read and not acknowledged (all consumers).
+        lag: Entries of the stream not yet read by the group (Redis / Valkey
+            >= 7; None when the server does not know it, e.g. after deletions).
+        consumers: Consumers the group knows (dead ones until removed).
+        last_delivered_id: The group's last delivered entry id.
+        stats: This consumer's counts.
+    """
+
+    pending: int
+    lag: int | None
+    consumers: int
+    last_delivered_id: str
+    stats: StreamStats
 
 
 _FIELD_OF = {
