@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from onceonly.streams import Effects, StreamEntry
@@ -52,3 +58,30 @@ def points(client: Any, user_prefix: str, user: str) -> int:
 def board(client: Any, key: str) -> dict[str, float]:
     """The leaderboard as {member: score}."""
     return {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
+
+
+def wait_idle(client: Any, stream: str, group: str, idle_ms: int, timeout: float = 30.0) -> None:
+    """Poll XPENDING until every pending entry of the group has been idle for ``idle_ms``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = client.xpending_range(stream, group, min="-", max="+", count=1000)
+        if rows and all(r["time_since_delivered"] >= idle_ms for r in rows):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pending entries not idle for {idle_ms} ms: {rows!r}")
+        time.sleep(0.02)
+
+
+def run_crash_worker(
+    kind: str, port: int, stream: str, group: str, consumer: str, step: str
+) -> None:
+    """Run crash_worker.py to its SIGKILL (it must die by it)."""
+    here = Path(__file__).resolve().parent
+    paths = [str(here.parents[1] / "src"), str(here), str(here.parent)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    done = subprocess.run(
+        [sys.executable, str(here / "crash_worker.py"), kind, str(port), stream, group, consumer,
+         step],
+        env=env, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()

@@ -22,7 +22,7 @@ from onceonly.streams import ConsumerConfig, Effects, EntryStatus, StreamConsume
 from onceonly.streams import effects as fx
 from onceonly.streams import scripts as stream_scripts
 from onceonly.streams.config import check_same_slot, key_slot, stream_base
-from onceonly.streams.core import new_entries
+from onceonly.streams.core import ReadState, new_entries
 from onceonly.streams.redis_io import run_call
 from onceonly.streams.scripts import fields_digest
 
@@ -253,3 +253,24 @@ def test_a_key_with_another_tag_in_the_same_slot_is_accepted(standalone: redis.R
     (result,) = consumer.run_once()
     assert result.status is EntryStatus.APPLIED  # by the Lua CRC16, not string equality
     assert standalone.get(key) == b"1"
+
+
+# -- the read state -------------------------------------------------------------------
+
+
+def test_a_reclaim_scan_goes_page_by_page_then_waits_min_idle() -> None:
+    state = ReadState()
+    assert state.reclaim_due(0.0)  # the first scan: at once
+    state.reclaimed("5-0", 1.0, 500)
+    assert state.reclaim_due(1.0)  # under way: the next page in the next pass
+    state.reclaimed("0-0", 2.0, 500)  # the scan is done
+    assert not state.reclaim_due(2.4)
+    assert state.reclaim_due(2.5)
+
+
+def test_min_idle_ms_is_checked() -> None:
+    stream, _, _, group = names()
+    assert ConsumerConfig(stream, group, min_idle_ms=None).min_idle_ms is None
+    for bad in (0, -1, 1.5, "200", True):
+        with pytest.raises(IdempotencyConfigError, match="min_idle_ms"):
+            ConsumerConfig(stream, group, min_idle_ms=bad)  # type: ignore[arg-type]

@@ -37,16 +37,20 @@ __all__ = [
 # What an ACL user needs, besides the commands its effects use (HSET, HINCRBY,
 # HDEL, ZADD, ZINCRBY, ZREM, SADD, SREM, INCRBY, SET, XADD, EXPIRE: only those
 # it uses). The consumer sends XGROUP CREATE, XREADGROUP, EVALSHA, EVAL (on
-# NOSCRIPT) and SET (a FAILED entry's error record); its scripts call
-# XREADGROUP, XPENDING, XACK, XRANGE, XADD (dead letters), GET, SET, DEL, TYPE
-# and HGET (before an HINCRBY), which ACLs check inside scripts too. publish
-# sends EVALSHA / EVAL and its script calls GET, SET and XADD.
+# NOSCRIPT), SET (a FAILED entry's error record) and XINFO GROUPS (status());
+# its scripts call XREADGROUP, XPENDING, XAUTOCLAIM (reclaim), XCLAIM (keeping
+# entries in hand from being reclaimed), XACK, XRANGE, XADD (dead letters),
+# GET, SET, DEL, TYPE and HGET (before an HINCRBY), which ACLs check inside
+# scripts too. publish sends EVALSHA / EVAL and its script calls GET, SET, XADD.
 CONSUMER_ACL_COMMANDS = (
     "XGROUP|CREATE",
     "XREADGROUP",
     "EVALSHA",
     "EVAL",
     "XPENDING",
+    "XAUTOCLAIM",
+    "XCLAIM",
+    "XINFO|GROUPS",
     "XACK",
     "XRANGE",
     "XADD",
@@ -62,6 +66,7 @@ MAX_BATCH = 1000  # entries read and committed in one round trip each
 MAX_EVENT_ID_BYTES = 512
 _MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 _MAX_BLOCK_MS = 3_600_000
+_MAX_IDLE_MS = 7 * 24 * 3600 * 1000
 SLOTS = 16384
 
 
@@ -161,6 +166,10 @@ class ConsumerConfig:
         block_ms: How long a read waits for new entries (0: not at all; unlike
             Redis' ``BLOCK 0``, never forever). Keep it under the client's
             ``socket_timeout``.
+        min_idle_ms: Entries of the group pending (on any consumer: a dead
+            one, or this one after a FAILED handler) for longer than this
+            are reclaimed (``XAUTOCLAIM``) and handled here; None: never.
+            Keep it well above the time a batch takes to handle and commit.
         max_deliveries: An entry delivered more often is moved to the
             dead-letter stream instead of being handled again (None: never).
         dead_letter_stream: Where dead letters go; default
@@ -186,6 +195,7 @@ class ConsumerConfig:
     consumer: str = field(default_factory=default_consumer_name)
     batch_size: int = 100
     block_ms: int = 2000
+    min_idle_ms: int | None = 60_000
     max_deliveries: int | None = 10
     dead_letter_stream: str | None = None
     dedup_ttl_seconds: int = 86_400
@@ -204,6 +214,7 @@ class ConsumerConfig:
         _name("consumer", self.consumer, limit=256)
         _int("batch_size", self.batch_size, 1, MAX_BATCH)
         _int("block_ms", self.block_ms, 0, _MAX_BLOCK_MS)
+        _int("min_idle_ms", self.min_idle_ms, 1, _MAX_IDLE_MS, allow_none=True)
         _int("max_deliveries", self.max_deliveries, 1, 1_000_000, allow_none=True)
         _int("dedup_ttl_seconds", self.dedup_ttl_seconds, 1, _MAX_TTL_SECONDS)
         if self.event_id_field is not None:

@@ -1,7 +1,9 @@
 """StreamConsumer: a Redis Streams consumer whose effects are applied exactly once.
 
 Each pass (:meth:`StreamConsumer.run_once`) costs two round trips: one read
-(its own pending entries first, then new ones with ``XREADGROUP ... >``) and
+(its own pending entries first, then, when a reclaim scan is due, entries
+idle on other consumers with ``XAUTOCLAIM``, else new ones with
+``XREADGROUP ... >``) and
 one pipeline that carries every entry's script (commit, dead letter) or
 command (the error record of a FAILED entry, the XACK of a LOST one). The
 group is created (``MKSTREAM``) on the first pass: one more, once.
@@ -9,27 +11,57 @@ group is created (``MKSTREAM``) on the first pass: one more, once.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..stores.redis.common import NEVER_DECODE, redis_errors
+from ..errors import IdempotencyStoreError
+from ..stores.redis.common import redis_errors
 from . import core, scripts
 from .config import ConsumerConfig, default_consumer_name
+from .consumer_base import ConsumerBase
 from .effects import Effects
-from .model import EntryResult, EntryStatus, StatsCounter, StreamEntry, StreamStats
-from .redis_io import check_client, is_cluster, run_call, send_batch
+from .model import EntryResult, StreamEntry, StreamStatus
+from .redis_io import run_call, send_batch
 
 __all__ = ["Handler", "StreamConsumer"]
-
-logger = logging.getLogger("onceonly")
 
 Handler = Callable[[StreamEntry], Effects | None]
 
 
-class StreamConsumer:
+class _Heartbeat:
+    """A thread that resets the idle time of a batch's entries while the batch is in hand.
+
+    Every ``min_idle_ms / 3`` it sends the extend script (``XCLAIM ... JUSTID``
+    to this consumer, for the entries it still holds at the count it read),
+    so no other consumer's reclaim takes an entry that is being handled or
+    waits in the batch. A failed send is logged and tried again at the next beat.
+    """
+
+    def __init__(self, consumer: StreamConsumer, call: scripts.Call) -> None:
+        self._consumer, self._call = consumer, call
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="onceonly-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        consumer = self._consumer
+        while not self._done.wait(consumer._beat_seconds):
+            try:
+                run_call(consumer.client, self._call)
+            except IdempotencyStoreError as exc:
+                consumer._heartbeat_failed(exc)
+
+
+class StreamConsumer(ConsumerBase):
     """Consume a Redis stream in a consumer group, applying each event's effects once.
 
     The handler gets a :class:`StreamEntry` and returns :class:`Effects` (or
@@ -46,7 +78,7 @@ class StreamConsumer:
     Args:
         client: A sync redis-py client: ``redis.Redis``, ``redis.RedisCluster``
             or a Sentinel master. Its ``socket_timeout`` must exceed ``block_ms``.
-        stream, group, consumer, batch_size, block_ms, max_deliveries,
+        stream, group, consumer, batch_size, block_ms, min_idle_ms, max_deliveries,
         dead_letter_stream, dedup_ttl_seconds, event_id_field, same_slot,
         start_id: See :class:`~onceonly.streams.config.ConsumerConfig`.
         handler: ``handler(entry) -> Effects | None``. An exception leaves the
@@ -68,6 +100,7 @@ class StreamConsumer:
         consumer: str | None = None,
         batch_size: int = 100,
         block_ms: int = 2000,
+        min_idle_ms: int | None = 60_000,
         max_deliveries: int | None = 10,
         dead_letter_stream: str | None = None,
         dedup_ttl_seconds: int = 86_400,
@@ -75,15 +108,13 @@ class StreamConsumer:
         same_slot: bool = True,
         start_id: str = "0",
     ) -> None:
-        check_client(client, asyncio=False)
-        if not callable(handler):
-            raise IdempotencyConfigError(f"handler must be callable, got {handler!r}")
-        self.config = ConsumerConfig(
+        config = ConsumerConfig(
             stream=stream,
             group=group,
             consumer=default_consumer_name() if consumer is None else consumer,
             batch_size=batch_size,
             block_ms=block_ms,
+            min_idle_ms=min_idle_ms,
             max_deliveries=max_deliveries,
             dead_letter_stream=dead_letter_stream,
             dedup_ttl_seconds=dedup_ttl_seconds,
@@ -91,23 +122,23 @@ class StreamConsumer:
             same_slot=same_slot,
             start_id=start_id,
         )
-        self._cluster = is_cluster(client)
-        if self._cluster and not same_slot:
-            raise IdempotencyConfigError(
-                "same_slot=False needs a standalone or Sentinel client: on Redis Cluster every "
-                "key of a script must be in one slot"
-            )
-        self.client = client
-        self.handler = handler
-        self._state = core.ReadState()
-        self._stats = StatsCounter()
-        self._group_ready = False
-        self._stopping = threading.Event()
+        super().__init__(client, handler, config, asyncio=False)
 
-    @property
-    def stats(self) -> StreamStats:
-        """The counts so far (a snapshot)."""
-        return self._stats.snapshot()
+    def status(self) -> StreamStatus:
+        """The group as the server sees it (``XINFO GROUPS``) and this consumer's counts.
+
+        Returns:
+            Pending entries, lag (Redis / Valkey >= 7), consumers, the last
+            delivered id, and :attr:`stats`. The ACL user needs ``+xinfo|groups``.
+
+        Raises:
+            IdempotencyStoreError: Redis failed, or the group does not exist yet.
+        """
+        try:
+            reply = self.client.xinfo_groups(self.config.stream.encode())
+        except redis_errors() as exc:
+            raise scripts.stream_error(exc, self.config.stream) from exc
+        return self._status(reply)
 
     # -- reading -------------------------------------------------------------------
 
@@ -117,51 +148,43 @@ class StreamConsumer:
         Raises:
             IdempotencyStoreError: Redis failed or refused.
         """
-        config = self.config
+        stream, group, start = self._xgroup_create()
         try:
-            self.client.xgroup_create(
-                config.stream.encode(), config.group.encode(), id=config.start_id, mkstream=True
-            )
+            self.client.xgroup_create(stream, group, id=start, mkstream=True)
             created = True
         except redis_errors() as exc:
             if "BUSYGROUP" not in str(exc):
-                raise scripts.stream_error(exc, config.stream) from exc
+                raise scripts.stream_error(exc, self.config.stream) from exc
             created = False
         self._group_ready = True
         return created
 
     def _read_new(self) -> list[core.RawEntry]:
-        config = self.config
-        args: list[Any] = ["XREADGROUP", "GROUP", config.group, config.consumer]
-        args += ["COUNT", config.batch_size]
-        if config.block_ms > 0:
-            args += ["BLOCK", config.block_ms]
-        args += ["STREAMS", config.stream, ">"]
-        options: dict[str, Any] = {NEVER_DECODE: True}
-        if self._cluster:
-            # XREADGROUP's keys are "movable": redis-py would ask the server
-            # (COMMAND GETKEYS) on every read to route it. The stream's node is known.
-            options["target_nodes"] = self.client.get_node_from_key(config.stream.encode())
-        # The command name stays text (redis-py routes and parses by it).
-        wire = [args[0], *(a.encode() if isinstance(a, str) else a for a in args[1:])]
+        wire, options = self._read_new_command()
         try:
             return core.new_entries(self.client.execute_command(*wire, **options))
         except redis_errors() as exc:
-            raise scripts.stream_error(exc, config.stream) from exc
+            raise scripts.stream_error(exc, self.config.stream) from exc
 
-    def _read_once(self) -> list[core.RawEntry]:
-        if self._state.draining:
-            reply = run_call(self.client, scripts.pending_call(self.config, self._state.cursor))
-            entries = scripts.pending_entries(reply)
+    def _read_once(self) -> tuple[list[core.RawEntry], int]:
+        """A page of entries, and how many of them were reclaimed."""
+        call = self._pending_call()
+        if call is not None:
+            entries = scripts.pending_entries(run_call(self.client, call))
             if not self._state.drained(entries):
-                return list(entries)
-        return self._read_new()
+                return list(entries), 0
+        call = self._reclaim_call()
+        if call is not None:
+            reclaimed = self._reclaimed(run_call(self.client, call))
+            if reclaimed:
+                return reclaimed, len(reclaimed)
+        return self._read_new(), 0
 
-    def _read(self) -> list[core.RawEntry]:
+    def _read(self) -> tuple[list[core.RawEntry], int]:
         try:
             return self._read_once()
         except IdempotencyStoreError as exc:
-            if "NOGROUP" not in str(exc.__cause__):
+            if not self._no_group(exc):
                 raise
         # The group (or the whole stream) was deleted since it was made: make it
         # again and read once more. Entries it hands out again are only
@@ -177,26 +200,36 @@ class StreamConsumer:
 
         Returns:
             The results, in the order read (empty when nothing came within
-            ``block_ms``).
+            ``block_ms``, or after :meth:`stop`). Entries left unhandled by
+            a :meth:`stop` during the pass stay pending and have no result.
 
         Raises:
             IdempotencyStoreError: A read or the commit pipeline failed.
                 After a failed commit the next pass re-reads this consumer's
                 pending entries: each commit is safe to send again.
         """
+        if self._stopping.is_set():
+            return []
         if not self._group_ready:
             self.ensure_group()
-        raws = self._read()
-        plans = [self._plan(raw) for raw in raws]
-        try:
-            replies = send_batch(self.client, [plan.item for plan in plans])
-        except BaseException:
-            self._state.restart()
-            raise
-        out = core.results(plans, replies)
-        self._stats.add(len(raws), out)
-        self._log(out)
-        return out
+        raws, reclaimed = self._read()
+        with self._keep_held(raws):
+            plans = []
+            for raw in raws:
+                if self._stopping.is_set():
+                    break  # the rest stays pending, unhandled
+                plans.append(self._plan(raw))
+            try:
+                replies = send_batch(self.client, [plan.item for plan in plans])
+            except BaseException:
+                self._state.restart()
+                raise
+        return self._finish(raws, reclaimed, plans, replies)
+
+    def _keep_held(self, raws: list[core.RawEntry]) -> AbstractContextManager[object]:
+        """Keep the batch's entries from being reclaimed until it is committed."""
+        call = self._extend_call(raws)
+        return nullcontext() if call is None else _Heartbeat(self, call)
 
     def _plan(self, raw: core.RawEntry) -> core.Plan:
         step = core.classify(self.config, raw)
@@ -205,40 +238,21 @@ class StreamConsumer:
         try:
             outcome = self.handler(step)
         except Exception as exc:
-            # The type only: a message may quote the payload. The full text
-            # goes to the entry's error record, for its dead letter.
-            logger.warning(
-                "onceonly: the stream handler raised %s on entry %s (delivery %d); it stays "
-                "pending",
-                type(exc).__name__,
-                step.id,
-                step.deliveries,
-            )
-            error = core.error_text(exc)
-            return core.failed_plan(self.config, step.id, step.deliveries, error, step.event_id)
+            return self._handler_failed(step, exc)
         return core.commit_plan(self.config, step, outcome)
-
-    def _log(self, results: list[EntryResult]) -> None:
-        lost = sum(1 for r in results if r.status is EntryStatus.LOST)
-        if lost:
-            logger.warning(
-                "onceonly: %d pending entries of the stream were deleted or trimmed before "
-                "they were handled; acknowledged as LOST",
-                lost,
-            )
 
     # -- the loop --------------------------------------------------------------------
 
     def run(self) -> None:
-        """Call :meth:`run_once` until :meth:`stop` is called.
+        """Call :meth:`run_once` until :meth:`stop` is called, or SIGTERM / SIGINT comes.
 
-        Errors propagate (the caller decides whether to retry); this loop
-        does not yet reclaim other consumers' idle entries nor handle signals.
+        Called in the main thread, it makes SIGTERM and SIGINT call
+        :meth:`stop` while it runs (their previous handlers are put back when
+        it returns): the batch in hand is finished as :meth:`stop` says,
+        within the time its running handler takes (or ``block_ms`` when
+        idle). Errors propagate (the caller decides whether to retry).
         """
-        self._stopping.clear()
-        while not self._stopping.is_set():
-            self.run_once()
-
-    def stop(self) -> None:
-        """Make :meth:`run` return after its current pass (within ``block_ms`` when idle)."""
-        self._stopping.set()
+        self._started()
+        with self._signals():
+            while not self._stopping.is_set():
+                self.run_once()

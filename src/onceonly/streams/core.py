@@ -3,7 +3,9 @@
 A pass of a consumer (sync now, asyncio later) is:
 
 1. read: its own pending entries after a cursor (at start, and after a
-   failed commit) until there are none, then new ones (``>``);
+   failed commit) until there are none, then a page of entries reclaimed
+   from idle consumers when one is due (:class:`ReadState`), else new ones
+   (``>``);
 2. per entry, :func:`classify`: LOST (deleted while pending), DEAD (past
    ``max_deliveries``), FAILED (no event id), or handle it;
 3. the driver calls the handler; :func:`commit_plan` / :func:`failed_plan`
@@ -37,6 +39,7 @@ __all__ = [
     "commit_plan",
     "error_text",
     "failed_plan",
+    "group_info",
     "new_entries",
     "results",
 ]
@@ -48,18 +51,25 @@ RawEntry = tuple[str, "Mapping[bytes, bytes] | None", int]
 
 
 class ReadState:
-    """Which entries a consumer reads next: its own pending ones (after a cursor), or new ones.
+    """Which entries a consumer reads next: its own pending ones, reclaimed ones, or new ones.
 
     A consumer starts by draining its pending entries (a restarted process
     that keeps its name finds what it had read before it stopped), page by
     page; once a page comes back empty it reads new entries. Entries that
     FAILED stay pending: they are not read again in this pass (the cursor is
-    past them) but are redelivered by a restart or, later, the reclaim loop.
+    past them) but are redelivered by a restart or the reclaim scan.
+
+    The reclaim scan (``XAUTOCLAIM`` pages from a cursor) starts at the first
+    pass after the drain and again ``min_idle_ms`` after each full scan; a
+    scan under way goes on one page per pass until its cursor is back at
+    ``0-0``. Times are the caller's monotonic clock, in seconds.
     """
 
     def __init__(self) -> None:
         self.draining = True
         self.cursor = "0"
+        self.reclaim_cursor = "0-0"
+        self.reclaim_at = 0.0
 
     def restart(self) -> None:
         """Drain again from the start (after a commit whose outcome is unknown)."""
@@ -72,6 +82,44 @@ class ReadState:
             return True
         self.cursor = entries[-1][0]
         return False
+
+    def reclaim_due(self, now: float) -> bool:
+        """Whether this pass reads a reclaim page (a scan under way, or one due)."""
+        return self.reclaim_cursor != "0-0" or now >= self.reclaim_at
+
+    def reclaimed(self, cursor: str, now: float, min_idle_ms: int) -> None:
+        """Note a reclaim page's next cursor; a full scan schedules the next one."""
+        self.reclaim_cursor = cursor
+        if cursor == "0-0":
+            self.reclaim_at = now + min_idle_ms / 1000
+
+
+def _str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def group_info(reply: object, group: str) -> tuple[int, int | None, int, str]:
+    """(pending, lag, consumers, last delivered id) of ``group`` in an ``XINFO GROUPS`` reply.
+
+    Raises:
+        IdempotencyStoreError: The group is not in the reply (not created yet,
+            or deleted), or the reply has another shape.
+    """
+    if not isinstance(reply, list):
+        raise IdempotencyStoreError(f"unexpected XINFO GROUPS reply: {type(reply).__name__}")
+    for row in reply:
+        if isinstance(row, list):  # RESP2 pairs, when not parsed by redis-py
+            row = {row[i]: row[i + 1] for i in range(0, len(row), 2)}
+        info = {_str(k): v for k, v in dict(row).items()}
+        if _str(info.get("name")) == group:
+            lag = info.get("lag")
+            return (
+                int(info["pending"]),
+                None if lag is None else int(lag),
+                int(info["consumers"]),
+                _str(info["last-delivered-id"]),
+            )
+    raise IdempotencyStoreError(f"the stream has no consumer group {group!r}")
 
 
 def new_entries(reply: object) -> list[RawEntry]:

@@ -7,7 +7,14 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-__all__ = ["EntryResult", "EntryStatus", "StatsCounter", "StreamEntry", "StreamStats"]
+__all__ = [
+    "EntryResult",
+    "EntryStatus",
+    "StatsCounter",
+    "StreamEntry",
+    "StreamStats",
+    "StreamStatus",
+]
 
 
 class EntryStatus(enum.Enum):
@@ -85,8 +92,10 @@ class StreamStats:
     """A consumer's counts since it was built (a snapshot).
 
     Attributes:
-        read: Entries read (own pending and new).
+        read: Entries read (own pending, reclaimed and new).
         applied, duplicates, fenced, lost, dead, failed: Entries per status.
+        reclaimed: Entries taken over from idle consumers (``XAUTOCLAIM``),
+            those deleted while pending included (they are also LOST).
     """
 
     read: int = 0
@@ -96,6 +105,27 @@ class StreamStats:
     lost: int = 0
     dead: int = 0
     failed: int = 0
+    reclaimed: int = 0
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """A consumer group as the server sees it, with this consumer's counts.
+
+    Attributes:
+        pending: Entries of the group read and not acknowledged (all consumers).
+        lag: Entries of the stream not yet read by the group (Redis / Valkey
+            >= 7; None when the server does not know it, e.g. after deletions).
+        consumers: Consumers the group knows (dead ones until removed).
+        last_delivered_id: The group's last delivered entry id.
+        stats: This consumer's counts.
+    """
+
+    pending: int
+    lag: int | None
+    consumers: int
+    last_delivered_id: str
+    stats: StreamStats
 
 
 _FIELD_OF = {
@@ -115,10 +145,11 @@ class StatsCounter:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys((f.name for f in fields(StreamStats)), 0)
 
-    def add(self, read: int, results: list[EntryResult]) -> None:
-        """Count ``read`` entries read and one per result by its status."""
+    def add(self, read: int, results: list[EntryResult], reclaimed: int = 0) -> None:
+        """Count ``read`` entries read (``reclaimed`` of them reclaimed) and each status."""
         with self._lock:
             self._counts["read"] += read
+            self._counts["reclaimed"] += reclaimed
             for result in results:
                 self._counts[_FIELD_OF[result.status]] += 1
 

@@ -1,4 +1,4 @@
-"""Sending the stream scripts and commands with redis-py: sync, and asyncio for ``apublish``.
+"""Sending the stream scripts and commands with redis-py: sync and asyncio.
 
 Scripts go as ``EVALSHA``; one the server does not know yet (``NOSCRIPT``: a
 first use, a restart, a failover, ``SCRIPT FLUSH``) is sent again as ``EVAL``,
@@ -18,7 +18,7 @@ from ..errors import IdempotencyConfigError
 from ..stores.redis.common import NEVER_DECODE, import_redis, redis_errors
 from .scripts import Call, Command, stream_error
 
-__all__ = ["arun_call", "check_client", "is_cluster", "run_call", "send_batch"]
+__all__ = ["arun_call", "asend_batch", "check_client", "is_cluster", "run_call", "send_batch"]
 
 _RAW = {NEVER_DECODE: True}
 
@@ -79,14 +79,27 @@ async def arun_call(client: Any, call: Call) -> Any:
         raise stream_error(exc, call.keys[0]) from exc
 
 
-def _pipeline(client: Any, items: Sequence[Call | Command], *, by_sha: bool) -> list[Any]:
+def _queued(client: Any, items: Sequence[Call | Command], *, by_sha: bool) -> Any:
+    # Queuing is sync in both flavours of pipeline; only execute() differs.
     pipe = client.pipeline(transaction=False)
     for item in items:
         if isinstance(item, Call):
             pipe.execute_command(*item.wire(by_sha=by_sha), **_RAW)
         else:
             pipe.execute_command(*_wire(item), **_RAW)
-    return list(pipe.execute(raise_on_error=False))
+    return pipe
+
+
+def _pipeline(client: Any, items: Sequence[Call | Command], *, by_sha: bool) -> list[Any]:
+    return list(_queued(client, items, by_sha=by_sha).execute(raise_on_error=False))
+
+
+def _noscript(items: Sequence[Call | Command], replies: Sequence[Any]) -> list[int]:
+    """Where the server answered NOSCRIPT to a script call (its cache was emptied)."""
+    noscript = import_redis().exceptions.NoScriptError
+    return [
+        i for i, r in enumerate(replies) if isinstance(r, noscript) and isinstance(items[i], Call)
+    ]
 
 
 def send_batch(client: Any, items: Sequence[Call | Command]) -> list[Any]:
@@ -102,16 +115,29 @@ def send_batch(client: Any, items: Sequence[Call | Command]) -> list[Any]:
     """
     if not items:
         return []
-    redis = import_redis()
     try:
         replies = _pipeline(client, items, by_sha=True)
-        missing = [
-            i
-            for i, r in enumerate(replies)
-            if isinstance(r, redis.exceptions.NoScriptError) and isinstance(items[i], Call)
-        ]
+        missing = _noscript(items, replies)
         if missing:
             again = _pipeline(client, [items[i] for i in missing], by_sha=False)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+    except redis_errors() as exc:
+        raise stream_error(exc, None) from exc
+    return replies
+
+
+async def asend_batch(client: Any, items: Sequence[Call | Command]) -> list[Any]:
+    """The asyncio twin of :func:`send_batch` (a ``redis.asyncio`` client)."""
+    if not items:
+        return []
+    try:
+        pipe = _queued(client, items, by_sha=True)
+        replies = list(await pipe.execute(raise_on_error=False))
+        missing = _noscript(items, replies)
+        if missing:
+            pipe = _queued(client, [items[i] for i in missing], by_sha=False)
+            again = await pipe.execute(raise_on_error=False)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
     except redis_errors() as exc:

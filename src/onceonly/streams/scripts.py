@@ -28,14 +28,17 @@ from .effects import Effects, encode_value
 __all__ = [
     "COMMIT",
     "DEAD_LETTER",
+    "EXTEND",
     "PENDING",
     "PUBLISH",
+    "RECLAIM",
     "Call",
     "Code",
     "Command",
     "Script",
     "commit_call",
     "dead_letter_call",
+    "extend_call",
     "fields_digest",
     "mark",
     "pending_call",
@@ -43,6 +46,8 @@ __all__ = [
     "publish_call",
     "publish_fields",
     "publish_reply",
+    "reclaim_call",
+    "reclaim_reply",
     "script_reply",
     "stream_error",
 ]
@@ -57,8 +62,10 @@ def _load(name: str) -> Script:
 
 COMMIT = _load("commit")
 DEAD_LETTER = _load("dead_letter")
+EXTEND = _load("extend")
 PENDING = _load("pending")
 PUBLISH = _load("publish")
+RECLAIM = _load("reclaim")
 
 
 class Code(enum.IntEnum):
@@ -146,6 +153,30 @@ def pending_call(config: ConsumerConfig, after: str) -> Call:
     return Call(
         PENDING, (config.stream,), (config.group, config.consumer, config.batch_size, after)
     )
+
+
+def extend_call(config: ConsumerConfig, held: Sequence[tuple[str, int]]) -> Call:
+    """The call that resets the idle time of entries held: (id, delivery count read) pairs."""
+    flat: list[bytes | str | int] = []
+    for entry_id, deliveries in held:
+        flat += [entry_id, deliveries]
+    return Call(EXTEND, (config.stream,), (config.group, config.consumer, *flat))
+
+
+def reclaim_call(config: ConsumerConfig, min_idle_ms: int, cursor: str) -> Call:
+    """The call claiming up to ``batch_size`` entries idle past ``min_idle_ms`` from ``cursor``."""
+    args = (config.group, config.consumer, min_idle_ms, cursor, config.batch_size)
+    return Call(RECLAIM, (config.stream,), args)
+
+
+def reclaim_reply(
+    reply: object,
+) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None, int]], list[str]]:
+    """The reclaim script's reply as (next cursor, claimed entries, ids deleted while pending)."""
+    if not isinstance(reply, list) or len(reply) != 3 or not isinstance(reply[2], list):
+        raise IdempotencyStoreError(f"unexpected reply from the reclaim script: {reply!r}")
+    deleted = [_text(raw, "entry id") for raw in reply[2]]
+    return _text(reply[0], "cursor"), pending_entries(reply[1]), deleted
 
 
 def _text(value: object, what: str) -> str:
