@@ -16,12 +16,11 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from ..errors import IdempotencyStoreError
 from ..stores.redis.common import import_redis, store_error
-from ..stores.redis.scripts import Script
+from ..stores.redis.scripts import Script, load_script
 from .config import CONSUMER_ACL_COMMANDS, PUBLISH_ACL_COMMANDS, ConsumerConfig
 from .effects import Effects, encode_value
 
@@ -53,19 +52,12 @@ __all__ = [
 ]
 
 
-def _load(name: str) -> Script:
-    folder = resources.files(__package__) / "lua"
-    source = (folder / "_prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
-    code = source.encode()
-    return Script(name, source, hashlib.sha1(code, usedforsecurity=False).hexdigest(), code)
-
-
-COMMIT = _load("commit")
-DEAD_LETTER = _load("dead_letter")
-EXTEND = _load("extend")
-PENDING = _load("pending")
-PUBLISH = _load("publish")
-RECLAIM = _load("reclaim")
+COMMIT = load_script(__package__, "commit")
+DEAD_LETTER = load_script(__package__, "dead_letter")
+EXTEND = load_script(__package__, "extend")
+PENDING = load_script(__package__, "pending")
+PUBLISH = load_script(__package__, "publish")
+RECLAIM = load_script(__package__, "reclaim")
 
 
 class Code(enum.IntEnum):

@@ -22,6 +22,7 @@ __all__ = [
     "Script",
     "claim_result",
     "decode_value",
+    "load_script",
     "write_result",
 ]
 
@@ -36,17 +37,26 @@ class Script:
     code: bytes
 
 
-def _load(name: str) -> Script:
-    folder = resources.files(__package__) / "lua"
+def load_script(package: str, name: str) -> Script:
+    """Read ``lua/<name>.lua`` of ``package``, its ``lua/_prelude.lua`` in front.
+
+    Args:
+        package: The package whose ``lua`` folder holds the script.
+        name: The script's file name without ``.lua``.
+
+    Returns:
+        The script, with its SHA1 for EVALSHA.
+    """
+    folder = resources.files(package) / "lua"
     source = (folder / "_prelude.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
     code = source.encode()
     return Script(name, source, hashlib.sha1(code, usedforsecurity=False).hexdigest(), code)
 
 
-CLAIM = _load("claim")
-COMPLETE = _load("complete")
-RELEASE = _load("release")
-RENEW = _load("renew")
+CLAIM = load_script(__package__, "claim")
+COMPLETE = load_script(__package__, "complete")
+RELEASE = load_script(__package__, "release")
+RENEW = load_script(__package__, "renew")
 
 
 def _bytes(value: object) -> bytes:
