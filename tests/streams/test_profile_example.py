@@ -51,7 +51,10 @@ def test_the_driver_gives_exactly_once_state_and_the_plain_run_drifts(
     assert ours["sent"] > ours["events"]  # some requests were retried
     assert ours["kills"] == plain["kills"] == 6
     assert (ours["wrong_users"], ours["wrong_members"], ours["extra_points"]) == (0, 0, 0)
-    assert ours["emails"] == ours["new_users"]
+    # A kill during a send, before its outcome is recorded, sends it again after the
+    # lease (at least once; at most once per completed send): never fewer, and at
+    # most one more per kill.
+    assert ours["new_users"] <= ours["emails"] <= ours["new_users"] + ours["kills"]
     assert plain["mode"] == "plain"
     assert plain["wrong_users"] > 0
     assert plain["extra_points"] > 0  # retried score events were applied twice
