@@ -1,4 +1,4 @@
-"""The ``onceonly`` command: demo, doctor, inspect, purge, dynamodb create-table."""
+"""The ``onceonly`` command: demo, doctor, inspect, purge, bench, dynamodb create-table."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
     return value
 
 
@@ -147,6 +154,47 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--key", help="delete this key whatever it holds")
     target.add_argument("--expired", action="store_true", help="delete expired records")
     _function_options(purge, target)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure onceonly on your own store: latency and executions per second",
+        description="Time one read, first executions and duplicates (p50 / p99) and "
+        "executions per second, sync and with asyncio tasks, against the store. It writes "
+        "only keys under a prefix of its own (onceonly-bench-<random>, kept ten minutes at "
+        "most) and deletes them at the end. A Redis / Valkey server whose maxmemory-policy "
+        "may evict keys is refused unless --force. Exit 0: measured; 2: an error.",
+    )
+    bench.add_argument(
+        "store",
+        metavar="STORE_URL",
+        help="a SQLite file (PATH or sqlite:///PATH), redis://HOST:PORT[/DB] (or rediss://, "
+        "redis+sentinel://, valkey://), or dynamodb://TABLE?region=R with optional "
+        "&endpoint_url=URL and &sort_key=ATTR",
+    )
+    bench.add_argument(
+        "--seconds", type=_seconds, default=3.0, help="how long each phase runs (default 3)"
+    )
+    bench.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=64,
+        help="asyncio tasks in the async phase (default 64)",
+    )
+    bench.add_argument(
+        "--payload-bytes",
+        type=_non_negative_int,
+        default=256,
+        help="size of each call's data and of its result (default 256)",
+    )
+    bench.add_argument(
+        "--prefix", help="the Redis store's key prefix (RedisStore(prefix=...); default onceonly)"
+    )
+    bench.add_argument(
+        "--cluster", action="store_true", help="the redis:// URL names a Redis Cluster node"
+    )
+    bench.add_argument(
+        "--force", action="store_true", help="run even if the server's maxmemory-policy evicts"
+    )
 
     dynamodb = commands.add_parser("dynamodb", help="DynamoDB store helpers")
     dynamodb_commands = dynamodb.add_subparsers(
@@ -324,6 +372,20 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, render, run_bench
+
+    options = BenchOptions(
+        seconds=args.seconds,
+        concurrency=args.concurrency,
+        payload_bytes=args.payload_bytes,
+        force=args.force,
+    )
+    report = run_bench(args.store, options, prefix=args.prefix, cluster=args.cluster)
+    print(render(report))
+    return 0
+
+
 # The create-table command's flags, for messages that name the store's arguments.
 _FLAGS = {
     "table_name": "NAME",
@@ -380,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": _doctor,
         "inspect": _inspect,
         "purge": _purge,
+        "bench": _bench,
         "dynamodb": _dynamodb,
     }
     try:
