@@ -6,8 +6,11 @@ Rows: sync onceonly (one call after another); async onceonly with 1, 64 and
 256 concurrent tasks (AsyncRedisStore pipelines the script calls of each
 event-loop turn); Powertools' sync idempotent_function on its Redis layer;
 and "naive redis-py asyncio": 256 tasks each sending the same two scripts
-(claim, complete) one command at a time, no onceonly and no pipelining. Every
-execution is a first execution (a fresh key). Rounds are interleaved and the
+(claim, complete) one command at a time, no onceonly and no pipelining; and
+"raw redis-py asyncio, pipelines of 256": a minimal claim script (SET NX PX)
+and a minimal token-checked complete script (GET, compare, SET PX) for 256
+fresh keys per pipeline, no onceonly: the physical limit of these round
+trips. Every execution is a first execution (a fresh key). Rounds are interleaved and the
 median is printed.
 """
 
@@ -134,6 +137,42 @@ async def naive_asyncio(port: int, n: int, concurrency: int) -> float:
     return rate
 
 
+# The physical limit of the async path: what redis-py asyncio does with the same
+# round trips and no library, a minimal claim (SET NX PX) and a minimal
+# token-checked complete (GET, compare, SET PX), pipelined 256 at a time.
+MINIMAL_CLAIM = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
+MINIMAL_COMPLETE = (
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'PX', ARGV[3]) return 1"
+)
+RAW = "raw redis-py asyncio, pipelines of 256"
+ONCEONLY_256 = "async onceonly, 256 tasks"
+GOAL_RAW, GOAL_NAIVE = 0.8, 4.0
+
+
+async def raw_pipelined(port: int, n: int, batch: int = 256) -> float:
+    """Claim and complete ``n`` fresh keys with minimal scripts, ``batch`` per pipeline."""
+    client = redis.asyncio.Redis(port=port)
+    claim_sha = await client.script_load(MINIMAL_CLAIM)
+    complete_sha = await client.script_load(MINIMAL_COMPLETE)
+    outcome = encode_outcome(RESULT)
+    orders = _orders(n)
+    start = time.perf_counter()
+    for first in range(0, n, batch):
+        chunk = [(f"bench-raw:{o['id']}", new_token()) for o in orders[first : first + batch]]
+        pipe = client.pipeline(transaction=False)
+        for key, token in chunk:
+            pipe.evalsha(claim_sha, 1, key, token, 60_000)
+        await pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for key, token in chunk:
+            pipe.evalsha(complete_sha, 1, key, token, outcome, 3_600_000)
+        await pipe.execute()
+    rate = n / (time.perf_counter() - start)
+    await client.aclose()
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="executions per async row")
@@ -154,8 +193,9 @@ def main() -> None:
                 ("Powertools sync", lambda: sync_powertools(port, args.sync_n)),
                 ("async onceonly, 1 task", lambda: asyncio.run(async_onceonly(port, n // 10, 1))),
                 ("async onceonly, 64 tasks", lambda: asyncio.run(async_onceonly(port, n, 64))),
-                ("async onceonly, 256 tasks", lambda: asyncio.run(async_onceonly(port, n, 256))),
+                (ONCEONLY_256, lambda: asyncio.run(async_onceonly(port, n, 256))),
                 (NAIVE, lambda: asyncio.run(naive_asyncio(port, n, 256))),
+                (RAW, lambda: asyncio.run(raw_pipelined(port, n))),
             ]
             if r % 2:
                 runs.reverse()  # alternate the order, so drift hits every row alike
@@ -172,10 +212,11 @@ def main() -> None:
     for label in rows:
         value = median[label]
         print(f"{label:{width}}  {value:8.0f}  {value / naive:8.2f}  {value / powertools:12.2f}")
-    best = median["async onceonly, 256 tasks"]
+    best, raw = median[ONCEONLY_256], median[RAW]
     print(
-        f"\ngoals: >= 30000/s with 256 tasks: {'met' if best >= 30_000 else 'NOT met'} "
-        f"({best:.0f}); >= 3.5 x naive: {'met' if best >= 3.5 * naive else 'NOT met'} "
+        f"\ngoals (printed, not asserted): {ONCEONLY_256} / {RAW} >= {GOAL_RAW}: "
+        f"{'met' if best >= GOAL_RAW * raw else 'NOT met'} ({best / raw:.2f} x); "
+        f"/ naive >= {GOAL_NAIVE}: {'met' if best >= GOAL_NAIVE * naive else 'NOT met'} "
         f"({best / naive:.2f} x)"
     )
 
