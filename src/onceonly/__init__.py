@@ -1,9 +1,17 @@
-"""onceonly: run code once per idempotency key under at-least-once delivery."""
+"""onceonly: run code once per idempotency key under at-least-once delivery.
+
+Every public name is importable from here (``from onceonly import
+idempotent_function``), but only the exceptions are imported with the package:
+the rest come on first use (a module ``__getattr__``), so that ``import
+onceonly`` beside a store costs a cold start (a Lambda's first request) little
+more than the interpreter's own start.
+"""
 
 from __future__ import annotations
 
-from .config import IdempotencyConfig, InProgressPolicy, StoreErrorPolicy
-from .decorators import idempotent, idempotent_function
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CorruptRecordError,
     IdempotencyAlreadyInProgressError,
@@ -15,14 +23,18 @@ from .errors import (
     IdempotencyStoreError,
     OnceOnlyWarning,
 )
-from .metrics import Event, Stats
-from .records import Record, Status
-from .serializers import (
-    CustomSerializer,
-    DataclassSerializer,
-    JsonSerializer,
-    PydanticSerializer,
-)
+
+if TYPE_CHECKING:
+    from .config import IdempotencyConfig, InProgressPolicy, StoreErrorPolicy
+    from .decorators import idempotent, idempotent_function
+    from .metrics import Event, Stats
+    from .records import Record, Status
+    from .serializers import (
+        CustomSerializer,
+        DataclassSerializer,
+        JsonSerializer,
+        PydanticSerializer,
+    )
 
 __version__ = "0.1.0"
 
@@ -51,3 +63,38 @@ __all__ = [
     "idempotent",
     "idempotent_function",
 ]
+
+# The names imported on first use, and the module each comes from.
+_LAZY = {
+    "IdempotencyConfig": "config",
+    "InProgressPolicy": "config",
+    "StoreErrorPolicy": "config",
+    "idempotent": "decorators",
+    "idempotent_function": "decorators",
+    "Event": "metrics",
+    "Stats": "metrics",
+    "Record": "records",
+    "Status": "records",
+    "CustomSerializer": "serializers",
+    "DataclassSerializer": "serializers",
+    "JsonSerializer": "serializers",
+    "PydanticSerializer": "serializers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the name here.
+
+    Raises:
+        AttributeError: No such public name.
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onceonly' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups find it without this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

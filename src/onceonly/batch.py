@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _async, _sync
+from . import _sync
 from .batch_engine import BatchResult, ItemResult, ItemStatus, batch_flow, lambda_item_identifier
 from .config import IdempotencyConfig
 from .decorators import _Guard
@@ -122,6 +122,8 @@ async def process_batch_async(
     )
     if not guard.is_async:
         raise IdempotencyConfigError("process_batch_async takes an async handler")
+    from . import _async  # here: a sync program's cold start never loads asyncio
+
     return await _async.drive_batch(
         batch_flow(guard.policy, items, invocations), store, items, handler
     )

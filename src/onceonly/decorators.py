@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
-from . import _async, _sync
+from . import _sync
 from .cache import LocalCache
 from .config import IdempotencyConfig
 from .engine import Invocation, Policy, flow
@@ -277,6 +277,8 @@ class _Guard:
         """Await an async ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
         if inv is None:
             return await func(*args, **kwargs)
+        from . import _async  # here: a sync program's cold start never loads asyncio
+
         policy = self.policy
         return await _async.drive(
             flow(policy, inv), self.store, inv, lambda: func(*args, **kwargs), policy.clock

@@ -14,7 +14,6 @@ completed one) holds the key. Times are judged by the store's own clock.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Sequence
@@ -231,6 +230,8 @@ def renew_many(store: Any, calls: Sequence[RenewCall]) -> list[bool | Exception]
 
 
 async def _gathered(awaitables: list[Any]) -> list[Any]:
+    import asyncio  # here, not at the top: the sync stores' cold start never loads it
+
     # Issued in one loop turn: AsyncRedisStore pipelines them into one round trip.
     answers = await asyncio.gather(*awaitables, return_exceptions=True)
     for answer in answers:

@@ -39,6 +39,7 @@ from ...errors import CorruptRecordError, IdempotencyConfigError, IdempotencySto
 from ...records import Acquired, ClaimResult, Found, Record, Status
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
 from . import items
+from .many import DEFAULT_MAX_PARALLEL, ManyCalls, ParallelCalls
 
 __all__ = ["DEFAULT_MAX_OUTCOME_BYTES", "DynamoDBStore", "OutcomeTooLargeError"]
 
@@ -60,7 +61,7 @@ class OutcomeTooLargeError(IdempotencyStoreError):
     """
 
 
-class DynamoDBStore:
+class DynamoDBStore(ManyCalls):
     """A store in one DynamoDB table.
 
     Leases and expiry are judged by this client's clock: DynamoDB has no clock
@@ -97,6 +98,11 @@ class DynamoDBStore:
         max_outcome_bytes: The largest outcome ``complete`` writes (default
             350 000, leaving room in the 400 KB item for the key and fields);
             a larger one raises :class:`OutcomeTooLargeError` naming its size.
+        max_parallel: The most conditional calls of one record batch
+            (``claim_many``... of ``process_batch``) in flight at once, each on
+            a thread of the store's own (default 10). It is capped at the
+            client's ``max_pool_connections`` (botocore's default 10; 32 for a
+            client built here): give an injected client at least as many.
 
     Raises:
         IdempotencyConfigError: Bad options, boto3 missing, or no region.
@@ -117,6 +123,7 @@ class DynamoDBStore:
         clock: Callable[[], int] | None = None,
         clock_skew_ms: int = 1_000,
         max_outcome_bytes: int = DEFAULT_MAX_OUTCOME_BYTES,
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
     ) -> None:
         items.check_layout(table_name, key_attr, sort_key_attr, static_pk_value, expiry_attr)
         if clock is not None and not callable(clock):
@@ -154,6 +161,7 @@ class DynamoDBStore:
         self.clock_skew_ms = clock_skew_ms
         self.max_outcome_bytes = max_outcome_bytes
         self._clock = clock or wall_ms
+        self._parallel = ParallelCalls(max_parallel, client)
         self._key_kind = "partition" if sort_key_attr is None else "sort"
         self._key_attrs = (key_attr,) if sort_key_attr is None else (key_attr, sort_key_attr)
         # The table's key schema is checked against the layout before the
@@ -194,7 +202,11 @@ class DynamoDBStore:
         )
 
     def close(self) -> None:
-        """Close the client's connections if this store built it; an injected client stays open."""
+        """End the batch threads; close the client's connections if this store built it.
+
+        An injected client stays open.
+        """
+        self._parallel.close()
         if self._owns_client:
             self.client.close()
 

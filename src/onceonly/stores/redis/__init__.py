@@ -4,12 +4,31 @@
 share their options, errors and reply rules (``common.py``) and the four Lua
 scripts (``scripts.py``, ``lua/``). redis-py is imported when a store is
 built, so this package imports without it (``pip install 'onceonly[redis]'``).
+``AsyncRedisStore`` is imported on first use (it loads ``asyncio``).
 """
 
 from __future__ import annotations
 
-from .async_store import AsyncRedisStore
+from typing import TYPE_CHECKING, Any
+
 from .common import import_redis, store_error
 from .store import RedisStore
 
+if TYPE_CHECKING:
+    from .async_store import AsyncRedisStore
+
 __all__ = ["AsyncRedisStore", "RedisStore", "import_redis", "store_error"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``AsyncRedisStore`` on first use (cold start: no ``asyncio`` for sync users).
+
+    Raises:
+        AttributeError: Any other name.
+    """
+    if name == "AsyncRedisStore":
+        from .async_store import AsyncRedisStore
+
+        globals()[name] = AsyncRedisStore  # later lookups (and dir()) find it without this hook
+        return AsyncRedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

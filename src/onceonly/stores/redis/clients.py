@@ -10,7 +10,6 @@ timeout. Every store script is safe to send twice under the same token.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -66,6 +65,8 @@ def _next_pause(backoff: Any, retries: int, failures: int, deadline: float) -> f
 @functools.cache
 def _retry_classes() -> tuple[type[Any], type[Any]]:
     """The bounded retry classes (sync, asyncio), built on first use (redis-py is optional)."""
+    import asyncio  # here, with redis.asyncio: not in a sync program's cold start
+
     import_redis()
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.retry import Retry
