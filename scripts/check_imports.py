@@ -37,6 +37,7 @@ LEAVES = {
     "naming",
     "rebuild",
     "powertools_records",
+    "_lazy",
 }
 ENGINE = {"engine", "batch_engine"}
 DRIVERS = {"_sync", "_async"}

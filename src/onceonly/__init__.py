@@ -9,9 +9,9 @@ more than the interpreter's own start.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_names
 from .errors import (
     CorruptRecordError,
     IdempotencyAlreadyInProgressError,
@@ -82,19 +82,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and keep the name here.
-
-    Raises:
-        AttributeError: No such public name.
-    """
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onceonly' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups find it without this hook
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

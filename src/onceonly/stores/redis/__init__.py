@@ -9,8 +9,9 @@ built, so this package imports without it (``pip install 'onceonly[redis]'``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..._lazy import lazy_names
 from .common import import_redis, store_error
 from .store import RedisStore
 
@@ -20,15 +21,4 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRedisStore", "RedisStore", "import_redis", "store_error"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import ``AsyncRedisStore`` on first use (cold start: no ``asyncio`` for sync users).
-
-    Raises:
-        AttributeError: Any other name.
-    """
-    if name == "AsyncRedisStore":
-        from .async_store import AsyncRedisStore
-
-        globals()[name] = AsyncRedisStore  # later lookups (and dir()) find it without this hook
-        return AsyncRedisStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, {"AsyncRedisStore": "async_store"})
