@@ -145,6 +145,10 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
 def _duration(ms: float) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
@@ -187,7 +191,7 @@ def _group_line(target: StreamAnswers) -> tuple[Line, tuple[int, int | None, int
 
 def _lag_line(lag: int | None, major: int | None) -> Line:
     if lag is not None:
-        return ("lag", "ok", f"{lag} entries not yet delivered to the group")
+        return ("lag", "ok", f"{_entries(lag)} not yet delivered to the group")
     if major is not None and major < 7:
         return ("lag", "warning", "unknown: the server reports lag from Redis / Valkey 7 on")
     return (
@@ -201,7 +205,7 @@ def _lag_line(lag: int | None, major: int | None) -> Line:
 
 def _pending_line(target: StreamAnswers, pending: int) -> Line:
     if "XPENDING" in target.refused:
-        return ("pending", "unknown", f"{pending} entries; {_refused(target, 'XPENDING')}")
+        return ("pending", "unknown", f"{_entries(pending)}; {_refused(target, 'XPENDING')}")
     if pending == 0 or target.summary is None:
         return ("pending", "ok", "none")
     holders = sorted(
@@ -211,7 +215,7 @@ def _pending_line(target: StreamAnswers, pending: int) -> Line:
     shown = ", ".join(f"{name} {count}" for name, count in holders[:5])
     more = f", {len(holders) - 5} more" if len(holders) > 5 else ""
     plural = "s" * (len(holders) != 1)
-    said = f"{pending} entries on {len(holders)} consumer{plural} ({shown}{more})"
+    said = f"{_entries(pending)} on {len(holders)} consumer{plural} ({shown}{more})"
     if not target.oldest:
         return ("pending", "ok", said)
     idle = max(target.oldest, key=lambda row: int(row["time_since_delivered"]))
@@ -242,7 +246,7 @@ def _dead_line(target: StreamAnswers) -> Line:
     return (
         "dead-letters",
         "warning",
-        f"{where}: {target.dead_length} entries, events not applied after max_deliveries "
+        f"{where}: {_entries(target.dead_length)}, events not applied after max_deliveries "
         "(read them with XRANGE; each holds the entry's fields, deliveries and last error)",
     )
 
@@ -266,7 +270,7 @@ def judge_stream(target: StreamAnswers, node: Any = None) -> list[Line]:
     elif missing:
         lines = [("stream", "warning", f"no stream {target.stream}{where}")]
     else:
-        lines = [("stream", "ok", f"{target.stream}: {target.length} entries{where}")]
+        lines = [("stream", "ok", f"{target.stream}: {_entries(target.length)}{where}")]
     group_line, found = _group_line(target)
     lines.append(group_line)
     if found is not None:

@@ -116,14 +116,14 @@ def test_the_groups_pending_lag_consumers_and_dead_letters(
     where = f" (on {_owner(redis_engine, redis_farm, stream)})" if topology == "cluster" else ""
     assert rows["stream"] == ("ok", f"{stream}: 5 entries{where}")
     assert rows["group"] == ("ok", f"{GROUP}: 2 consumers, last delivered {ids[3]}")
-    assert rows["lag"] == ("ok", "1 entries not yet delivered to the group")
+    assert rows["lag"] == ("ok", "1 entry not yet delivered to the group")
     status, reason = rows["pending"]
     assert status == "ok"
     assert reason.startswith("2 entries on 1 consumer (c2 2); longest idle ")
     assert reason.endswith(f" ({ids[2]} on c2), most deliveries 1")
     assert rows["dead-letters"] == (
         "warning",
-        f"{dead}: 1 entries, events not applied after max_deliveries (read them with XRANGE; "
+        f"{dead}: 1 entry, events not applied after max_deliveries (read them with XRANGE; "
         "each holds the entry's fields, deliveries and last error)",
     )
     assert out.splitlines()[-1] == "1 warning: exit 1"
@@ -199,7 +199,7 @@ def test_lag_unknown_after_a_deletion_and_stale_pending_entries_are_warnings(
             "or their min_idle_ms is None or larger; see --min-idle-ms)"
         )
         assert rows["dead-letters"][0] == "warning"
-        assert rows["dead-letters"][1].startswith(f"{dead}: 1 entries, ")
+        assert rows["dead-letters"][1].startswith(f"{dead}: 1 entry, ")
 
         # The consumers' default min_idle_ms (60 s): the same entries are not stale yet.
         code, _, out = doctor(capsys, url, *flags)
