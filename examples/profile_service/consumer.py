@@ -5,14 +5,23 @@ handler returns the event's writes as ``Effects`` (applied with the dedup
 record and the XACK in one script). ``--mode plain`` is what a consumer
 without onceonly does: read a batch, send each entry's writes, then ``XACK``
 the batch. Both first read their own pending entries (those a killed process
-under the same name left), then new ones. Each entry takes ``--work-ms`` of
-the handler's own work (a sleep standing for validation, a lookup) before
-its writes. Runs until killed.
+under the same name left), then new ones; the onceonly consumer also takes
+over, every ``--min-idle-ms``, entries idle that long on any consumer of the
+group (a killed one under another name, or its own FAILED ones): its reclaim
+scan. Each entry takes ``--work-ms`` of the handler's own work (a sleep
+standing for validation, a lookup) before its writes. With ``--stats FILE``
+the onceonly consumer writes its counts (``consumer.stats``) there as JSON
+after every pass that changed them. Runs until killed; on SIGTERM the
+onceonly consumer finishes its pass, writes its counts and exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -70,6 +79,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=("onceonly", "plain"), default="onceonly")
     parser.add_argument("--work-ms", type=float, default=1.0, help="the handler's work per entry")
     parser.add_argument("--emails", type=Path, help="append welcome e-mails here (onceonly)")
+    parser.add_argument(
+        "--min-idle-ms", type=int, default=1000, help="reclaim entries idle this long (onceonly)"
+    )
+    parser.add_argument("--stats", type=Path, help="write the consumer's counts here (onceonly)")
     args = parser.parse_args()
     host, port = args.cluster.rsplit(":", 1)
     client = redis.RedisCluster(
@@ -79,7 +92,7 @@ def main() -> None:
     if args.mode == "plain":
         run_plain(client, stream, args.name, args.work_ms)
         return
-    from onceonly.streams import EntryStatus, StreamConsumer
+    from onceonly.streams import StreamConsumer
 
     store = None
     if args.emails is not None:
@@ -88,26 +101,34 @@ def main() -> None:
         store = SQLiteStore(args.emails.with_suffix(".db"))
     handler = service.onceonly_handler(args.emails, store, args.work_ms)
 
-    def new_consumer() -> StreamConsumer:
-        return StreamConsumer(
-            client,
-            stream=stream,
-            group=service.GROUP,
-            consumer=args.name,
-            handler=handler,
-            batch_size=BATCH,
-            block_ms=500,
-            max_deliveries=None,
-            event_id_field="event_id",
-        )
-
-    consumer = new_consumer()
+    consumer = StreamConsumer(
+        client,
+        stream=stream,
+        group=service.GROUP,
+        consumer=args.name,
+        handler=handler,
+        batch_size=BATCH,
+        block_ms=500,
+        # Small, so that a killed consumer's entries are taken over within the
+        # run; a FAILED entry (it stays pending) is retried the same way.
+        min_idle_ms=args.min_idle_ms,
+        max_deliveries=None,
+        event_id_field="event_id",
+    )
+    stop = []  # SIGTERM: this pass is the last (a flag: nothing else runs in the handler)
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    written = None
     while True:
-        results = consumer.run_once()
-        if any(r.status is EntryStatus.FAILED for r in results):
-            # A FAILED entry stays pending; until the reclaim loop lands, a new
-            # consumer under this name (it drains its own pending first) retries it.
-            consumer = new_consumer()
+        consumer.run_once()
+        stats = consumer.stats
+        if args.stats is not None and stats != written:
+            # Replaced whole (write, then rename): a kill never leaves half a file.
+            partial = args.stats.with_suffix(".tmp")
+            partial.write_text(json.dumps(dataclasses.asdict(stats)))
+            os.replace(partial, args.stats)
+            written = stats
+        if stop:
+            return
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ then the plain one (bare ``XADD``; consumers that write, then ``XACK``). Each
 run sends ``--events`` events to the API (1 in 5 sent a second time with the
 same ``Idempotency-Key``: a client retry), starts the consumers halfway (the
 first half waits as a backlog), SIGKILLs a random consumer process ``--kills``
-times while it holds entries (mid-batch), restarts it under its name, waits until
-every entry is acknowledged, then compares every user's hash and the merged
-leaderboard, key by key, with what applying each event once gives. Prints a
-table; exits non-zero if the onceonly run differs.
+times while it holds entries (mid-batch) and starts a new one: the onceonly
+consumer under a new name (its predecessor's entries are reclaimed once idle
+``--min-idle-ms``), the plain one under the same name (it has no reclaim: only
+its own name gets its pending entries again). Then it waits until every entry
+is acknowledged and compares every user's hash and the merged leaderboard,
+key by key, with what applying each event once gives. Prints a table; exits
+non-zero if the onceonly run differs.
 """
 
 from __future__ import annotations
@@ -93,13 +96,32 @@ def admin_setup(admin: Any, mode: str, passwords: dict[str, str]) -> None:
 
 
 class Consumers:
-    """One consumer process per partition, killed and restarted under the same name."""
+    """One consumer process per partition, killed and started again.
+
+    A onceonly consumer comes back under a new name (``c-p0``, ``c-p0.2``, ...:
+    as a rescheduled container would), once its predecessor's pending entries
+    have been idle ``min_idle_ms``: its first pass then reclaims them, before
+    it reads anything new, so each partition's entries are still applied in
+    stream order (a profile's name is last-writer-wins). A plain one comes
+    back at once under the same name (it drains its own pending entries
+    first: without reclaim, nothing else gets them). ``stats`` is where
+    onceonly consumers write their counts.
+    """
 
     def __init__(
-        self, admin: Any, args: list[str], passwords: dict[str, str], emails: Path | None
+        self,
+        admin: Any,
+        args: list[str],
+        passwords: dict[str, str],
+        emails: Path | None,
+        stats: Path | None = None,
+        min_idle_ms: int = 1000,
     ) -> None:
         self.admin, self.args, self.passwords, self.emails = admin, args, passwords, emails
+        self.stats, self.min_idle_ms = stats, min_idle_ms
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.names: dict[str, str] = {}
+        self.starts: dict[str, int] = {}
         self.kills = self.busy_kills = 0
 
     def start_all(self) -> None:
@@ -109,20 +131,53 @@ class Consumers:
 
     def start(self, part: str) -> None:
         """Start (or restart) the partition's consumer process, named after the partition."""
-        extra = ["--password", self.passwords[part], "--partition", part, "--name", f"c-{part}"]
+        self.starts[part] = self.starts.get(part, 0) + 1
+        name = f"c-{part}"
+        if self.stats is not None and self.starts[part] > 1:  # onceonly: a new name
+            name += f".{self.starts[part]}"
+        self.names[part] = name
+        extra = ["--password", self.passwords[part], "--partition", part, "--name", name]
         if self.emails is not None:
             extra += ["--emails", str(self.emails)]
+        if self.stats is not None:
+            extra += ["--stats", str(self.stats / f"{name}.json")]
         self.processes[part] = subprocess.Popen(
             [sys.executable, str(HERE / "consumer.py"), *self.args, *extra]
         )
 
     def _pending(self, part: str) -> int:
+        """Entries the partition's current consumer has read and not acknowledged."""
         with contextlib.suppress(redis.RedisError):
-            return int(self.admin.xpending(service.stream(part), service.GROUP)["pending"])
+            rows = self.admin.xpending_range(
+                service.stream(part), service.GROUP, "-", "+", 1, consumername=self.names[part]
+            )
+            return len(rows)
         return 0
 
+    def _wait_idle(self, part: str) -> None:
+        """Wait until the current consumer's pending entries are idle ``min_idle_ms``."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                rows = self.admin.xpending_range(
+                    service.stream(part), service.GROUP, "-", "+", 1000,
+                    consumername=self.names[part],
+                )  # fmt: skip
+            except redis.ResponseError:  # NOGROUP: killed before it made the group
+                return
+            if all(row["time_since_delivered"] >= self.min_idle_ms for row in rows):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.names[part]}'s entries were not idle {self.min_idle_ms} ms")
+
+    def reclaimed(self) -> int:
+        """Entries taken over from other consumers, summed over every onceonly consumer's stats."""
+        if self.stats is None:
+            return 0
+        return sum(json.loads(f.read_text())["reclaimed"] for f in self.stats.glob("*.json"))
+
     def kill_randomly(self, kills: int, seed: int) -> None:
-        """``kills`` times: SIGKILL a random consumer while it works, and start it again.
+        """``kills`` times: SIGKILL a random consumer while it works, and start another.
 
         The killer waits (up to 2 s) until the consumer holds entries it has
         read and not acknowledged, then 0 to 20 ms more: the kill lands in
@@ -141,13 +196,20 @@ class Consumers:
             process.wait()
             self.kills += 1
             self.busy_kills += self._pending(part) > 0  # it died with entries in hand
+            if self.stats is not None:  # onceonly: its successor reclaims them first
+                self._wait_idle(part)
             self.start(part)
 
     def stop(self) -> None:
-        """Kill them all (the run is over)."""
+        """Stop them all (the run is over): SIGTERM, so that each writes its last counts."""
         for process in self.processes.values():
-            process.kill()
-            process.wait()
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def drained(admin: Any) -> bool:
@@ -198,7 +260,14 @@ def compare(
 
 
 def run_mode(
-    mode: str, address: str, n: int, kills: int, seed: int, folder: Path, work_ms: float
+    mode: str,
+    address: str,
+    n: int,
+    kills: int,
+    seed: int,
+    folder: Path,
+    work_ms: float,
+    min_idle_ms: int = 1000,
 ) -> dict[str, Any]:
     """One run of the service in ``mode``; the comparison's counts."""
     host, port = address.rsplit(":", 1)
@@ -209,16 +278,19 @@ def run_mode(
         host=host, port=int(port), username="producer", password=passwords["producer"]
     )
     store = None
-    emails = None
+    emails = stats = None
+    options = ["--cluster", address, "--mode", mode, "--work-ms", str(work_ms)]
     if mode == "onceonly":
         from onceonly.stores import SQLiteStore
 
         store = SQLiteStore(folder / f"http-{mode}.db")
         emails = folder / "emails.txt"
+        stats = folder / "stats"
+        stats.mkdir()
+        options += ["--min-idle-ms", str(min_idle_ms)]
     events = make_events(n, seed)
     sends = with_retries(events, seed)
-    options = ["--cluster", address, "--mode", mode, "--work-ms", str(work_ms)]
-    consumers = Consumers(admin, options, passwords, emails)
+    consumers = Consumers(admin, options, passwords, emails, stats, min_idle_ms)
     killer = threading.Thread(target=consumers.kill_randomly, args=(kills, seed + 2))
     try:
         with serving(build_app(producer, store)) as url, httpx.Client(base_url=url) as http:
@@ -250,6 +322,7 @@ def run_mode(
     out = compare(admin, expected)
     out.update(mode=mode, events=n, sent=len(sends), kills=consumers.kills)
     out["busy_kills"] = consumers.busy_kills
+    out["reclaimed"] = consumers.reclaimed() if mode == "onceonly" else None
     # What retried requests alone add (each sent request applied once); the rest of
     # the extra points come from entries applied again after a kill.
     retried = sum(int(b["points"]) for _, p, b in sends if p == "/score")
@@ -269,6 +342,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--work-ms", type=float, default=1.0, help="handler work per entry")
+    parser.add_argument(
+        "--min-idle-ms",
+        type=int,
+        default=1000,
+        help="the onceonly consumers' min_idle_ms: a killed one's entries are reclaimed then",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -276,9 +355,12 @@ def main() -> None:
         address = args.cluster or stack.enter_context(local_cluster())
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         results = [
-            run_mode(m, address, args.events, args.kills, args.seed, folder, args.work_ms)
+            run_mode(
+                m, address, args.events, args.kills, args.seed, folder, args.work_ms,
+                args.min_idle_ms,
+            )
             for m in MODES
-        ]
+        ]  # fmt: skip
     print(f"{'':9} {'sent':>6} {'kills (at work)':>15} {'users wrong':>12} {'board wrong':>12} "
           f"{'extra points':>12} {'e-mails':>8}")  # fmt: skip
     for r in results:
@@ -293,7 +375,12 @@ def main() -> None:
     plain = results[1]
     crashes = plain["extra_points"] - plain["extra_from_retries"]
     print(
-        f"\nplain: {plain['extra_from_retries']:.0f} extra points from retried requests, "
+        f"\nonceonly: {results[0]['reclaimed']} entries reclaimed from killed consumers by "
+        f"their successors under new names (min_idle_ms {args.min_idle_ms}; the consumers' "
+        "stats.reclaimed, summed)"
+    )
+    print(
+        f"plain: {plain['extra_from_retries']:.0f} extra points from retried requests, "
         f"{crashes:.0f} from entries applied again after a kill"
     )
     print(f"{args.events} events, 1 in 5 sent twice; top 3 (merged per-partition leaderboards):")

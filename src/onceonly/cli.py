@@ -129,6 +129,22 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--keyfile", help="client certificate's key (rediss://)")
     doctor.add_argument("--insecure", action="store_true", help="do not verify the server")
     doctor.add_argument("--timeout", type=_seconds, default=5.0, help="socket timeout, seconds")
+    doctor.add_argument(
+        "--stream", help="with --group: also report this stream's consumer group (Redis Streams)"
+    )
+    doctor.add_argument("--group", help="the consumer group of --stream")
+    doctor.add_argument(
+        "--dead-letters",
+        metavar="STREAM",
+        help="the group's dead-letter stream (default <stream>:<group>:dead, the consumer's; "
+        "a stream without a hash tag: {<stream>}:<group>:dead)",
+    )
+    doctor.add_argument(
+        "--min-idle-ms",
+        type=_positive_int,
+        help="the consumers' min_idle_ms (default 60000): pending entries idle 3 times "
+        "longer are a warning",
+    )
 
     inspect = commands.add_parser(
         "inspect",
@@ -242,7 +258,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import Check, exit_code, run_doctor
+    from .doctor_stream import stream_target
 
+    # Bad stream options are a usage error (one line, exit 2), like inspect's.
+    stream = stream_target(args.stream, args.group, args.dead_letters, args.min_idle_ms)
     try:
         options = doctor_options(
             args.url,
@@ -255,7 +274,9 @@ def _doctor(args: argparse.Namespace) -> int:
     except IdempotencyConfigError as exc:  # a line of the report, like any other failure
         checks = [Check("connection", "error", str(exc))]
     else:
-        checks = run_doctor(args.url, prefix=args.prefix, cluster=args.cluster, **options)
+        checks = run_doctor(
+            args.url, prefix=args.prefix, cluster=args.cluster, stream=stream, **options
+        )
     print(render_doctor(checks, url=args.url, prefix=args.prefix))
     return exit_code(checks)
 

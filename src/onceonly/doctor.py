@@ -88,6 +88,7 @@ class Answers:
     probe: ProbeAnswers = field(default_factory=ProbeAnswers)
     ping_ms: list[float] = field(default_factory=list)
     claim_ms: list[float] = field(default_factory=list)
+    stream: Any = None  # a doctor_stream.StreamAnswers with --stream / --group
 
 
 # -- the pure checks ---------------------------------------------------------------
@@ -254,6 +255,12 @@ def judge(answers: Answers) -> list[Check]:
         Check("probe", *check_probe(answers.probe)),
         Check("latency", *check_latency(answers.ping_ms, answers.claim_ms)),
     ]
+    if answers.stream is not None and answers.stream.node:  # asked, and the node answered
+        from .doctor_stream import judge_stream
+
+        named = [n for n in answers.nodes if n.name == answers.stream.node] or answers.nodes
+        lines = judge_stream(answers.stream, named[0] if named else None)
+        checks += [Check(name, status, reason) for name, status, reason in lines]
     if answers.crash is not None:
         checks.append(Check("doctor", "error", f"stopped by {answers.crash}"))
     return checks
@@ -395,6 +402,10 @@ def _collect_from(answers: Answers, store: Any, refusal: Any) -> None:
     answers.nodes = [_ask_node(name, node, refusal) for name, node in nodes]
     answers.ping_ms = _pings(nodes[0][1], refusal)
     answers.probe = run_probe(store, answers.claim_ms)
+    if answers.stream is not None:
+        from .doctor_stream import collect_stream
+
+        collect_stream(answers.stream, client, answers.address, refusal)
 
 
 def collect(answers: Answers, url: str, *, prefix: str, options: Mapping[str, Any]) -> None:
@@ -435,7 +446,7 @@ def _hide_secrets(url: str, checks: list[Check]) -> list[Check]:
 
 
 def run_doctor(
-    url: str, *, prefix: str = "onceonly", cluster: bool = False, **options: Any
+    url: str, *, prefix: str = "onceonly", cluster: bool = False, stream: Any = None, **options: Any
 ) -> list[Check]:
     """Check a Redis / Valkey server for onceonly; never raises, never shows the password.
 
@@ -443,6 +454,8 @@ def run_doctor(
         url: A URL as ``RedisStore.from_url`` takes it (credentials included).
         prefix: The store's key prefix; the probe writes under it.
         cluster: Connect with ``RedisCluster`` (the URL names any node).
+        stream: A ``doctor_stream.StreamAnswers`` (``stream_target``): also
+            report that stream's consumer group.
         **options: redis-py client options (``ssl_ca_certs``, ``socket_timeout``...).
 
     Returns:
@@ -450,6 +463,7 @@ def run_doctor(
     """
     sentinel = url.partition("://")[0].lower().endswith("+sentinel")
     answers = Answers(kind="cluster" if cluster else "sentinel" if sentinel else "standalone")
+    answers.stream = stream
     try:
         collect(answers, url, prefix=prefix, options=options)
     except Exception as exc:  # past the connection: keep what was answered

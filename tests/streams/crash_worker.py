@@ -1,10 +1,12 @@
 """A consumer process that kills itself (SIGKILL) at a chosen step: run by test_crashes.py.
 
-Usage: python crash_worker.py KIND PORT STREAM GROUP CONSUMER STEP
-KIND: standalone | cluster. STEP: "handled" (the handler has built its effects;
-nothing has been sent) or "acked" (run_once has returned: the batch was
-committed, every entry acknowledged). Either way the process dies by SIGKILL,
-with no cleanup, as in a crash or an OOM kill.
+Usage: python crash_worker.py KIND ADDRESS STREAM GROUP CONSUMER STEP
+KIND: standalone | cluster | sentinel. ADDRESS: a node's port, or the
+sentinels' host:port,... (``streams_support.worker_address``). STEP:
+"handled" (the handler has built its effects; nothing has been sent) or
+"acked" (run_once has returned: the batch was committed, every entry
+acknowledged). Either way the process dies by SIGKILL, with no cleanup, as
+in a crash or an OOM kill.
 """
 
 from __future__ import annotations
@@ -13,19 +15,14 @@ import os
 import signal
 import sys
 
-import redis
-from streams_support import ScoreHandler
+from streams_support import ScoreHandler, worker_client
 
 from onceonly.streams import Effects, StreamConsumer, StreamEntry
 
 
 def main() -> None:
-    kind, port, stream, group, consumer, step = sys.argv[1:]
-    client: redis.Redis | redis.RedisCluster
-    if kind == "cluster":
-        client = redis.RedisCluster(host="127.0.0.1", port=int(port))
-    else:
-        client = redis.Redis(host="127.0.0.1", port=int(port))
+    kind, address, stream, group, consumer, step = sys.argv[1:]
+    client = worker_client(kind, address)
     prefix = stream.replace(":events", ":user:")
     board = stream.replace(":events", ":leaderboard")
     score = ScoreHandler(prefix, board)

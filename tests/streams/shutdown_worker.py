@@ -1,11 +1,13 @@
 """A consumer process stopped by SIGTERM in the middle of a batch: run by test_shutdown.py.
 
-Usage: python shutdown_worker.py KIND PORT STREAM GROUP FLAVOUR
-KIND: standalone | cluster; FLAVOUR: sync | async. The handler of the third
-entry prints READY and waits until the consumer is stopping (the test sends
-SIGTERM when it reads READY), then returns its effects. run() must then
-return; the worker prints the results' ids and whether SIGTERM's handler is
-the default again, as JSON, and exits 0.
+Usage: python shutdown_worker.py KIND ADDRESS STREAM GROUP FLAVOUR
+KIND: standalone | cluster | sentinel. ADDRESS: a node's port, or the
+sentinels' host:port,... (``streams_support.worker_address``). FLAVOUR:
+sync | async. The handler of the third entry prints READY and waits until
+the consumer is stopping (the test sends SIGTERM when it reads READY), then
+returns its effects. run() must then return; the worker prints the
+results' ids and whether SIGTERM's handler is the default again, as JSON,
+and exits 0.
 """
 
 from __future__ import annotations
@@ -17,15 +19,13 @@ import sys
 import time
 from typing import Any
 
-import redis
-import redis.asyncio
-from streams_support import ScoreHandler
+from streams_support import ScoreHandler, worker_client
 
 from onceonly.streams import AsyncStreamConsumer, Effects, StreamConsumer, StreamEntry
 
 
 def main() -> None:
-    kind, port, stream, group, flavour = sys.argv[1:]
+    kind, address, stream, group, flavour = sys.argv[1:]
     score = ScoreHandler(stream.replace(":events", ":user:"), stream.replace(":events", ":lb"))
     consumer: Any = None
 
@@ -47,19 +47,10 @@ def main() -> None:
         "batch_size": 10,
     }
     if flavour == "sync":
-        client: Any = (
-            redis.RedisCluster(host="127.0.0.1", port=int(port))
-            if kind == "cluster"
-            else redis.Redis(host="127.0.0.1", port=int(port))
-        )
-        consumer = StreamConsumer(client, **options)
+        consumer = StreamConsumer(worker_client(kind, address), **options)
         consumer.run()
     else:
-        aclient: Any = (
-            redis.asyncio.RedisCluster(host="127.0.0.1", port=int(port))
-            if kind == "cluster"
-            else redis.asyncio.Redis(host="127.0.0.1", port=int(port))
-        )
+        aclient = worker_client(kind, address, asyncio=True)
         consumer = AsyncStreamConsumer(aclient, concurrency=1, **options)
         asyncio.run(consumer.run())
     restored = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -9,9 +9,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onceonly.streams import Effects, StreamEntry
+
+if TYPE_CHECKING:
+    import redis_harness as harness
+    from testkit import RedisFarm
 
 
 def tag() -> str:
@@ -72,16 +76,53 @@ def wait_idle(client: Any, stream: str, group: str, idle_ms: int, timeout: float
         time.sleep(0.02)
 
 
-def run_crash_worker(
-    kind: str, port: int, stream: str, group: str, consumer: str, step: str
-) -> None:
-    """Run crash_worker.py to its SIGKILL (it must die by it)."""
+def worker_address(kind: str, engine: harness.Engine, farm: RedisFarm) -> str:
+    """Where a worker process connects: a node's port, or the sentinels' ``host:port,...``."""
+    if kind == "sentinel":
+        return ",".join(f"{host}:{port}" for host, port in farm.sentinel(engine).addresses())
+    if kind == "cluster":
+        return str(farm.cluster(engine).nodes[0].port)
+    return str(farm.standalone(engine).port)
+
+
+def worker_client(kind: str, address: str, *, asyncio: bool = False) -> Any:
+    """The client a worker process builds from :func:`worker_address`'s answer."""
+    import redis
+    import redis.asyncio
+
+    from redis_harness import SERVICE
+
+    module: Any = redis.asyncio if asyncio else redis
+    if kind == "sentinel":
+        sentinels = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in address.split(","))]
+        sentinel = module.Sentinel(sentinels, socket_timeout=5)
+        return sentinel.master_for(SERVICE, socket_timeout=5)
+    if kind == "cluster":
+        return module.RedisCluster(host="127.0.0.1", port=int(address))
+    return module.Redis(host="127.0.0.1", port=int(address))
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a worker process: this checkout's src and the test folders."""
     here = Path(__file__).resolve().parent
     paths = [str(here.parents[1] / "src"), str(here), str(here.parent)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def run_crash_worker(
+    kind: str, address: str | int, stream: str, group: str, consumer: str, step: str
+) -> None:
+    """Run crash_worker.py to its SIGKILL (it must die by it).
+
+    Args:
+        kind: standalone, cluster or sentinel.
+        address: :func:`worker_address`'s answer (a port will do for standalone and cluster).
+        stream, group, consumer: What the worker consumes, and its name.
+        step: Where it kills itself: ``handled`` or ``acked`` (see crash_worker.py).
+    """
+    worker = Path(__file__).resolve().parent / "crash_worker.py"
     done = subprocess.run(
-        [sys.executable, str(here / "crash_worker.py"), kind, str(port), stream, group, consumer,
-         step],
-        env=env, capture_output=True, timeout=60, check=False,
+        [sys.executable, str(worker), kind, str(address), stream, group, consumer, step],
+        env=worker_env(), capture_output=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()

@@ -18,19 +18,22 @@ busy is refused (FENCED) to the late commit of that first reader.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from streams_support import ScoreHandler, board, names, pending_ids, points
+from streams_support import (
+    ScoreHandler,
+    board,
+    names,
+    pending_ids,
+    points,
+    run_crash_worker,
+    worker_address,
+)
 
 import redis_harness as harness
 from faults.proxy import ReplyDropProxy
@@ -38,32 +41,8 @@ from onceonly.errors import IdempotencyStoreError
 from onceonly.streams import EntryStatus, StreamConsumer, StreamEntry
 from testkit import RedisFarm
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parents[1] / "src"
 APPLIED, DUPLICATE, FENCED = EntryStatus.APPLIED, EntryStatus.DUPLICATE, EntryStatus.FENCED
 EVENTS = [("a", 5), ("b", 3), ("a", 2)]
-
-
-def _kill_worker(kind: str, port: int, stream: str, group: str, consumer: str, step: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE), str(HERE.parent)])}
-    done = subprocess.run(
-        [sys.executable, str(HERE / "crash_worker.py"), kind, str(port), stream, group, consumer,
-         step],
-        env=env, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
-
-
-def _port(kind: str, engine: harness.Engine, farm: RedisFarm) -> int:
-    if kind == "cluster":
-        return farm.cluster(engine).nodes[0].port
-    return farm.standalone(engine).port
-
-
-def _client(kind: str, engine: harness.Engine, farm: RedisFarm) -> Any:
-    if kind == "cluster":
-        return redis.RedisCluster(host=harness.HOST, port=_port(kind, engine, farm))
-    return redis.Redis(host=harness.HOST, port=_port(kind, engine, farm))
 
 
 def _consumer(client: Any, stream: str, group: str, handler: Any, name: str) -> StreamConsumer:
@@ -79,16 +58,19 @@ def _applied_once(client: Any, user: str, lb: str) -> None:
     assert scores == {"a": 7.0, "b": 3.0}
 
 
-@pytest.mark.parametrize("kind", ["standalone", "cluster"])
 @pytest.mark.parametrize("recovery", ["restart", "claimed"])
 def test_killed_after_the_handler_before_the_script_then_recovered_once(
-    kind: str, recovery: str, redis_engine: harness.Engine, redis_farm: RedisFarm
+    client: Any,
+    topology: str,
+    recovery: str,
+    redis_engine: harness.Engine,
+    redis_farm: RedisFarm,
 ) -> None:
-    client = _client(kind, redis_engine, redis_farm)
     stream, user, lb, group = names()
     ids = [client.xadd(stream, {"user": u, "points": p}).decode() for u, p in EVENTS]
 
-    _kill_worker(kind, _port(kind, redis_engine, redis_farm), stream, group, "w1", "handled")
+    address = worker_address(topology, redis_engine, redis_farm)
+    run_crash_worker(topology, address, stream, group, "w1", "handled")
 
     # Read, handled (the first), never committed: all pending on w1, nothing written.
     assert pending_ids(client, stream, group) == ids
@@ -107,19 +89,17 @@ def test_killed_after_the_handler_before_the_script_then_recovered_once(
     ]
     _applied_once(client, user, lb)
     assert pending_ids(client, stream, group) == []
-    client.close()
 
 
-@pytest.mark.parametrize("kind", ["standalone", "cluster"])
 def test_killed_after_the_commit_leaves_nothing_pending_and_state_once(
-    kind: str, redis_engine: harness.Engine, redis_farm: RedisFarm
+    client: Any, topology: str, redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
-    client = _client(kind, redis_engine, redis_farm)
     stream, user, lb, group = names()
     for u, p in EVENTS:
         client.xadd(stream, {"user": u, "points": p})
 
-    _kill_worker(kind, _port(kind, redis_engine, redis_farm), stream, group, "w1", "acked")
+    address = worker_address(topology, redis_engine, redis_farm)
+    run_crash_worker(topology, address, stream, group, "w1", "acked")
 
     _applied_once(client, user, lb)
     assert pending_ids(client, stream, group) == []
@@ -127,7 +107,6 @@ def test_killed_after_the_commit_leaves_nothing_pending_and_state_once(
     assert _consumer(client, stream, group, handler, "w1").run_once() == []
     assert handler.calls == []
     _applied_once(client, user, lb)
-    client.close()
 
 
 # -- lost replies ------------------------------------------------------------------------

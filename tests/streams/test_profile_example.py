@@ -1,7 +1,8 @@
 """examples/profile_service: exactly-once state under kills and retries; the plain one drifts.
 
 The driver runs against the harness' 3-primary cluster (600 events, 1 in 5
-sent twice, 6 consumer kills) and writes its counts. onceonly's run must
+sent twice, 6 consumer kills, onceonly consumers restarted under new names and
+their entries reclaimed) and writes its counts. onceonly's run must
 equal the exactly-once expectation key by key, with one welcome e-mail per
 new user; the plain run (bare XADD, write then XACK) must not: the seed
 fixes which requests are retried, so its drift is certain, not luck.
@@ -51,6 +52,10 @@ def test_the_driver_gives_exactly_once_state_and_the_plain_run_drifts(
     assert ours["sent"] > ours["events"]  # some requests were retried
     assert ours["kills"] == plain["kills"] == 6
     assert (ours["wrong_users"], ours["wrong_members"], ours["extra_points"]) == (0, 0, 0)
+    # A onceonly consumer comes back under a new name: a killed one's entries are
+    # reclaimed by its successor (only reclaim acknowledges them, the run drained).
+    assert ours["busy_kills"] == 0 or ours["reclaimed"] > 0
+    assert plain["reclaimed"] is None
     # A kill during a send, before its outcome is recorded, sends it again after the
     # lease (at least once; at most once per completed send): never fewer, and at
     # most one more per kill.

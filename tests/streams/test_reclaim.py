@@ -20,6 +20,7 @@ from streams_support import (
     points,
     run_crash_worker,
     wait_idle,
+    worker_address,
 )
 
 import redis_harness as harness
@@ -51,15 +52,14 @@ def _consumer(client: Any, stream: str, group: str, handler: Any, name: str) -> 
 
 
 def test_entries_of_a_killed_consumer_are_reclaimed_and_applied_once(
-    standalone_or_cluster: Any, redis_engine: harness.Engine, redis_farm: RedisFarm
+    client: Any, topology: str, redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
-    client = standalone_or_cluster
     stream, user, lb, group = names()
     events = [("a", 5), ("b", 3), ("a", 2)]
     ids = [client.xadd(stream, {"user": u, "points": p}).decode() for u, p in events]
-    kind, port = _kind_port(client, redis_engine, redis_farm)
+    address = worker_address(topology, redis_engine, redis_farm)
 
-    run_crash_worker(kind, port, stream, group, "w1", "handled")
+    run_crash_worker(topology, address, stream, group, "w1", "handled")
     assert pending_ids(client, stream, group) == ids  # all on the dead w1
     assert client.exists(user + "a", user + "b", lb) == 0
 
@@ -80,13 +80,12 @@ def test_entries_of_a_killed_consumer_are_reclaimed_and_applied_once(
 
 
 def test_nothing_is_reclaimed_before_min_idle_ms(
-    standalone_or_cluster: Any, redis_engine: harness.Engine, redis_farm: RedisFarm
+    client: Any, topology: str, redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
-    client = standalone_or_cluster
     stream, user, lb, group = names()
     client.xadd(stream, {"user": "a", "points": 1})
-    kind, port = _kind_port(client, redis_engine, redis_farm)
-    run_crash_worker(kind, port, stream, group, "w1", "handled")
+    address = worker_address(topology, redis_engine, redis_farm)
+    run_crash_worker(topology, address, stream, group, "w1", "handled")
     patient = StreamConsumer(
         client,
         stream=stream,

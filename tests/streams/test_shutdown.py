@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from streams_support import ScoreHandler, names, pending_ids, points
+from streams_support import ScoreHandler, names, pending_ids, points, worker_address, worker_env
 
 import redis_harness as harness
 from onceonly.streams import AsyncStreamConsumer, Effects, EntryStatus, StreamConsumer, StreamEntry
@@ -41,25 +39,20 @@ def _nothing_half_done(client: Any, stream: str, group: str, ids: list[str], don
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
-@pytest.mark.parametrize("kind", ["standalone", "cluster"])
 def test_sigterm_mid_batch_finishes_the_entry_in_hand_and_leaves_the_rest_pending(
-    kind: str, flavour: str, redis_engine: harness.Engine, redis_farm: RedisFarm
+    client: Any,
+    topology: str,
+    flavour: str,
+    redis_engine: harness.Engine,
+    redis_farm: RedisFarm,
 ) -> None:
-    if kind == "cluster":
-        port = redis_farm.cluster(redis_engine).nodes[0].port
-        client: Any = redis.RedisCluster(host=harness.HOST, port=port)
-    else:
-        port = redis_farm.standalone(redis_engine).port
-        client = redis.Redis(host=harness.HOST, port=port)
     stream, _, _, group = names()
     ids = _add_batch(client, stream)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE.parents[1] / "src"), str(HERE), str(HERE.parent)]),
-    }
+    address = worker_address(topology, redis_engine, redis_farm)
     worker = subprocess.Popen(
-        [sys.executable, str(HERE / "shutdown_worker.py"), kind, str(port), stream, group, flavour],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(HERE / "shutdown_worker.py"), topology, address, stream, group,
+         flavour],
+        env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert worker.stdout is not None
@@ -74,7 +67,6 @@ def test_sigterm_mid_batch_finishes_the_entry_in_hand_and_leaves_the_rest_pendin
     report = json.loads(out)
     assert report == {"handled": ids[:3], "restored": True}
     _nothing_half_done(client, stream, group, ids, 3)
-    client.close()
 
 
 def test_stop_from_a_handler_commits_what_was_handled(client: Any) -> None:
