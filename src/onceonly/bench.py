@@ -268,6 +268,20 @@ def _check_eviction(store: Any) -> str | None:
     return None
 
 
+def _decorated(store: Any, config: IdempotencyConfig, pad: str, *, asynchronous: bool) -> Any:
+    """The function each phase calls: its result is as large as its data."""
+
+    def body(data: dict[str, Any]) -> dict[str, Any]:
+        return {"n": data["n"], "result": pad}
+
+    async def async_body(data: dict[str, Any]) -> dict[str, Any]:
+        return body(data)
+
+    return idempotent_function(data="data", store=store, config=config)(
+        async_body if asynchronous else body
+    )
+
+
 def _payload(i: int, pad: str, tag: str) -> dict[str, Any]:
     return {"run": tag, "n": i, "pad": pad}
 
@@ -355,11 +369,7 @@ def _sync_phases(
     report: Report,
     keys: list[str],
 ) -> None:
-    def body(data: dict[str, Any]) -> dict[str, Any]:
-        return {"n": data["n"], "result": pad}
-
-    execute: Any = idempotent_function(data="data", store=store, config=config)(body)
-
+    execute = _decorated(store, config, pad, asynchronous=False)
     missing = f"{tag}:missing"
     for _ in range(WARM_UP):
         store.get(missing)
@@ -398,10 +408,7 @@ def _async_phase(
 ) -> None:
     store = async_store_from_url(url, prefix=prefix, cluster=cluster)
 
-    async def body(data: dict[str, Any]) -> dict[str, Any]:
-        return {"n": data["n"], "result": pad}
-
-    execute: Any = idempotent_function(data="data", store=store, config=config)(body)
+    execute = _decorated(store, config, pad, asynchronous=True)
 
     async def run() -> Measure:
         phase: _Phase | None = None

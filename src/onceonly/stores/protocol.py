@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from ..errors import CorruptRecordError
 from ..records import ClaimResult, Record
@@ -32,6 +33,9 @@ __all__ = [
     "check_token",
     "wall_ms",
 ]
+
+C = TypeVar("C")
+R = TypeVar("R")
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
@@ -184,8 +188,13 @@ class RenewCall(NamedTuple):
     lease_ms: int
 
 
-def _one_by_one(calls: Sequence[Any], operation: Any) -> list[Any]:
-    answers: list[Any] = []
+def one_by_one(calls: Sequence[C], operation: Callable[[C], R]) -> list[R | Exception]:
+    """``operation(call)`` for each call in turn; a CorruptRecordError is that call's answer.
+
+    Raises:
+        Exception: Any other error of a call; the calls after it are not made.
+    """
+    answers: list[R | Exception] = []
     for call in calls:
         try:
             answers.append(operation(call))
@@ -194,39 +203,58 @@ def _one_by_one(calls: Sequence[Any], operation: Any) -> list[Any]:
     return answers
 
 
+def claim_one(store: Any, c: ClaimCall) -> ClaimResult:
+    """One ``store.claim`` with the arguments of ``c``."""
+    result: ClaimResult = store.claim(
+        c.key, token=c.token, lease_ms=c.lease_ms, ttl_ms=c.ttl_ms, fingerprint=c.fingerprint
+    )
+    return result
+
+
+def complete_one(store: Any, c: CompleteCall) -> bool:
+    """One ``store.complete`` with the arguments of ``c``."""
+    answer: bool = store.complete(c.key, token=c.token, outcome=c.outcome, ttl_ms=c.ttl_ms)
+    return answer
+
+
+def release_one(store: Any, c: ReleaseCall) -> bool:
+    """One ``store.release`` with the arguments of ``c``."""
+    answer: bool = store.release(c.key, token=c.token)
+    return answer
+
+
+def renew_one(store: Any, c: RenewCall) -> bool:
+    """One ``store.renew`` with the arguments of ``c``."""
+    answer: bool = store.renew(c.key, token=c.token, lease_ms=c.lease_ms)
+    return answer
+
+
 def claim_many(store: Any, calls: Sequence[ClaimCall]) -> list[ClaimResult | Exception]:
     """Claim many keys, in one round trip where the store can."""
     if callable(getattr(store, "claim_many", None)):
         return list(store.claim_many(calls))
-    return _one_by_one(
-        calls,
-        lambda c: store.claim(
-            c.key, token=c.token, lease_ms=c.lease_ms, ttl_ms=c.ttl_ms, fingerprint=c.fingerprint
-        ),
-    )
+    return one_by_one(calls, partial(claim_one, store))
 
 
 def complete_many(store: Any, calls: Sequence[CompleteCall]) -> list[bool | Exception]:
     """Complete many claims, in one round trip where the store can."""
     if callable(getattr(store, "complete_many", None)):
         return list(store.complete_many(calls))
-    return _one_by_one(
-        calls, lambda c: store.complete(c.key, token=c.token, outcome=c.outcome, ttl_ms=c.ttl_ms)
-    )
+    return one_by_one(calls, partial(complete_one, store))
 
 
 def release_many(store: Any, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
     """Release many claims, in one round trip where the store can."""
     if callable(getattr(store, "release_many", None)):
         return list(store.release_many(calls))
-    return _one_by_one(calls, lambda c: store.release(c.key, token=c.token))
+    return one_by_one(calls, partial(release_one, store))
 
 
 def renew_many(store: Any, calls: Sequence[RenewCall]) -> list[bool | Exception]:
     """Renew many claims, in one round trip where the store can (a batch's heartbeat)."""
     if callable(getattr(store, "renew_many", None)):
         return list(store.renew_many(calls))
-    return _one_by_one(calls, lambda c: store.renew(c.key, token=c.token, lease_ms=c.lease_ms))
+    return one_by_one(calls, partial(renew_one, store))
 
 
 async def _gathered(awaitables: list[Any]) -> list[Any]:

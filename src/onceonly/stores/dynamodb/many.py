@@ -21,11 +21,22 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any, TypeVar
 
 from ...errors import CorruptRecordError, IdempotencyConfigError
 from ...records import ClaimResult
-from ..protocol import ClaimCall, CompleteCall, ReleaseCall, RenewCall
+from ..protocol import (
+    ClaimCall,
+    CompleteCall,
+    ReleaseCall,
+    RenewCall,
+    claim_one,
+    complete_one,
+    one_by_one,
+    release_one,
+    renew_one,
+)
 
 __all__ = ["DEFAULT_MAX_PARALLEL", "MAX_PARALLEL_LIMIT", "ManyCalls", "ParallelCalls"]
 
@@ -108,7 +119,7 @@ class ParallelCalls:
         """
         if len(calls) <= 1 or self.workers == 1:
             # Nothing to overlap: no thread hop.
-            return one_by_one(function, calls)
+            return one_by_one(calls, function)
         futures = [self._pool().submit(function, call) for call in calls]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -148,17 +159,6 @@ def _fails_batch(future: Future[Any]) -> bool:
     return error is not None and not isinstance(error, CorruptRecordError)
 
 
-def one_by_one(function: Callable[[C], R], calls: Sequence[C]) -> list[R | Exception]:
-    """The calls one after another, as ``stores.protocol`` runs a store without ``*_many``."""
-    answers: list[R | Exception] = []
-    for call in calls:
-        try:
-            answers.append(function(call))
-        except CorruptRecordError as exc:
-            answers.append(exc)
-    return answers
-
-
 class ManyCalls:
     """``claim_many``, ``complete_many``, ``release_many``, ``renew_many`` over the single calls.
 
@@ -184,16 +184,7 @@ class ManyCalls:
         Raises:
             IdempotencyStoreError: DynamoDB failed (the first such call's error).
         """
-        return self._parallel.run(
-            lambda c: self.claim(
-                c.key,
-                token=c.token,
-                lease_ms=c.lease_ms,
-                ttl_ms=c.ttl_ms,
-                fingerprint=c.fingerprint,
-            ),
-            calls,
-        )
+        return self._parallel.run(partial(claim_one, self), calls)
 
     def complete_many(self, calls: Sequence[CompleteCall]) -> list[bool | Exception]:
         """Complete many claims side by side: each a ``complete``, its answer in its place.
@@ -202,10 +193,7 @@ class ManyCalls:
             IdempotencyStoreError: DynamoDB failed, or an outcome is too large
                 (the first such call's error).
         """
-        return self._parallel.run(
-            lambda c: self.complete(c.key, token=c.token, outcome=c.outcome, ttl_ms=c.ttl_ms),
-            calls,
-        )
+        return self._parallel.run(partial(complete_one, self), calls)
 
     def release_many(self, calls: Sequence[ReleaseCall]) -> list[bool | Exception]:
         """Release many claims side by side: each a ``release``, its answer in its place.
@@ -213,7 +201,7 @@ class ManyCalls:
         Raises:
             IdempotencyStoreError: DynamoDB failed (the first such call's error).
         """
-        return self._parallel.run(lambda c: self.release(c.key, token=c.token), calls)
+        return self._parallel.run(partial(release_one, self), calls)
 
     def renew_many(self, calls: Sequence[RenewCall]) -> list[bool | Exception]:
         """Renew many claims side by side (a batch's heartbeat): each a ``renew``.
@@ -221,6 +209,4 @@ class ManyCalls:
         Raises:
             IdempotencyStoreError: DynamoDB failed (the first such call's error).
         """
-        return self._parallel.run(
-            lambda c: self.renew(c.key, token=c.token, lease_ms=c.lease_ms), calls
-        )
+        return self._parallel.run(partial(renew_one, self), calls)
