@@ -220,11 +220,12 @@ class StreamConsumer(ConsumerBase):
                     break  # the rest stays pending, unhandled
                 plans.append(self._plan(raw))
             try:
-                replies = send_batch(self.client, [plan.item for plan in plans])
+                sent = core.batch(self.config, plans)
+                replies = send_batch(self.client, sent.items)
             except BaseException:
                 self._state.restart()
                 raise
-        return self._finish(raws, reclaimed, plans, replies)
+        return self._finish(raws, reclaimed, plans, sent, replies)
 
     def _keep_held(self, raws: list[core.RawEntry]) -> AbstractContextManager[object]:
         """Keep the batch's entries from being reclaimed until it is committed."""
