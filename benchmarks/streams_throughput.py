@@ -166,7 +166,8 @@ def _fill(port: int, stream: str, n: int) -> None:
 
 def _effects(tag: str) -> Callable[[StreamEntry], Effects]:
     def handler(entry: StreamEntry) -> Effects:
-        user, points = entry.fields["user"], int(entry.fields["points"])
+        # The same decoding as the plain rows' (two fields, not all of them).
+        user, points = entry.raw_fields[b"user"].decode(), int(entry.raw_fields[b"points"])
         return (
             Effects()
             .hincrby(f"{{{tag}}}:user:{user}", "points", points)

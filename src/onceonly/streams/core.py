@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
 from ..stores.redis.common import chained, import_redis
@@ -170,8 +170,7 @@ class Step(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """One entry's call in the batch and how to read its reply.
 
     Attributes:
@@ -238,6 +237,12 @@ def classify(config: ConsumerConfig, raw: RawEntry) -> StreamEntry | Plan:
     return StreamEntry(config.stream, entry_id, dict(fields), deliveries, event_id)
 
 
+def _tagged(config: ConsumerConfig, effects: Effects) -> bool:
+    """Whether every key of ``effects`` starts with the stream's hash tag (so is in its slot)."""
+    prefix, keys = config.tag_prefix, effects.keys()
+    return prefix is not None and all(key.startswith(prefix) for key in keys)
+
+
 def commit_plan(config: ConsumerConfig, entry: StreamEntry, outcome: object) -> Plan:
     """The commit of an entry whose handler returned ``outcome`` (Effects or None).
 
@@ -252,7 +257,7 @@ def commit_plan(config: ConsumerConfig, entry: StreamEntry, outcome: object) -> 
             f"TypeError: the handler must return Effects or None, got {type(outcome).__name__}",
             entry.event_id,
         )
-    if outcome is not None and config.same_slot:
+    if outcome is not None and config.same_slot and not _tagged(config, outcome):
         try:
             check_same_slot(outcome.keys(), config.stream, what="the effects' key")
         except IdempotencyConfigError as exc:

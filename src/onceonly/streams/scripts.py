@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import IdempotencyStoreError
 from ..stores.redis.common import import_redis, store_error
@@ -136,8 +136,7 @@ MAX_CALL_EFFECTS = 1024
 MAX_CALL_BYTES = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     """One entry's share of a commit call: its keys and its arguments, as sent.
 
     Attributes:
@@ -167,25 +166,22 @@ def commit_entry(
     config: ConsumerConfig, entry_id: str, deliveries: int, event_id: str, effects: Effects | None
 ) -> Commit:
     """One entry's share of a commit call (the effects' keys are not checked here)."""
-    effect_keys: list[str] = []
-    flat: list[bytes] = []
-    if effects is not None:
-        effect_keys, flat = effects.encode()
-    keys = (
-        config.dedup_key(event_id).encode(),
-        config.error_key(entry_id).encode(),
-        *(key.encode() for key in effect_keys),
-    )
+    keys = [config.dedup_key(event_id).encode(), config.error_key(entry_id).encode()]
+    if effects is None:
+        head = (entry_id.encode(), str(deliveries).encode(), b"0", b"0", b"0")
+        return Commit(entry_id, _order(entry_id), tuple(keys), head, 0, sum(map(len, keys)))
+    effect_keys, flat = effects.encode()
+    keys += [key.encode() for key in effect_keys]
+    count = len(effects)
     head = (
         entry_id.encode(),
         str(deliveries).encode(),
         str(len(effect_keys)).encode(),
-        str(0 if effects is None else len(effects)).encode(),
+        str(count).encode(),
         str(len(flat)).encode(),
     )
     size = sum(map(len, keys)) + sum(map(len, flat))
-    count = 0 if effects is None else len(effects)
-    return Commit(entry_id, _order(entry_id), keys, (*head, *flat), count, size)
+    return Commit(entry_id, _order(entry_id), tuple(keys), (*head, *flat), count, size)
 
 
 def commit_chunks(commits: Sequence[Commit]) -> list[list[Commit]]:
