@@ -31,17 +31,24 @@ local function slot(key)
   return crc % 16384
 end
 
+-- What the stream hashes, and "{that}": a key that starts with it hashes the
+-- same (nil when that holds a '}', which no hash tag can).
+local HOME = hashed(KEYS[1])
+local HOME_TAG = not string.find(HOME, '}', 1, true) and ('{' .. HOME .. '}') or nil
+
 -- The first key (by index, from KEYS[first] to KEYS[last]; all but the stream
 -- when not given) outside the stream's slot, or nil. A cluster refuses such a
 -- call before the script runs (CROSSSLOT); this refuses it on a standalone
--- server too, so code that works there works on a cluster. Keys that share
--- the stream's hash tag cost one string comparison, no CRC.
+-- server too, so code that works there works on a cluster. A key that starts
+-- with the stream's hash tag costs one prefix test, one that shares it one
+-- more string comparison; others a CRC.
 local function cross_slot(first, last)
-  local home, home_slot = hashed(KEYS[1]), nil
+  local home_slot = nil
   for i = first or 2, last or #KEYS do
-    if hashed(KEYS[i]) ~= home then
+    local key = KEYS[i]
+    if not (HOME_TAG and string.find(key, HOME_TAG, 1, true) == 1) and hashed(key) ~= HOME then
       home_slot = home_slot or slot(KEYS[1])
-      if slot(KEYS[i]) ~= home_slot then return i end
+      if slot(key) ~= home_slot then return i end
     end
   end
   return nil

@@ -35,6 +35,11 @@ local function int64(v)
   if v == '0' then return 0, 0 end
   local sign, digits = string.match(v, '^(%-?)([1-9]%d*)$')
   if not digits or #digits > 19 then return nil end
+  if #digits <= 9 then -- under 1e9 (most counters): lo alone, in range
+    local lo = tonumber(digits)
+    if sign == '-' then return -1, E9 - lo end
+    return 0, lo
+  end
   local hi, lo = tonumber(string.sub(digits, 1, -10)) or 0, tonumber(string.sub(digits, -9))
   if sign == '-' then
     if lo > 0 then hi, lo = -hi - 1, E9 - lo else hi = -hi end
