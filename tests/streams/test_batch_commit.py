@@ -270,23 +270,28 @@ def test_an_error_of_one_entrys_command_fails_that_entry_only(acl: tuple[int, st
     admin = redis.Redis(host=harness.HOST, port=port)
     short = redis.Redis(host=harness.HOST, port=port, username="c", password="pw-c")
     try:
-        for n in range(3):
+        for n in range(4):
             admin.xadd(stream, {"id": str(n)})
 
         def handler(entry: StreamEntry) -> Effects:
             n = entry.fields["id"]
             if n == "1":  # SADD: the ACL refuses it inside the script
                 return Effects().hincrby(user + "b", "points", 1).sadd(f"{{{t}}}:tags", "x")
+            if n == "3":  # INCRBY, sent first unread: its ACL refusal is not a refusal
+                return Effects().incrby(f"{{{t}}}:n", 1).zincrby(lb, 1, n)
             return Effects().hincrby(user + "a", "points", 1).zincrby(lb, 1, n)
 
         results = _consumer(short, stream, group, handler).run_once()
-        assert [r.status for r in results] == [APPLIED, FAILED, APPLIED]
-        error = str(results[1].error)
-        assert "(ACL)" in error
-        assert "+xpending" in error
-        assert "pw-" not in error
+        assert [r.status for r in results] == [APPLIED, FAILED, APPLIED, FAILED]
+        for failed in (results[1], results[3]):
+            error = str(failed.error)
+            assert "(ACL)" in error
+            assert "+xpending" in error
+            assert "pw-" not in error
         assert points(admin, user, "a") == 2
-        assert pending_ids(admin, stream, group) == [results[1].id]
+        assert admin.exists(f"{{{t}}}:n") == 0
+        assert {m.decode() for m in admin.zrange(lb, 0, -1)} == {"0", "2"}
+        assert pending_ids(admin, stream, group) == [results[1].id, results[3].id]
     finally:
         admin.close()
         short.close()
@@ -380,3 +385,86 @@ def test_entries_not_in_the_batchs_pending_range_are_checked_alone(
     codes = _commit(client, config, [(i, Effects()) for i in (ids[1], ids[4])])
     assert codes == [stream_scripts.Code.APPLIED, stream_scripts.Code.FENCED]
     assert pending_ids(client, stream, group) == ids[2:5]
+
+
+# (what the key holds before, the increment sent first, the words of the refusal)
+FIRST: dict[str, tuple[Any, Any, str]] = {
+    "hincrby-on-a-string": (
+        lambda c, k: c.set(k, "x"),
+        lambda e, k: e.hincrby(k, "f", 1),
+        "HINCRBY needs a hash at {k}, which holds a string",
+    ),
+    "hincrby-on-a-float-field": (
+        lambda c, k: c.hset(k, "f", "1.5"),
+        lambda e, k: e.hincrby(k, "f", 1),
+        "HINCRBY at {k}: the field holds a value that is not a 64-bit integer",
+    ),
+    "hincrby-overflow": (
+        lambda c, k: c.hset(k, "f", (1 << 63) - 2),
+        lambda e, k: e.hincrby(k, "f", 5),
+        "HINCRBY at {k}: the field would overflow a 64-bit integer",
+    ),
+    "incrby-on-a-set": (
+        lambda c, k: c.sadd(k, "m"),
+        lambda e, k: e.incrby(k, 1),
+        "INCRBY needs a string at {k}, which holds a set",
+    ),
+    "incrby-on-a-leading-zero": (
+        lambda c, k: c.set(k, "007"),
+        lambda e, k: e.incrby(k, 1),
+        "INCRBY at {k}: the key holds a value that is not a 64-bit integer",
+    ),
+    "incrby-underflow": (
+        lambda c, k: c.set(k, -(1 << 63) + 1),
+        lambda e, k: e.incrby(k, -2),
+        "INCRBY at {k}: the key would overflow a 64-bit integer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FIRST))
+def test_an_increment_sent_first_unread_is_refused_in_the_checks_words(
+    standalone_or_cluster: Any, case: str
+) -> None:
+    client = standalone_or_cluster
+    before, first, words = FIRST[case]
+    stream, user, lb, group = names()
+    key = stream.replace(":events", ":target")
+    before(client, key)
+    held = client.dump(key)
+    client.xadd(stream, {"id": "1"})
+    client.xadd(stream, {"id": "2"})
+
+    def handler(entry: StreamEntry) -> Effects:
+        if entry.fields["id"] == "1":  # the increment first, then writes that would succeed
+            return first(Effects(), key).hincrby(user + "a", "points", 1).zincrby(lb, 1, "a")
+        return Effects().hincrby(user + "b", "points", 1)
+
+    consumer = _consumer(client, stream, group, handler)
+    refused, applied = consumer.run_once()
+    assert (refused.status, refused.error) == (FAILED, words.format(k=key))
+    assert applied.status is APPLIED
+    assert client.dump(key) == held
+    assert client.exists(user + "a", lb) == 0
+    assert points(client, user, "b") == 1
+    assert client.get(consumer.config.error_key(refused.id)) == (
+        f"effects refused: {refused.error}".encode()
+    )
+
+
+def test_an_increment_sent_first_is_refused_after_a_later_effect_that_would_fail(
+    standalone_or_cluster: Any,
+) -> None:
+    # Both would fail: the first one's refusal is the one given, as the check walks in order.
+    client = standalone_or_cluster
+    stream, user, lb, group = names()
+    client.set(user + "a", "x")
+    client.set(lb, "y")
+    client.xadd(stream, {"id": "1"})
+    effects = Effects().hincrby(user + "a", "points", 1).zincrby(lb, 1, "a")
+    (result,) = _consumer(client, stream, group, lambda entry: effects).run_once()
+    assert result.error == f"HINCRBY needs a hash at {user}a, which holds a string"
+    client.delete(user + "a")
+    (result,) = _consumer(client, stream, group, lambda entry: effects).run_once()  # again
+    assert result.error == f"ZINCRBY needs a zset at {lb}, which holds a string"
+    assert client.exists(user + "a") == 0

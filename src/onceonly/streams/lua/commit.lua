@@ -156,6 +156,55 @@ local function check(first, base, count)
   return nil, types
 end
 
+-- Where the effects after the first start, when the first is an INCRBY /
+-- HINCRBY on a key no other effect of the entry names (else nil). Such an
+-- increment needs no read of its value: the other effects are checked first,
+-- then it is sent as the entry's first write, which Redis refuses (writing
+-- nothing) exactly when the check would have.
+local function increment_first(first, count)
+  local command = ARGV[first]
+  if command ~= 'HINCRBY' and command ~= 'INCRBY' then return nil end
+  local number, rest = ARGV[first + 1], first + 3 + tonumber(ARGV[first + 2])
+  local i = rest
+  for _ = 2, count do
+    if ARGV[i + 1] == number then return nil end
+    i = i + 3 + tonumber(ARGV[i + 2])
+  end
+  return rest
+end
+
+-- Check (see `check`) and apply an entry's effects. Returns why they were
+-- refused (nothing written), or nil and the families they gave their keys.
+local function apply(first, base, count)
+  local from, left, refused, types = first, count, nil, nil
+  local rest = count > 0 and increment_first(first, count)
+  if rest then
+    refused, types = check(rest, base, count - 1)
+    if refused then return check(first, base, count) end -- the first may fail first
+    local key = KEYS[base + tonumber(ARGV[first + 1])]
+    if clearing[key] then settle() end
+    local ok, err = pcall(redis.call, ARGV[first], key,
+      unpack(ARGV, first + 3, first + 2 + tonumber(ARGV[first + 2])))
+    if not ok then
+      refused = check(first, base, 1) -- why, in the check's words
+      if not refused then error(err) end -- not a refusal (an ACL, out of memory)
+      return refused
+    end
+    types[key] = FAMILY[ARGV[first]]
+    from, left = rest, count - 1
+  else
+    refused, types = check(first, base, count)
+    if refused then return refused end
+  end
+  local i = from
+  for _ = 1, left do
+    local argc = tonumber(ARGV[i + 2])
+    redis.call(ARGV[i], KEYS[base + tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
+    i = i + 3 + argc
+  end
+  return nil, types
+end
+
 -- This consumer's pending entries between the batch's lowest and highest ids:
 -- id -> delivery count. One read for the batch; an entry not found in it
 -- (other entries of this consumer in between filled the count) is read alone.
@@ -187,17 +236,11 @@ local function commit(k, a)
     local bad = cross_slot(k, last)
     if bad then refused = 'key ' .. KEYS[bad] .. ' is not in the hash slot of ' .. KEYS[1] end
   end
-  if not refused then refused, types = check(first, k + 1, count) end
+  if not refused then refused, types = apply(first, k + 1, count) end
   if refused then
     redis.call('SET', errors, 'effects refused: ' .. refused, 'PX', error_ttl)
     typed[errors], typed[dedup] = nil, nil
     return REFUSED, refused
-  end
-  local i = first
-  for _ = 1, count do
-    local argc = tonumber(ARGV[i + 2])
-    redis.call(ARGV[i], KEYS[k + 1 + tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + argc))
-    i = i + 3 + argc
   end
   for key, family in pairs(types) do typed[key] = family end
   redis.call('SET', dedup, mark, 'PX', ttl)
