@@ -77,6 +77,22 @@ class Effect:
     family: str | None
 
 
+# Encoded once: the commands, and the key numbers and argument counts most
+# effects have.
+_COMMANDS = {
+    c: c.encode()
+    for c in [
+        *("HSET", "HINCRBY", "HDEL", "ZINCRBY", "ZADD", "ZREM"),
+        *("SADD", "SREM", "INCRBY", "SET", "XADD", "EXPIRE"),
+    ]
+}
+_COUNTS = [str(n).encode() for n in range(64)]
+
+
+def _count(n: int) -> bytes:
+    return _COUNTS[n] if n < 64 else str(n).encode()
+
+
 def _key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise TypeError(f"an effect's key must be a non-empty string, got {key!r}")
@@ -205,7 +221,7 @@ class Effects:
         checked = _key(key)
         if len(self._ops) >= MAX_EFFECTS:
             raise ValueError(f"an Effects may hold at most {MAX_EFFECTS} effects")
-        size = len(checked) + sum(len(a) for a in args)
+        size = len(checked) + sum(map(len, args))
         if self._bytes + size > MAX_EFFECTS_BYTES:
             raise ValueError(f"an Effects may carry at most {MAX_EFFECTS_BYTES} bytes in all")
         if family is not None:
@@ -219,7 +235,7 @@ class Effects:
         self._ops.append((command, checked, tuple(args), family))
         self._bytes += size
         number = self._numbers.setdefault(checked, len(self._numbers) + 1)
-        self._flat += [command.encode(), str(number).encode(), str(len(args)).encode(), *args]
+        self._flat += [_COMMANDS[command], _count(number), _count(len(args)), *args]
         return self
 
     # -- hashes ------------------------------------------------------------------

@@ -167,14 +167,15 @@ def commit_entry(
 ) -> Commit:
     """One entry's share of a commit call (the effects' keys are not checked here)."""
     keys = [config.dedup_key(event_id).encode(), config.error_key(entry_id).encode()]
+    id_bytes = entry_id.encode()
     if effects is None:
-        head = (entry_id.encode(), str(deliveries).encode(), b"0", b"0", b"0")
+        head = (id_bytes, str(deliveries).encode(), b"0", b"0", b"0")
         return Commit(entry_id, _order(entry_id), tuple(keys), head, 0, sum(map(len, keys)))
     effect_keys, flat = effects.encode()
     keys += [key.encode() for key in effect_keys]
     count = len(effects)
     head = (
-        entry_id.encode(),
+        id_bytes,
         str(deliveries).encode(),
         str(len(effect_keys)).encode(),
         str(count).encode(),
