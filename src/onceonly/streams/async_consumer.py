@@ -32,7 +32,7 @@ class AsyncStreamConsumer(ConsumerBase):
     """Consume a Redis stream with a ``redis.asyncio`` client, applying each event's effects once.
 
     Everything :class:`~onceonly.streams.StreamConsumer` says holds here
-    (one script per entry: ownership check, dedup record, effects, XACK;
+    (per entry, atomically: ownership check, dedup record, effects, XACK;
     reclaim; the heartbeat of the entries in hand, as an asyncio task).
 
     The handler may be an ``async def`` (awaited) or a plain function (called

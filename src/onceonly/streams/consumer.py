@@ -4,9 +4,11 @@ Each pass (:meth:`StreamConsumer.run_once`) costs two round trips: one read
 (its own pending entries first, then, when a reclaim scan is due, entries
 idle on other consumers with ``XAUTOCLAIM``, else new ones with
 ``XREADGROUP ... >``) and
-one pipeline that carries every entry's script (commit, dead letter) or
-command (the error record of a FAILED entry, the XACK of a LOST one). The
-group is created (``MKSTREAM``) on the first pass: one more, once.
+one pipeline that carries the batch's commits (one script call for up to
+``scripts.MAX_CALL_ENTRIES`` entries, each committed on its own), its dead
+letters (a script call each) and its commands (the error record of a FAILED
+entry, the XACK of a LOST one). The group is created (``MKSTREAM``) on the
+first pass: one more, once.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class StreamConsumer(ConsumerBase):
 
     The handler gets a :class:`StreamEntry` and returns :class:`Effects` (or
     None: nothing to write, but the event is still recorded and
-    acknowledged). One Lua script per entry then, atomically: checks that
+    acknowledged). Then, atomically for each entry (the batch's entries go
+    in one script call, each with its own outcome): checks that
     this consumer still holds the entry at the delivery count it read
     (else FENCED: another consumer reclaimed it), checks the event's dedup
     record (present: acknowledge only, DUPLICATE), checks that every effect
