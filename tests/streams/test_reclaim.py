@@ -8,6 +8,7 @@ Entries deleted or trimmed while pending are LOST and acknowledged.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -180,6 +181,45 @@ def test_entries_in_hand_are_not_reclaimed_while_a_slow_handler_runs(
     assert [(r.id, r.status, r.deliveries) for r in results] == [(i, APPLIED, 1) for i in ids]
     assert (points(client, user, "a"), points(client, user, "b")) == (5, 3)
     assert pending_ids(client, stream, group) == []
+    other.close()
+
+
+def test_one_heartbeat_thread_keeps_every_batch_in_hand_then_ends_when_idle(
+    standalone: redis.Redis, redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    stream, user, lb, group = names()
+    other = _other_client(standalone, redis_engine, redis_farm)
+    idle_ms = 600
+    rival = StreamConsumer(
+        other, stream=stream, group=group, handler=ScoreHandler(user, lb), consumer="rival",
+        block_ms=0, min_idle_ms=idle_ms,
+    )  # fmt: skip
+    score = ScoreHandler(user, lb)
+    seen: list[tuple[threading.Thread | None, list[Any]]] = []
+
+    def slow(entry: StreamEntry) -> Effects:
+        # Past min_idle_ms in the batch's first handler; then a rival tries to reclaim.
+        if entry.fields["points"] == "1":
+            time.sleep(3 * idle_ms / 1000)
+            seen.append((slowpoke._heartbeat._thread, rival.run_once()))
+        return score(entry)
+
+    slowpoke = StreamConsumer(
+        standalone, stream=stream, group=group, handler=slow, consumer="slowpoke", block_ms=0,
+        min_idle_ms=idle_ms, batch_size=2,
+    )  # fmt: skip
+    for _ in range(2):  # two batches, each held past min_idle_ms
+        for u, p in (("a", 1), ("b", 2)):
+            standalone.xadd(stream, {"user": u, "points": p})
+        assert {r.status for r in slowpoke.run_once()} == {APPLIED}
+    assert [tried for _, tried in seen] == [[], []]  # the rival got nothing, either time
+    (first, _), (second, _) = seen
+    assert first is not None
+    assert first is second  # the same thread beat for both batches
+    assert (points(standalone, user, "a"), points(standalone, user, "b")) == (2, 4)
+    first.join(timeout=30)  # a beat's time (200 ms) without a batch: it ends
+    assert not first.is_alive()
+    assert slowpoke._heartbeat._thread is None
     other.close()
 
 

@@ -32,7 +32,7 @@ class AsyncStreamConsumer(ConsumerBase):
     """Consume a Redis stream with a ``redis.asyncio`` client, applying each event's effects once.
 
     Everything :class:`~onceonly.streams.StreamConsumer` says holds here
-    (one script per entry: ownership check, dedup record, effects, XACK;
+    (per entry, atomically: ownership check, dedup record, effects, XACK;
     reclaim; the heartbeat of the entries in hand, as an asyncio task).
 
     The handler may be an ``async def`` (awaited) or a plain function (called
@@ -186,7 +186,8 @@ class AsyncStreamConsumer(ConsumerBase):
             planned = await asyncio.gather(*(self._plan(raw, gate) for raw in raws))
             plans = [plan for plan in planned if plan is not None]  # None: stopped first
             try:
-                replies = await asend_batch(self.client, [plan.item for plan in plans])
+                sent = core.batch(self.config, plans)
+                replies = await asend_batch(self.client, sent.items)
             except BaseException:
                 self._state.restart()
                 raise
@@ -195,7 +196,7 @@ class AsyncStreamConsumer(ConsumerBase):
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beat
-        return self._finish(raws, reclaimed, plans, replies)
+        return self._finish(raws, reclaimed, plans, sent, replies)
 
     async def _beat(self, call: scripts.Call) -> None:
         """Reset the idle time of the batch's entries every ``min_idle_ms / 3``."""

@@ -100,9 +100,12 @@ def check_same_slot(keys: Iterable[str], stream: str, *, what: str) -> None:
     Raises:
         IdempotencyConfigError: Names the first key in another slot, and the fix.
     """
-    home = key_slot(stream)
+    home_part = hashed_part(stream.encode())
+    home = binascii.crc_hqx(home_part, 0) % SLOTS
     for key in keys:
-        if key_slot(key) != home:
+        data = key.encode()
+        # A key with the stream's hash tag (the usual case) needs no CRC.
+        if hashed_part(data) != home_part and key_slot(data) != home:
             tag = hashed_part(stream.encode()).decode(errors="replace")
             raise IdempotencyConfigError(
                 f"{what} {key!r} hashes to slot {key_slot(key)}, not to slot {home} of the "
@@ -203,6 +206,7 @@ class ConsumerConfig:
     same_slot: bool = True
     start_id: str = "0"
     base: str = field(init=False, repr=False, compare=False)
+    tag_prefix: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _name("stream", self.stream)
@@ -234,6 +238,10 @@ class ConsumerConfig:
                 check_same_slot([self.dead_letter_stream], self.stream, what="dead_letter_stream")
         # The start of every key derived from the stream (see stream_base).
         object.__setattr__(self, "base", base)
+        # A key that starts with "{<the stream's hashed part>}" is in its slot
+        # (no CRC needed); None when that part holds a '}' (no such prefix).
+        part = hashed_part(self.stream.encode()).decode()
+        object.__setattr__(self, "tag_prefix", None if "}" in part else "{" + part + "}")
 
     @property
     def dead_letters(self) -> str:

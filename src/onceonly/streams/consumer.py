@@ -4,16 +4,19 @@ Each pass (:meth:`StreamConsumer.run_once`) costs two round trips: one read
 (its own pending entries first, then, when a reclaim scan is due, entries
 idle on other consumers with ``XAUTOCLAIM``, else new ones with
 ``XREADGROUP ... >``) and
-one pipeline that carries every entry's script (commit, dead letter) or
-command (the error record of a FAILED entry, the XACK of a LOST one). The
-group is created (``MKSTREAM``) on the first pass: one more, once.
+one pipeline that carries the batch's commits (one script call for up to
+``scripts.MAX_CALL_ENTRIES`` entries, each committed on its own), its dead
+letters (a script call each) and its commands (the error record of a FAILED
+entry, the XACK of a LOST one). The group is created (``MKSTREAM``) on the
+first pass: one more, once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from ..errors import IdempotencyStoreError
@@ -33,32 +36,62 @@ Handler = Callable[[StreamEntry], Effects | None]
 class _Heartbeat:
     """A thread that resets the idle time of a batch's entries while the batch is in hand.
 
-    Every ``min_idle_ms / 3`` it sends the extend script (``XCLAIM ... JUSTID``
-    to this consumer, for the entries it still holds at the count it read),
-    so no other consumer's reclaim takes an entry that is being handled or
-    waits in the batch. A failed send is logged and tried again at the next beat.
+    Every ``min_idle_ms / 3`` while a batch is held it sends that batch's
+    extend script (``XCLAIM ... JUSTID`` to this consumer, for the entries it
+    still holds at the count it read), so no other consumer's reclaim takes
+    an entry that is being handled or waits in the batch. A failed send is
+    logged and tried again at the next beat.
+
+    One thread serves every batch of the consumer (starting a thread per
+    batch cost more than a millisecond on a busy machine); it is started at
+    the first batch and ends after a beat's time without a batch. A batch's
+    end waits for a beat being sent, so none is sent for it afterwards.
     """
 
-    def __init__(self, consumer: StreamConsumer, call: scripts.Call) -> None:
-        self._consumer, self._call = consumer, call
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="onceonly-heartbeat", daemon=True)
+    def __init__(self, consumer: StreamConsumer) -> None:
+        self._consumer = consumer
+        self._changed = threading.Condition()
+        self._call: scripts.Call | None = None
+        self._due = 0.0  # monotonic time of the held batch's next beat
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
+    @contextmanager
+    def holding(self, call: scripts.Call) -> Iterator[None]:
+        """Beat for ``call``'s entries until the block ends."""
+        with self._changed:
+            self._call = call
+            self._due = time.monotonic() + self._consumer._beat_seconds
+            if self._thread is None or not self._thread.is_alive():  # none yet, or forked
+                self._thread = threading.Thread(
+                    target=self._run, name="onceonly-heartbeat", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:  # taken while a beat is sent: none after this
+                self._call = None
 
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
+    def _run(self) -> None:
         consumer = self._consumer
-        while not self._done.wait(consumer._beat_seconds):
-            try:
-                run_call(consumer.client, self._call)
-            except IdempotencyStoreError as exc:
-                consumer._heartbeat_failed(exc)
+        with self._changed:
+            while True:
+                if self._call is None:
+                    if not self._changed.wait(consumer._beat_seconds) and self._call is None:
+                        self._thread = None  # a beat's time without a batch: end
+                        return
+                    continue
+                wait = self._due - time.monotonic()
+                if wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                try:
+                    run_call(consumer.client, self._call)
+                except IdempotencyStoreError as exc:
+                    consumer._heartbeat_failed(exc)
+                self._due = time.monotonic() + consumer._beat_seconds
 
 
 class StreamConsumer(ConsumerBase):
@@ -66,7 +99,8 @@ class StreamConsumer(ConsumerBase):
 
     The handler gets a :class:`StreamEntry` and returns :class:`Effects` (or
     None: nothing to write, but the event is still recorded and
-    acknowledged). One Lua script per entry then, atomically: checks that
+    acknowledged). Then, atomically for each entry (the batch's entries go
+    in one script call, each with its own outcome): checks that
     this consumer still holds the entry at the delivery count it read
     (else FENCED: another consumer reclaimed it), checks the event's dedup
     record (present: acknowledge only, DUPLICATE), checks that every effect
@@ -123,6 +157,7 @@ class StreamConsumer(ConsumerBase):
             start_id=start_id,
         )
         super().__init__(client, handler, config, asyncio=False)
+        self._heartbeat = _Heartbeat(self)
 
     def status(self) -> StreamStatus:
         """The group as the server sees it (``XINFO GROUPS``) and this consumer's counts.
@@ -220,16 +255,17 @@ class StreamConsumer(ConsumerBase):
                     break  # the rest stays pending, unhandled
                 plans.append(self._plan(raw))
             try:
-                replies = send_batch(self.client, [plan.item for plan in plans])
+                sent = core.batch(self.config, plans)
+                replies = send_batch(self.client, sent.items)
             except BaseException:
                 self._state.restart()
                 raise
-        return self._finish(raws, reclaimed, plans, replies)
+        return self._finish(raws, reclaimed, plans, sent, replies)
 
     def _keep_held(self, raws: list[core.RawEntry]) -> AbstractContextManager[object]:
         """Keep the batch's entries from being reclaimed until it is committed."""
         call = self._extend_call(raws)
-        return nullcontext() if call is None else _Heartbeat(self, call)
+        return nullcontext() if call is None else self._heartbeat.holding(call)
 
     def _plan(self, raw: core.RawEntry) -> core.Plan:
         step = core.classify(self.config, raw)

@@ -221,10 +221,11 @@ class ConsumerBase:
         raws: Sequence[core.RawEntry],
         reclaimed: int,
         plans: Sequence[core.Plan],
+        sent: core.Batch,
         replies: Sequence[object],
     ) -> list[EntryResult]:
         """The batch's results; counted, and its LOST entries logged once."""
-        out = core.results(plans, replies)
+        out = core.results(plans, sent, replies)
         self._stats.add(len(raws), out, reclaimed)
         lost = sum(1 for r in out if r.status is EntryStatus.LOST)
         if lost:

@@ -9,8 +9,11 @@ A pass of a consumer (sync now, asyncio later) is:
 2. per entry, :func:`classify`: LOST (deleted while pending), DEAD (past
    ``max_deliveries``), FAILED (no event id), or handle it;
 3. the driver calls the handler; :func:`commit_plan` / :func:`failed_plan`
-   turn its outcome into the one call that entry needs;
-4. the driver sends every plan's call in one pipeline; :func:`results` reads
+   turn its outcome into what that entry needs: its share of a commit call,
+   or a call or command of its own;
+4. :func:`batch` puts the commits in as few script calls as their bounds
+   allow (see ``scripts.MAX_CALL_ENTRIES``) beside the other calls and
+   commands; the driver sends them in one pipeline; :func:`results` reads
    the replies into one :class:`EntryResult` per entry.
 """
 
@@ -19,22 +22,24 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
-from ..stores.redis.common import chained
+from ..stores.redis.common import chained, import_redis
 from . import scripts
 from .config import MAX_EVENT_ID_BYTES, ConsumerConfig, check_same_slot
 from .effects import Effects
 from .model import EntryResult, EntryStatus, StreamEntry
-from .scripts import Call, Code, Command
+from .scripts import Call, Code, Command, Commit
 
 __all__ = [
     "MAX_ERROR_CHARS",
+    "Batch",
     "Plan",
     "RawEntry",
     "ReadState",
     "Step",
+    "batch",
     "classify",
     "commit_plan",
     "error_text",
@@ -165,14 +170,14 @@ class Step(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """One entry's call in the batch and how to read its reply.
 
     Attributes:
         entry_id, deliveries, event_id: The entry.
         step: COMMIT (the handler returned), LOST, DEAD or FAILED.
-        item: The script call or command sent for it.
+        item: Its share of a commit call (COMMIT), else the script call or
+            command sent for it.
         error: For FAILED: why (sent as the entry's error record).
     """
 
@@ -180,7 +185,7 @@ class Plan:
     deliveries: int
     event_id: str | None
     step: Step
-    item: Call | Command
+    item: Call | Command | Commit
     error: str | None = None
 
 
@@ -232,6 +237,12 @@ def classify(config: ConsumerConfig, raw: RawEntry) -> StreamEntry | Plan:
     return StreamEntry(config.stream, entry_id, dict(fields), deliveries, event_id)
 
 
+def _tagged(config: ConsumerConfig, effects: Effects) -> bool:
+    """Whether every key of ``effects`` starts with the stream's hash tag (so is in its slot)."""
+    prefix, keys = config.tag_prefix, effects.keys()
+    return prefix is not None and all(key.startswith(prefix) for key in keys)
+
+
 def commit_plan(config: ConsumerConfig, entry: StreamEntry, outcome: object) -> Plan:
     """The commit of an entry whose handler returned ``outcome`` (Effects or None).
 
@@ -246,13 +257,58 @@ def commit_plan(config: ConsumerConfig, entry: StreamEntry, outcome: object) -> 
             f"TypeError: the handler must return Effects or None, got {type(outcome).__name__}",
             entry.event_id,
         )
-    if outcome is not None and config.same_slot:
+    if outcome is not None and config.same_slot and not _tagged(config, outcome):
         try:
             check_same_slot(outcome.keys(), config.stream, what="the effects' key")
         except IdempotencyConfigError as exc:
             return failed_plan(config, entry.id, entry.deliveries, error_text(exc), entry.event_id)
-    call = scripts.commit_call(config, entry.id, entry.deliveries, entry.event_id, outcome)
-    return Plan(entry.id, entry.deliveries, entry.event_id, Step.COMMIT, call)
+    commit = scripts.commit_entry(config, entry.id, entry.deliveries, entry.event_id, outcome)
+    return Plan(entry.id, entry.deliveries, entry.event_id, Step.COMMIT, commit)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a batch sends in its pipeline, and where each plan's answer is.
+
+    Attributes:
+        items: The script calls and commands, in the order sent.
+        where: Per plan: the index of its item, and its place in that item's
+            reply (a commit call's entries share one), or -1 for all of it.
+        sizes: Per item: how many entries a commit call holds, else 0.
+    """
+
+    items: list[Call | Command]
+    where: list[tuple[int, int]]
+    sizes: list[int]
+
+
+def batch(config: ConsumerConfig, plans: Sequence[Plan]) -> Batch:
+    """The pipeline of ``plans``: their commits in as few bounded script calls as can be.
+
+    The commit calls go where their first entry was read; each entry of them is
+    still committed on its own (see ``lua/commit.lua``).
+    """
+    items: list[Call | Command] = []
+    sizes: list[int] = []
+    where: list[tuple[int, int]] = [(-1, -1)] * len(plans)
+    commits = [(i, plan.item) for i, plan in enumerate(plans) if isinstance(plan.item, Commit)]
+    calls: dict[int, list[tuple[int, Commit]]] = {}  # a call's first plan -> its plans
+    done = 0
+    for chunk in scripts.commit_chunks([commit for _, commit in commits]):
+        calls[commits[done][0]] = commits[done : done + len(chunk)]
+        done += len(chunk)
+    for i, plan in enumerate(plans):
+        shares = calls.get(i)
+        if shares is not None:
+            for j, (k, _) in enumerate(shares):
+                where[k] = (len(items), j)
+            items.append(scripts.commits_call(config, [commit for _, commit in shares]))
+            sizes.append(len(shares))
+        elif not isinstance(plan.item, Commit):
+            where[i] = (len(items), -1)
+            items.append(plan.item)
+            sizes.append(0)
+    return Batch(items, where, sizes)
 
 
 _STATUS = {
@@ -265,24 +321,29 @@ _STATUS = {
 }
 
 
+def _failed(plan: Plan, error: object) -> EntryResult:
+    return EntryResult(
+        plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, str(error)
+    )
+
+
 def _result(plan: Plan, reply: object) -> EntryResult:
+    if isinstance(reply, IdempotencyStoreError):  # a commit call's reply of another shape
+        return _failed(plan, reply)
     if isinstance(reply, BaseException):
-        error = chained(scripts.stream_error(reply, plan.entry_id), reply)
-        return EntryResult(
-            plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, str(error)
-        )
+        return _failed(plan, chained(scripts.stream_error(reply, plan.entry_id), reply))
     if plan.step is Step.FAILED:
-        return EntryResult(
-            plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, plan.error
-        )
+        return _failed(plan, plan.error)
     if plan.step is Step.LOST:
         return EntryResult(plan.entry_id, EntryStatus.LOST, plan.deliveries)
     try:
-        code, detail = scripts.script_reply(reply)
+        code, detail = reply if isinstance(reply, tuple) else scripts.script_reply(reply)
     except IdempotencyStoreError as exc:
-        return EntryResult(
-            plan.entry_id, EntryStatus.FAILED, plan.deliveries, plan.event_id, str(exc)
-        )
+        return _failed(plan, exc)
+    if code is Code.ERROR:
+        # Redis answered one of this entry's commands with an error: read as if
+        # the entry's own call had been answered so.
+        return _result(plan, import_redis().exceptions.ResponseError(detail))
     status = _STATUS[code]
     if status is EntryStatus.DEAD:
         return EntryResult(plan.entry_id, status, plan.deliveries, dead_letter_id=detail)
@@ -290,6 +351,20 @@ def _result(plan: Plan, reply: object) -> EntryResult:
     return EntryResult(plan.entry_id, status, plan.deliveries, plan.event_id, why)
 
 
-def results(plans: Sequence[Plan], replies: Sequence[object]) -> list[EntryResult]:
+def results(plans: Sequence[Plan], sent: Batch, replies: Sequence[object]) -> list[EntryResult]:
     """One result per plan, from its reply (or the error the server answered for it)."""
-    return [_result(plan, reply) for plan, reply in zip(plans, replies, strict=True)]
+    read: list[object] = []
+    for reply, size in zip(replies, sent.sizes, strict=True):
+        if size and not isinstance(reply, BaseException):
+            try:
+                reply = scripts.commit_reply(reply, size)
+            except IdempotencyStoreError as exc:
+                reply = [exc] * size
+        read.append(reply)
+    out = []
+    for plan, (item, place) in zip(plans, sent.where, strict=True):
+        reply = read[item]
+        if place >= 0 and isinstance(reply, list):
+            reply = reply[place]
+        out.append(_result(plan, reply))
+    return out

@@ -77,6 +77,22 @@ class Effect:
     family: str | None
 
 
+# Encoded once: the commands, and the key numbers and argument counts most
+# effects have.
+_COMMANDS = {
+    c: c.encode()
+    for c in [
+        *("HSET", "HINCRBY", "HDEL", "ZINCRBY", "ZADD", "ZREM"),
+        *("SADD", "SREM", "INCRBY", "SET", "XADD", "EXPIRE"),
+    ]
+}
+_COUNTS = [str(n).encode() for n in range(64)]
+
+
+def _count(n: int) -> bytes:
+    return _COUNTS[n] if n < 64 else str(n).encode()
+
+
 def _key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise TypeError(f"an effect's key must be a non-empty string, got {key!r}")
@@ -169,16 +185,22 @@ class Effects:
     list writes nothing.
     """
 
-    __slots__ = ("_bytes", "_families", "_ops")
+    __slots__ = ("_bytes", "_families", "_flat", "_numbers", "_ops")
 
     def __init__(self) -> None:
-        self._ops: list[Effect] = []
+        # (command, key, args, family) per effect; ``ops`` makes them Effects
+        # (a frozen dataclass each costs more than the tuple, per effect).
+        self._ops: list[tuple[str, str, tuple[bytes, ...], str | None]] = []
         self._families: dict[str, str] = {}
         self._bytes = 0
+        # The keys in the order first written, numbered from 1, and the encoding
+        # with those numbers, built as effects are added (encode() is then a copy).
+        self._numbers: dict[str, int] = {}
+        self._flat: list[bytes] = []
 
     def __repr__(self) -> str:
         # Commands only: keys and values may be personal data, never shown.
-        return f"Effects({', '.join(op.command for op in self._ops)})"
+        return f"Effects({', '.join(op[0] for op in self._ops)})"
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -189,17 +211,17 @@ class Effects:
     @property
     def ops(self) -> tuple[Effect, ...]:
         """The effects added so far, in order."""
-        return tuple(self._ops)
+        return tuple(Effect(*op) for op in self._ops)
 
     def keys(self) -> list[str]:
         """Every key the effects write, once each, in the order first written."""
-        return list(dict.fromkeys(op.key for op in self._ops))
+        return list(self._numbers)
 
     def _add(self, command: str, key: object, args: list[bytes], family: str | None) -> Effects:
         checked = _key(key)
         if len(self._ops) >= MAX_EFFECTS:
             raise ValueError(f"an Effects may hold at most {MAX_EFFECTS} effects")
-        size = len(checked) + sum(len(a) for a in args)
+        size = len(checked) + sum(map(len, args))
         if self._bytes + size > MAX_EFFECTS_BYTES:
             raise ValueError(f"an Effects may carry at most {MAX_EFFECTS_BYTES} bytes in all")
         if family is not None:
@@ -210,8 +232,10 @@ class Effects:
                     f"use as a {known}: one key takes effects of one Redis type"
                 )
             self._families[checked] = family
-        self._ops.append(Effect(command, checked, tuple(args), family))
+        self._ops.append((command, checked, tuple(args), family))
         self._bytes += size
+        number = self._numbers.setdefault(checked, len(self._numbers) + 1)
+        self._flat += [_COMMANDS[command], _count(number), _count(len(args)), *args]
         return self
 
     # -- hashes ------------------------------------------------------------------
@@ -319,9 +343,11 @@ class Effects:
             key's number, the argument count, then the arguments.
         """
         keys = self.keys()
+        if first_key_index == 1:
+            return keys, list(self._flat)
         number = {key: first_key_index + i for i, key in enumerate(keys)}
         flat: list[bytes] = []
-        for op in self._ops:
+        for op in self.ops:
             flat += [op.command.encode(), str(number[op.key]).encode(), str(len(op.args)).encode()]
             flat += op.args
         return keys, flat

@@ -64,7 +64,7 @@ def run_call(client: Any, call: Call) -> Any:
         except noscript:
             return client.execute_command(*call.wire(by_sha=False), **_RAW)
     except redis_errors() as exc:
-        raise stream_error(exc, call.keys[0]) from exc
+        raise stream_error(exc, call.stream) from exc
 
 
 async def arun_call(client: Any, call: Call) -> Any:
@@ -76,7 +76,7 @@ async def arun_call(client: Any, call: Call) -> Any:
         except noscript:
             return await client.execute_command(*call.wire(by_sha=False), **_RAW)
     except redis_errors() as exc:
-        raise stream_error(exc, call.keys[0]) from exc
+        raise stream_error(exc, call.stream) from exc
 
 
 def _queued(client: Any, items: Sequence[Call | Command], *, by_sha: bool) -> Any:

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import IdempotencyStoreError
 from ..stores.redis.common import import_redis, store_error
@@ -28,14 +28,22 @@ __all__ = [
     "COMMIT",
     "DEAD_LETTER",
     "EXTEND",
+    "MAX_CALL_BYTES",
+    "MAX_CALL_EFFECTS",
+    "MAX_CALL_ENTRIES",
     "PENDING",
     "PUBLISH",
     "RECLAIM",
     "Call",
     "Code",
     "Command",
+    "Commit",
     "Script",
     "commit_call",
+    "commit_chunks",
+    "commit_entry",
+    "commit_reply",
+    "commits_call",
     "dead_letter_call",
     "extend_call",
     "fields_digest",
@@ -69,6 +77,7 @@ class Code(enum.IntEnum):
     REFUSED = 4
     DEAD = 5
     LOST = 6
+    ERROR = 7  # a commit's entry only: Redis answered one of its commands with an error
 
 
 Command = tuple[Any, ...]  # a plain command sent beside the scripts, e.g. ("XACK", stream, ...)
@@ -76,17 +85,34 @@ Command = tuple[Any, ...]  # a plain command sent beside the scripts, e.g. ("XAC
 
 @dataclass(frozen=True)
 class Call:
-    """One script call: the script, its keys (the stream first) and its arguments."""
+    """One script call: the script, its keys (the stream first) and its arguments.
+
+    Attributes:
+        script: The script.
+        keys: Its keys, the stream first.
+        args: Its arguments.
+        encoded: Whether every key and argument is bytes already (``wire``
+            then sends them as they are).
+    """
 
     script: Script
-    keys: tuple[str, ...]
+    keys: tuple[bytes | str, ...]
     args: tuple[bytes | str | int, ...]
+    encoded: bool = False
+
+    @property
+    def stream(self) -> str:
+        """The stream the call is about (its first key), for error messages."""
+        first = self.keys[0]
+        return first.decode(errors="replace") if isinstance(first, bytes) else first
 
     def wire(self, *, by_sha: bool) -> tuple[Any, ...]:
         """The command as sent: ``EVALSHA sha n keys... args...`` (or ``EVAL``), text as UTF-8."""
         head: tuple[Any, ...] = (
             ("EVALSHA", self.script.sha) if by_sha else ("EVAL", self.script.code)
         )
+        if self.encoded:
+            return (*head, len(self.keys), *self.keys, *self.args)
         body = tuple(a.encode() if isinstance(a, str) else a for a in (*self.keys, *self.args))
         return (*head, len(self.keys), *body)
 
@@ -100,30 +126,123 @@ def mark(entry_id: str, deliveries: int, consumer: str) -> str:
     return f"{entry_id}|{deliveries}|{consumer}"
 
 
+# Bounds of one commit call, so that the server is never blocked long by one
+# script (a batch holds up to MAX_BATCH entries, each up to MAX_EFFECTS
+# effects): a call closes at this many entries, effects or argument bytes
+# (an entry larger than that alone goes alone). Calls of one batch still go in
+# one pipeline, one round trip.
+MAX_CALL_ENTRIES = 128
+MAX_CALL_EFFECTS = 1024
+MAX_CALL_BYTES = 1 << 20
+
+
+class Commit(NamedTuple):
+    """One entry's share of a commit call: its keys and its arguments, as sent.
+
+    Attributes:
+        entry_id: The entry.
+        order: The entry id as (ms, seq), for the call's id range.
+        keys: Its dedup record, its error record, its effects' keys (UTF-8).
+        args: Its id, delivery count, effect key count, effect count, effect
+            argument count, then the effects as ``Effects.encode`` gives them.
+        effects: How many effects it has.
+        size: The bytes of its keys and arguments.
+    """
+
+    entry_id: str
+    order: tuple[int, int]
+    keys: tuple[bytes, ...]
+    args: tuple[bytes, ...]
+    effects: int
+    size: int
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def commit_entry(
+    config: ConsumerConfig, entry_id: str, deliveries: int, event_id: str, effects: Effects | None
+) -> Commit:
+    """One entry's share of a commit call (the effects' keys are not checked here)."""
+    keys = [config.dedup_key(event_id).encode(), config.error_key(entry_id).encode()]
+    id_bytes = entry_id.encode()
+    if effects is None:
+        head = (id_bytes, str(deliveries).encode(), b"0", b"0", b"0")
+        return Commit(entry_id, _order(entry_id), tuple(keys), head, 0, sum(map(len, keys)))
+    effect_keys, flat = effects.encode()
+    keys += [key.encode() for key in effect_keys]
+    count = len(effects)
+    head = (
+        id_bytes,
+        str(deliveries).encode(),
+        str(len(effect_keys)).encode(),
+        str(count).encode(),
+        str(len(flat)).encode(),
+    )
+    size = sum(map(len, keys)) + sum(map(len, flat))
+    return Commit(entry_id, _order(entry_id), tuple(keys), (*head, *flat), count, size)
+
+
+def commit_chunks(commits: Sequence[Commit]) -> list[list[Commit]]:
+    """``commits`` in order, cut into the calls they go in (see ``MAX_CALL_ENTRIES``)."""
+    chunks: list[list[Commit]] = []
+    chunk: list[Commit] = []
+    effects = size = 0
+    for commit in commits:
+        if chunk and (
+            len(chunk) >= MAX_CALL_ENTRIES
+            or effects + commit.effects > MAX_CALL_EFFECTS
+            or size + commit.size > MAX_CALL_BYTES
+        ):
+            chunks.append(chunk)
+            chunk, effects, size = [], 0, 0
+        chunk.append(commit)
+        effects += commit.effects
+        size += commit.size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def commits_call(config: ConsumerConfig, commits: Sequence[Commit]) -> Call:
+    """The commit script call of some entries (at least one); its reply: a code and detail each."""
+    low = min(commits, key=lambda c: c.order).entry_id
+    high = max(commits, key=lambda c: c.order).entry_id
+    keys: list[bytes] = [config.stream.encode()]
+    args: list[bytes] = [
+        config.group.encode(),
+        config.consumer.encode(),
+        str(config.dedup_ttl_ms).encode(),
+        _flag(config.same_slot).encode(),
+        str(config.dedup_ttl_ms).encode(),
+        low.encode(),
+        high.encode(),
+        str(len(commits)).encode(),
+    ]
+    for commit in commits:
+        keys += commit.keys
+        args += commit.args
+    return Call(COMMIT, tuple(keys), tuple(args), encoded=True)
+
+
 def commit_call(
     config: ConsumerConfig, entry_id: str, deliveries: int, event_id: str, effects: Effects | None
 ) -> Call:
     """The commit script call of one entry (the effects' keys are not checked here)."""
-    effect_keys: list[str] = []
-    flat: list[bytes] = []
-    count = 0
-    if effects is not None:
-        effect_keys, flat = effects.encode()
-        count = len(effects)
-    keys = (config.stream, config.dedup_key(event_id), config.error_key(entry_id), *effect_keys)
-    args: tuple[bytes | str | int, ...] = (
-        config.group,
-        config.consumer,
-        entry_id,
-        deliveries,
-        mark(entry_id, deliveries, config.consumer),
-        config.dedup_ttl_ms,
-        _flag(config.same_slot),
-        config.dedup_ttl_ms,
-        count,
-        *flat,
-    )
-    return Call(COMMIT, keys, args)
+    return commits_call(config, [commit_entry(config, entry_id, deliveries, event_id, effects)])
+
+
+def commit_reply(reply: object, count: int) -> list[tuple[Code, str]]:
+    """A commit call's reply: (code, detail text) for each of its ``count`` entries.
+
+    Raises:
+        IdempotencyStoreError: The reply has another shape.
+    """
+    if not isinstance(reply, list) or len(reply) != 2 * count:
+        raise IdempotencyStoreError(f"unexpected reply from the commit script: {reply!r}")
+    return [script_reply(reply[i : i + 2]) for i in range(0, len(reply), 2)]
 
 
 def dead_letter_call(config: ConsumerConfig, entry_id: str, deliveries: int) -> Call:

@@ -2,7 +2,7 @@
 -- always the stream; every other key must be in its Redis Cluster hash slot.
 
 -- Reply codes (scripts.py has the same table).
-local APPLIED, DUPLICATE, FENCED, REFUSED, DEAD, LOST = 1, 2, 3, 4, 5, 6
+local APPLIED, DUPLICATE, FENCED, REFUSED, DEAD, LOST, ERROR = 1, 2, 3, 4, 5, 6, 7
 
 -- What Redis Cluster hashes of a key: the text inside its first {...} when
 -- that is not empty, else the whole key.
@@ -31,16 +31,24 @@ local function slot(key)
   return crc % 16384
 end
 
--- The first key (by index) outside the stream's slot, or nil. A cluster refuses
--- such a call before the script runs (CROSSSLOT); this refuses it on a
--- standalone server too, so code that works there works on a cluster. Keys
--- that share the stream's hash tag cost one string comparison, no CRC.
-local function cross_slot()
-  local home, home_slot = hashed(KEYS[1]), nil
-  for i = 2, #KEYS do
-    if hashed(KEYS[i]) ~= home then
+-- What the stream hashes, and "{that}": a key that starts with it hashes the
+-- same (nil when that holds a '}', which no hash tag can).
+local HOME = hashed(KEYS[1])
+local HOME_TAG = not string.find(HOME, '}', 1, true) and ('{' .. HOME .. '}') or nil
+
+-- The first key (by index, from KEYS[first] to KEYS[last]; all but the stream
+-- when not given) outside the stream's slot, or nil. A cluster refuses such a
+-- call before the script runs (CROSSSLOT); this refuses it on a standalone
+-- server too, so code that works there works on a cluster. A key that starts
+-- with the stream's hash tag costs one prefix test, one that shares it one
+-- more string comparison; others a CRC.
+local function cross_slot(first, last)
+  local home_slot = nil
+  for i = first or 2, last or #KEYS do
+    local key = KEYS[i]
+    if not (HOME_TAG and string.find(key, HOME_TAG, 1, true) == 1) and hashed(key) ~= HOME then
       home_slot = home_slot or slot(KEYS[1])
-      if slot(KEYS[i]) ~= home_slot then return i end
+      if slot(key) ~= home_slot then return i end
     end
   end
   return nil
