@@ -10,7 +10,7 @@ from typing import Any
 
 from streams_support import ScoreHandler, board, names, pending_ids, points
 
-from onceonly.streams import EntryStatus, StreamConsumer, StreamEntry
+from onceonly.streams import EntryStatus, StreamConsumer, StreamEntry, scripts
 
 APPLIED, DUPLICATE, FAILED = EntryStatus.APPLIED, EntryStatus.DUPLICATE, EntryStatus.FAILED
 
@@ -49,6 +49,18 @@ def test_a_batch_applies_once_and_a_rewound_group_gets_only_duplicates(client: A
     stats = consumer.stats
     assert (stats.read, stats.applied, stats.duplicates) == (6, 3, 3)
     assert consumer.run_once() == []
+
+
+def test_the_dedup_record_names_the_delivery_that_applied_it(client: Any) -> None:
+    # scripts.mark is the format the commit script writes: a retried commit
+    # (its reply lost) finds its own delivery there and answers DUPLICATE 'retried'.
+    stream, user, lb, group = names()
+    consumer = _consumer(client, stream, group, ScoreHandler(user, lb), event_id_field="event_id")
+    entry_id = client.xadd(stream, {"event_id": "e1", "user": "a", "points": 5}).decode()
+    assert [r.status for r in consumer.run_once()] == [APPLIED]
+    record = client.get(consumer.config.dedup_key("e1"))
+    assert record.decode() == scripts.mark(entry_id, 1, "c1")
+    assert 0 < client.pttl(consumer.config.dedup_key("e1")) <= consumer.config.dedup_ttl_ms
 
 
 def test_an_event_appended_twice_is_applied_once_by_its_event_id(client: Any) -> None:
