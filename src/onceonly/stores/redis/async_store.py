@@ -18,7 +18,7 @@ from typing import Any
 
 from ...errors import IdempotencyConfigError, IdempotencyStoreError
 from ...records import ClaimResult, Record
-from ..protocol import check_key
+from ..protocol import check_claim, check_key
 from . import scripts
 from .async_batch import Batcher, LoopState, Pending, close_at_shutdown, within
 from .clients import url_client
@@ -381,15 +381,17 @@ class AsyncRedisStore(RedisBase):
 
         The native claims of one loop turn join the same pipeline as its script calls.
         """
-        call = self._claim_call(key, token, lease_ms, ttl_ms, fingerprint)
         if self._native:
-            full = self.full_key(key)
+            check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+            full = self._key_head + key
             answer = await self._native_claim(
                 full, self._native_claim_command(full, token, lease_ms, fingerprint)
             )
             if answer is not None:
                 return answer
-        return scripts.claim_result(await self._run(*call))
+        return scripts.claim_result(
+            await self._run(*self._claim_call(key, token, lease_ms, ttl_ms, fingerprint))
+        )
 
     async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
         """Store the outcome if ``token`` still holds the claim: one script call."""

@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import (
@@ -22,7 +22,7 @@ from ...errors import (
     IdempotencyStoreError,
     OnceOnlyWarning,
 )
-from ...records import Record
+from ...records import ClaimResult, Record
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token
 from . import scripts
 
@@ -395,6 +395,36 @@ class RedisBase:
                 error,
             )
         return True
+
+    @staticmethod
+    def _each(
+        replies: list[Any], keys: Sequence[str], interpret: Callable[[Any, str], Any]
+    ) -> list[Any]:
+        """Interpret each reply; an error (handed back or raised) stays that key's answer."""
+        answers: list[Any] = []
+        for reply, key in zip(replies, keys, strict=True):
+            if isinstance(reply, Exception):
+                answers.append(reply)
+                continue
+            try:
+                answers.append(interpret(reply, key))
+            except CorruptRecordError as exc:
+                answers.append(exc)
+        return answers
+
+    def _native_answers(
+        self, replies: list[Any], fulls: list[str]
+    ) -> list[ClaimResult | Exception | None]:
+        """Each native claim's answer: a result, its own error, or None (the script must answer)."""
+        answers: list[ClaimResult | Exception | None] = []
+        for reply, full in zip(replies, fulls, strict=True):
+            if not isinstance(reply, Exception):
+                answers.append(scripts.native_claim_result(reply))
+            elif self._native_refused(reply):
+                answers.append(None)
+            else:
+                answers.append(chained(store_error(reply, full), reply))
+        return answers
 
     # The script call of each operation, after its arguments are checked.
 

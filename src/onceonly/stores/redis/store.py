@@ -25,7 +25,14 @@ from typing import Any
 
 from ...errors import CorruptRecordError, IdempotencyConfigError
 from ...records import ClaimResult, Record
-from ..protocol import ClaimCall, CompleteCall, ReleaseCall, RenewCall, check_key
+from ..protocol import (
+    ClaimCall,
+    CompleteCall,
+    ReleaseCall,
+    RenewCall,
+    check_claim,
+    check_key,
+)
 from . import scripts
 from .clients import url_client
 from .common import (
@@ -340,22 +347,6 @@ class RedisStore(RedisBase):
         replies = list(pipe.execute(raise_on_error=False))
         return self._split_wait(replies, fulls[0])
 
-    @staticmethod
-    def _each(
-        replies: list[Any], keys: Sequence[str], interpret: Callable[[Any, str], Any]
-    ) -> list[Any]:
-        """Interpret each reply; an error (handed back or raised) stays that key's answer."""
-        answers: list[Any] = []
-        for reply, key in zip(replies, keys, strict=True):
-            if isinstance(reply, Exception):
-                answers.append(reply)
-                continue
-            try:
-                answers.append(interpret(reply, key))
-            except CorruptRecordError as exc:
-                answers.append(exc)
-        return answers
-
     def _command(self, name: str, full: str) -> Any:
         """One command on one key (GET, DEL), its reply undecoded."""
         try:
@@ -389,15 +380,17 @@ class RedisStore(RedisBase):
             CorruptRecordError: The value under the key is not a record.
             IdempotencyStoreError: Redis failed or could not be reached.
         """
-        call = self._claim_call(key, token, lease_ms, ttl_ms, fingerprint)
         if self._native:
-            full = self.full_key(key)
+            check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+            full = self._key_head + key
             answer = self._native_claim(
                 full, self._native_claim_command(full, token, lease_ms, fingerprint)
             )
             if answer is not None:
                 return answer
-        return scripts.claim_result(self._run(*call))
+        return scripts.claim_result(
+            self._run(*self._claim_call(key, token, lease_ms, ttl_ms, fingerprint))
+        )
 
     def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
         """Store the outcome if ``token`` still holds the claim: one script call."""
@@ -433,14 +426,7 @@ class RedisStore(RedisBase):
                 for full, c in zip(fulls, calls, strict=True)
             ],
         )
-        answers: list[ClaimResult | Exception | None] = []
-        for reply, full in zip(replies, fulls, strict=True):
-            if not isinstance(reply, Exception):
-                answers.append(scripts.native_claim_result(reply))
-            elif self._native_refused(reply):
-                answers.append(None)
-            else:
-                answers.append(chained(store_error(reply, full), reply))
+        answers = self._native_answers(replies, fulls)
         rest = [i for i, answer in enumerate(answers) if answer is None]
         if rest:
             again = self._claimed_by_script(
