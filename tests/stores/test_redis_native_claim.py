@@ -128,7 +128,7 @@ def test_a_duplicate_in_a_cluster_and_through_sentinel_is_one_set(
         client.close()
 
 
-def test_the_async_store_sends_a_loop_turns_native_claims_in_one_pipeline(
+def test_the_async_store_claims_natively_in_a_loop_turns_pipeline_without_scripts(
     redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
     server = redis_farm.standalone(redis_engine)
