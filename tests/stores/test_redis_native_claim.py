@@ -457,6 +457,13 @@ def test_on_redis_6_2_the_store_falls_back_to_the_claim_script(
     assert _claim(store, "c", tok) == Acquired(takeover=False)
     assert _calls(redis62) == {"evalsha": 1, "get": 1, "set": 1, "time": 1}
     assert MARKER not in client.get(f"{prefix}:c")  # type: ignore[operator]
+
+    # A store whose first call is a batch: each refused SET goes on to the script.
+    batch = RedisStore(client, prefix=prefix)
+    answers = batch.claim_many([ClaimCall(k, new_token(), LEASE, TTL, None) for k in "xyc"])
+    assert answers[:2] == [Acquired(takeover=False)] * 2
+    assert isinstance(answers[2], Found)  # "c" is held
+    assert batch._native is False
     client.close()
 
 
