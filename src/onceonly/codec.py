@@ -28,7 +28,6 @@ __all__ = ["HEADER_PREFIX", "corrupt", "decode", "encode", "from_fields"]
 HEADER_PREFIX = b"o1|"
 
 _HEADER = re.compile(rb"o1\|([PC])\|([0-9a-f]{32})\|([0-9]{1,16})\|([0-9a-f]{0,128})\|")
-_STATUS = {b"P": Status.IN_PROGRESS, b"C": Status.COMPLETED}
 
 
 def corrupt(store: str, problem: str) -> CorruptRecordError:
@@ -86,29 +85,26 @@ def decode(data: bytes, *, store: str = "the store") -> Record:
     Raises:
         CorruptRecordError: The bytes are not a record in a known format.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise corrupt(store, f"{type(data).__name__}, not bytes")
-    data = bytes(data)
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise corrupt(store, f"{type(data).__name__}, not bytes")
+        data = bytes(data)
     match = _HEADER.match(data)
     if match is None:
         raise corrupt(store, "bad or unknown header")
-    status = _STATUS[match.group(1)]
+    # One groups() call and positional fields: this runs on every duplicate's path.
+    status_code, token, deadline, fingerprint = match.groups()
     outcome = data[match.end() :]
-    if status is Status.IN_PROGRESS:
+    if status_code == b"P":
         if outcome:
             raise corrupt(store, "an IN_PROGRESS record that carries an outcome")
-        outcome_or_none: bytes | None = None
-    else:
-        if not outcome:
-            raise corrupt(store, "a COMPLETED record without an outcome")
-        outcome_or_none = outcome
-    fingerprint = match.group(4).decode()
+        return Record(
+            Status.IN_PROGRESS, token.decode(), int(deadline), fingerprint.decode() or None, None
+        )
+    if not outcome:
+        raise corrupt(store, "a COMPLETED record without an outcome")
     return Record(
-        status=status,
-        token=match.group(2).decode(),
-        deadline_ms=int(match.group(3)),
-        fingerprint=fingerprint or None,
-        outcome=outcome_or_none,
+        Status.COMPLETED, token.decode(), int(deadline), fingerprint.decode() or None, outcome
     )
 
 

@@ -78,7 +78,10 @@ class Found:
     Attributes:
         record: The record as the store held it.
         now_ms: The store's clock when it answered, so that time left on a
-            lease is judged by one clock.
+            lease is judged by one clock. The Redis store's native claim
+            answers a COMPLETED record without reading a clock: there it is
+            the caller's clock, capped below the record's deadline (the
+            server held the record, so it was live then).
     """
 
     record: Record

@@ -25,7 +25,8 @@ from onceonly.records import Acquired, Status, encode_outcome, new_token
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
 from testkit import RedisFarm
 
-SCRIPTS = {"EVALSHA", "EVAL"}
+# The writes whose replies are dropped: the scripts, and the claim's native SET.
+SCRIPTS = {"EVALSHA", "EVAL", "SET"}
 
 
 def _prefix() -> str:
@@ -101,6 +102,42 @@ def test_sync_from_url_a_lost_claim_reply_comes_back_acquired_under_the_same_tok
     assert store.release("k2", token=other) is True
     assert store.get("k2") is None
     assert proxy.dropped == 4
+
+
+def test_a_retried_claim_whose_set_reply_was_lost_is_acquired_and_runs_once(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    server = redis_farm.standalone(redis_engine)
+    prefix = _prefix()
+    with ReplyDropProxy(server.port) as proxy:
+        store = RedisStore.from_url(proxy.url(), prefix=prefix)
+        runs: list[str] = []
+
+        @idempotent_function(
+            store=store, data="order", config=IdempotencyConfig(event_key_jmespath="id")
+        )
+        def charge(order: dict[str, Any]) -> str:
+            runs.append(order["id"])
+            return f"charged {order['id']}"
+
+        token = new_token()
+        proxy.drop_replies(1, commands={"SET"})
+        # The SET took the key; its reply was lost; the client sent it again,
+        # met its own claim, and the claim script answered Acquired.
+        claimed = store.claim("k", token=token, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+        assert claimed == Acquired(takeover=False)
+        assert proxy.dropped == 1
+        raw = server.client().get(f"{prefix}:k")
+        assert raw is not None
+        assert raw.startswith(f"o1|P|{token}|".encode())  # the script wrote it again
+
+        proxy.drop_replies(1, commands={"SET"})
+        assert charge({"id": "a"}) == "charged a"
+        assert charge({"id": "a"}) == "charged a"
+        assert runs == ["a"]
+        assert proxy.dropped == 2
+        key = charge.key_for({"id": "a"})  # type: ignore[attr-defined]
+        assert server.client().get(f"{prefix}:{key}").startswith(b"o1|C|")  # type: ignore[union-attr]
 
 
 # -- the asyncio store --------------------------------------------------------------------

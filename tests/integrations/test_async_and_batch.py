@@ -34,7 +34,7 @@ from onceonly.records import Acquired, Status, new_token
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
 from onceonly.stores.dynamodb import AsyncDynamoDBStore
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
-from testkit import RedisFarm, load_event
+from testkit import ManualClock, RedisFarm, load_event
 
 
 class CountingConnection(redis.Connection):
@@ -157,8 +157,9 @@ def test_2000_keys_times_4_gathered_duplicates_run_2000_times(
 # -- pipelining ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("clock", [None, ManualClock()], ids=["server-time", "clock"])
 def test_one_loop_turn_is_one_pipeline_and_every_caller_gets_its_own_answer(
-    redis_farm: RedisFarm, redis_engine: harness.Engine
+    redis_farm: RedisFarm, redis_engine: harness.Engine, clock: ManualClock | None
 ) -> None:
     port = redis_farm.standalone(redis_engine).port
     prefix = _prefix()
@@ -174,7 +175,7 @@ def test_one_loop_turn_is_one_pipeline_and_every_caller_gets_its_own_answer(
 
     async def main() -> tuple[list[Any], int]:
         client = _counting_async(port)
-        store = AsyncRedisStore(client, prefix=prefix)
+        store = AsyncRedisStore(client, prefix=prefix, clock=clock)
         await client.ping()  # connect (and handshake) before counting
         AsyncCountingConnection.sends = 0
         calls = [
@@ -187,7 +188,10 @@ def test_one_loop_turn_is_one_pipeline_and_every_caller_gets_its_own_answer(
         return answers, sends
 
     answers, sends = asyncio.run(main())
-    assert sends == 1  # five script calls, one round trip
+    # With an injected clock: five script calls, one round trip. By the server's
+    # time: five native claims in one round trip, then the two that need the
+    # claim script (the live claim and the orphan) together in one more.
+    assert sends == (1 if clock else 2)
     fresh_answer, done_answer, live_answer, orphan_answer, hash_answer = answers
     assert fresh_answer == Acquired(takeover=False)
     assert done_answer.record.status is Status.COMPLETED
@@ -385,8 +389,10 @@ def test_a_batch_of_10_sqs_records_costs_2_round_trips_on_redis(
     stats = client.info("commandstats")
 
     assert sends == 2  # every claim in one pipeline, every complete in one more
-    # 8 distinct keys: 8 claims and 8 completes.
-    assert stats["cmdstat_evalsha"]["calls"] == 16
+    # 8 distinct keys: 8 native claims (SET NX GET, no script) and 8 complete scripts
+    # (each running one SET of its own).
+    assert stats["cmdstat_evalsha"]["calls"] == 8
+    assert stats["cmdstat_set"]["calls"] == 16
     assert sorted(handled[2:]) == [100, 101, 102, 103, 104, 105, 106, 108]
     assert [i.status for i in result.items] == [ItemStatus.RUN] * 7 + [
         ItemStatus.REPLAYED,

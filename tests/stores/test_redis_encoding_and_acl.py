@@ -36,6 +36,7 @@ from testkit import RedisFarm
 RESULT = {"name": "Zoë", "city": "日本", "bytes": "\x00\xff"}
 LEASE = 60_000
 TTL = 60_000
+_CLAIM: dict[str, Any] = {"lease_ms": LEASE, "ttl_ms": TTL, "fingerprint": None}
 
 
 def _prefix() -> str:
@@ -134,17 +135,64 @@ def test_the_async_store_replays_exactly_whatever_the_clients_encoding(
 # Each user lacks one thing the store needs; the default user keeps everything.
 ACL_USERS = {
     # The scripts call TIME (the server's clock): refused inside the script.
-    "no-time": "~{p}:* +evalsha +eval +get +set +del",
-    # SET inside the claim script.
-    "no-set": "~{p}:* +evalsha +eval +get +del +time",
+    "no-time": "~{p}:* +evalsha +eval +get +set +del +pttl",
+    # SET: the native claim (and inside the scripts).
+    "no-set": "~{p}:* +evalsha +eval +get +del +time +pttl",
     # The store's own command.
-    "no-evalsha": "~{p}:* +get +set +del +time",
+    "no-evalsha": "~{p}:* +get +set +del +time +pttl",
     # No key pattern at all.
-    "no-keys": "+evalsha +eval +get +set +del +time",
+    "no-keys": "+evalsha +eval +get +set +del +time +pttl",
+    # PTTL: a claim script that answers with a natively written claim.
+    "no-pttl": "~{p}:* +evalsha +eval +get +set +del +time",
 }
 # What the server's words name, where it names the command (Redis 7 says only
 # that "the user executing the script can't run this command").
-NAMED = {"no-time": "time", "no-set": "set", "no-evalsha": "evalsha"}
+NAMED = {"no-time": "time", "no-set": "set", "no-evalsha": "evalsha", "no-pttl": "pttl"}
+# The claim is a native SET (no script, no TIME); the first call that needs what
+# a user lacks: a claim for SET and the key pattern, a second claim that meets
+# the first one's live record (the claim script: EVALSHA, TIME, and PTTL to say
+# the natively written record's deadline) for the others.
+REFUSED_AT = {
+    "no-time": "second claim",
+    "no-set": "claim",
+    "no-evalsha": "second claim",
+    "no-keys": "claim",
+    "no-pttl": "second claim",
+}
+
+
+def _first_refusal(store: RedisStore, key: str) -> tuple[str, IdempotencyStoreError]:
+    """Claim, claim again under another token, complete: which step was refused, and how."""
+    token = new_token()
+    steps = [
+        ("claim", lambda: store.claim(key, token=token, **_CLAIM)),
+        ("second claim", lambda: store.claim(key, token=new_token(), **_CLAIM)),
+        ("complete", lambda: store.complete(key, token=token, outcome=b"j1", ttl_ms=TTL)),
+    ]
+    for name, step in steps:
+        try:
+            step()
+        except IdempotencyStoreError as exc:
+            return name, exc
+    raise AssertionError("no step was refused")
+
+
+async def _first_refusal_async(
+    store: AsyncRedisStore, key: str
+) -> tuple[str, IdempotencyStoreError]:
+    """As _first_refusal, on the async store."""
+    token = new_token()
+    steps = [
+        ("claim", lambda: store.claim(key, token=token, **_CLAIM)),
+        ("second claim", lambda: store.claim(key, token=new_token(), **_CLAIM)),
+        ("complete", lambda: store.complete(key, token=token, outcome=b"j1", ttl_ms=TTL)),
+    ]
+    for name, step in steps:
+        try:
+            await step()
+        except IdempotencyStoreError as exc:
+            return name, exc
+    raise AssertionError("no step was refused")
 
 
 @pytest.fixture
@@ -183,12 +231,17 @@ def test_a_refused_command_says_acl_and_lists_what_the_user_needs(
     client = redis.Redis(host=harness.HOST, port=port, username=user, password=f"pw-{user}")
     try:
         store = RedisStore(client, prefix=prefix)
-        with pytest.raises(IdempotencyStoreError) as info:
-            store.claim("k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
-        _check_acl_error(info.value, user)
-        assert isinstance(info.value.__cause__, redis.exceptions.ResponseError)
+        step, error = _first_refusal(store, "k")
+        assert step == REFUSED_AT[user]
+        _check_acl_error(error, user)
+        assert isinstance(error.__cause__, redis.exceptions.ResponseError)
         # A batch's pipeline hands each key its own error, the same one.
-        (answer,) = store.claim_many([ClaimCall("k2", new_token(), LEASE, TTL, None)])
+        token = new_token()
+        (answer,) = store.claim_many([ClaimCall("k2", token, LEASE, TTL, None)])
+        if step == "second claim":
+            (answer,) = store.claim_many([ClaimCall("k2", new_token(), LEASE, TTL, None)])
+        elif step == "complete":
+            (answer,) = store.complete_many([CompleteCall("k2", token, b"j1", TTL)])
         assert isinstance(answer, IdempotencyStoreError)
         _check_acl_error(answer, user)
     finally:
@@ -208,11 +261,9 @@ def test_the_async_store_says_acl_too(
         )
         try:
             store = AsyncRedisStore(client, prefix=prefix, pipelining=pipelining)
-            with pytest.raises(IdempotencyStoreError) as info:
-                await store.claim(
-                    "k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
-                )
-            _check_acl_error(info.value, user)
+            step, error = await _first_refusal_async(store, "k")
+            assert step == REFUSED_AT[user]
+            _check_acl_error(error, user)
         finally:
             await client.aclose()
 

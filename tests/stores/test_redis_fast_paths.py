@@ -115,6 +115,8 @@ def test_noscript_in_a_batch_is_answered_with_eval_for_those_calls(
     setup = RedisStore(sync, prefix=prefix)
     setup.claim("done", token=token, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
     setup.complete("done", token=token, outcome=b"j7", ttl_ms=TTL)
+    # A live claim: only the claim script answers a claim that meets it.
+    setup.claim("held", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
     sync.script_flush()
 
     async def main() -> list[Any]:
@@ -127,16 +129,22 @@ def test_noscript_in_a_batch_is_answered_with_eval_for_those_calls(
                     "done", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
                 ),
                 store.release("nothing", token=new_token()),
+                store.claim(
+                    "held", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                ),
             )
         finally:
             await client.aclose()
 
-    new, done, released = asyncio.run(main())
+    new, done, released, held = asyncio.run(main())
     assert new == Acquired(takeover=False)
     assert isinstance(done, Found)
     assert done.record.status is Status.COMPLETED
     assert done.record.outcome == b"j7"
     assert released is True  # nothing to release: done (see the store protocol)
+    assert isinstance(held, Found)
+    assert held.record.status is Status.IN_PROGRESS
+    assert 0 < held.record.deadline_ms - held.now_ms <= LEASE
     assert sync.script_exists(scripts.CLAIM.sha, scripts.RELEASE.sha) == [True, True]
     sync.close()
 

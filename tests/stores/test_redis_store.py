@@ -120,7 +120,8 @@ def test_the_first_call_on_a_server_loads_the_script_with_eval(
     client = redis_farm.standalone(redis_engine).client()
     client.script_flush()
     client.config_resetstat()
-    store = RedisStore(client, prefix=_prefix())
+    # An injected clock keeps the claim on its script (see the native claim below).
+    store = RedisStore(client, prefix=_prefix(), clock=ManualClock(1_800_000_000_000))
     assert store.claim("k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None) == (
         Acquired(takeover=False)
     )
@@ -129,6 +130,14 @@ def test_the_first_call_on_a_server_loads_the_script_with_eval(
     client.config_resetstat()
     store.claim("k2", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
     assert _script_calls(client) == {"evalsha": 1}
+
+    # By the server's time the claim is a native SET; the complete script loads the same way.
+    native = RedisStore(client, prefix=_prefix())
+    tok = new_token()
+    native.claim("k", token=tok, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+    client.config_resetstat()
+    assert native.complete("k", token=tok, outcome=b"j1", ttl_ms=TTL) is True
+    assert _script_calls(client) == {"evalsha": 1, "eval": 1}
     client.close()
 
 

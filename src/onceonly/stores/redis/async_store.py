@@ -12,16 +12,15 @@ import asyncio
 import inspect
 import logging
 import math
-import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from ...errors import IdempotencyConfigError, IdempotencyStoreError
 from ...records import ClaimResult, Record
-from ..protocol import check_key
+from ..protocol import check_claim, check_key
 from . import scripts
+from .async_batch import Batcher, LoopState, Pending, close_at_shutdown, within
 from .clients import url_client
 from .common import (
     NEVER_DECODE,
@@ -40,126 +39,12 @@ __all__ = ["AsyncRedisStore"]
 
 logger = logging.getLogger("onceonly")
 
-# A pipeline is cut at this many calls; the rest go in the next one.
-_MAX_BATCH = 512
-
-T = TypeVar("T")
 
 # Replies are read as bytes, whatever the client's decode_responses (see wire_args).
 _RAW = {NEVER_DECODE: True}
-
-
-async def _within(seconds: float | None, work: Awaitable[T]) -> T:
-    """Await ``work``, raising the builtin TimeoutError past ``seconds`` (None: no limit)."""
-    if seconds is None:
-        return await work
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await work
-    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10
-
-
-@dataclass
-class _Pending:
-    script: scripts.Script
-    key: str  # the Redis key
-    args: tuple[Any, ...]  # the key and the script's arguments as sent (RedisBase.wire)
-    future: asyncio.Future[Any]
-
-
-class _Batcher:
-    """Collects the script calls of one loop turn and sends them as one pipeline."""
-
-    def __init__(self, store: AsyncRedisStore, loop: asyncio.AbstractEventLoop) -> None:
-        self.store = store
-        self.loop = loop
-        self.pending: list[_Pending] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def submit(
-        self, script: scripts.Script, key: str, args: tuple[Any, ...]
-    ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self.loop.create_future()
-        if not self.pending:
-            # Runs after every task that is ready in this turn has had its go.
-            self.loop.call_soon(self.flush)
-        self.pending.append(_Pending(script, key, args, future))
-        return future
-
-    def flush(self) -> None:
-        batch, self.pending = self.pending, []
-        for start in range(0, len(batch), _MAX_BATCH):
-            task = self.loop.create_task(self.send(batch[start : start + _MAX_BATCH]))
-            self.tasks.add(task)  # held until done, so it is not collected mid-flight
-            task.add_done_callback(self.tasks.discard)
-
-    async def send(self, batch: list[_Pending]) -> None:
-        store = self.store
-        # A cluster client splits the batch per node with redis-py's cluster
-        # pipeline; on one server the batch goes straight to one connection.
-        round_trip = store._pipeline if store._cluster else store._raw_batch
-        try:
-            replies = await round_trip(batch, use_sha=True)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, store._noscript)]
-            if missing:
-                # A restart, failover or SCRIPT FLUSH: EVAL runs and caches the scripts.
-                again = await round_trip([batch[i] for i in missing], use_sha=False)
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        except BaseException as exc:  # the whole pipeline failed: every caller hears of it
-            for item in batch:
-                _fail(item, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for item, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):
-                _fail(item, reply)
-            elif not item.future.done():
-                item.future.set_result(reply)
-
-
-@dataclass
-class _LoopState:
-    """What the store keeps for one event loop."""
-
-    batcher: _Batcher | None
-    ready: asyncio.Task[None] | None = None  # the loop's setup (see _start_loop)
-    guard: AsyncIterator[None] | None = None
-    closed: bool = False  # the loop's connections were closed as it shut down
-
-
-async def _close_at_shutdown(
-    store_ref: weakref.ReferenceType[AsyncRedisStore], state: _LoopState
-) -> AsyncIterator[None]:
-    """Close the store's connections when the loop shuts down.
-
-    An async generator, started once per loop and held by the store: the loop
-    closes it in ``shutdown_asyncgens``, which ``asyncio.run`` calls before it
-    closes the loop, so the connections opened on that loop are closed on it
-    while it still runs. A collected store (dead weak reference) closes
-    nothing: its client may be shared.
-    """
-    try:
-        yield
-    finally:
-        store = store_ref()
-        if store is not None and not state.closed:
-            state.closed = True
-            await store._drop_connections()
-
-
-def _fail(item: _Pending, exc: BaseException) -> None:
-    if item.future.done():  # the caller was cancelled meanwhile
-        return
-    if isinstance(exc, redis_errors()):
-        error: BaseException = chained(store_error(exc, item.key), exc)
-    elif isinstance(exc, IdempotencyStoreError):
-        error = exc
-    else:
-        error = IdempotencyStoreError(f"Redis pipeline failed: {type(exc).__name__}: {exc}")
-        error.__cause__ = exc
-    item.future.set_exception(error)
+# The native claim's options: get=True makes redis-py's SET callback hand back
+# the GET reply as it is (without it, the reply would be turned into a bool).
+_SET_GET = {NEVER_DECODE: True, "get": True}
 
 
 class AsyncRedisStore(RedisBase):
@@ -217,12 +102,11 @@ class AsyncRedisStore(RedisBase):
         self.pipelining = pipelining
         # redis.asyncio connections belong to the loop that opened them; the
         # store follows the running loop (see _enter_loop).
-        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._loops: dict[asyncio.AbstractEventLoop, LoopState] = {}
         # (loop, its batcher) of the last call, read and replaced as one tuple.
-        self._current: tuple[asyncio.AbstractEventLoop | None, _Batcher | None] = (None, None)
+        self._current: tuple[asyncio.AbstractEventLoop | None, Batcher | None] = (None, None)
         self._hiredis_pack = hiredis_packer()
         exceptions = import_redis().exceptions
-        self._response_error: type[BaseException] = exceptions.ResponseError
         self._timeout_error: type[BaseException] = exceptions.TimeoutError
         self._pool_wants_name: bool | None = None  # redis-py < 5.3: get_connection(name)
         self._waitaof_checked = not wait_aof
@@ -267,7 +151,7 @@ class AsyncRedisStore(RedisBase):
 
     # -- event loops -------------------------------------------------------
 
-    async def _enter_loop(self) -> tuple[asyncio.AbstractEventLoop, _Batcher | None]:
+    async def _enter_loop(self) -> tuple[asyncio.AbstractEventLoop, Batcher | None]:
         """Make the running loop the store's own (once per loop; later calls skip this).
 
         A store used from successive loops (``asyncio.run`` per call) would
@@ -283,7 +167,7 @@ class AsyncRedisStore(RedisBase):
             for old in [lp for lp in list(self._loops) if lp.is_closed()]:
                 gone = self._loops.pop(old, None)
                 stale = stale or (gone is not None and not gone.closed)
-            state = _LoopState(_Batcher(self, loop) if self.pipelining else None)
+            state = LoopState(Batcher(self, loop) if self.pipelining else None)
             self._loops[loop] = state  # before any await: one setup per loop
             state.ready = loop.create_task(self._start_loop(state, stale))
         assert state.ready is not None
@@ -292,10 +176,10 @@ class AsyncRedisStore(RedisBase):
         current = self._current = (loop, state.batcher)
         return current
 
-    async def _start_loop(self, state: _LoopState, stale: bool) -> None:
+    async def _start_loop(self, state: LoopState, stale: bool) -> None:
         if stale:
             await self._drop_connections()
-        guard = _close_at_shutdown(weakref.ref(self), state)
+        guard = close_at_shutdown(weakref.ref(self), state)
         await guard.__anext__()  # started: the loop now tracks it
         state.guard = guard
 
@@ -333,7 +217,7 @@ class AsyncRedisStore(RedisBase):
         check_waitaof_support(server, persistence)
         self._waitaof_checked = True
 
-    async def _raw_batch(self, batch: list[_Pending], *, use_sha: bool) -> list[Any]:
+    async def _raw_batch(self, batch: list[Pending], *, use_sha: bool) -> list[Any]:
         """Send a batch of script calls (and WAIT, if asked) on one pooled connection.
 
         What redis-py's pipeline does, without its per-command machinery: the
@@ -344,12 +228,7 @@ class AsyncRedisStore(RedisBase):
         is closed before it goes back to the pool, so a half-read stream is
         never reused.
         """
-        if use_sha:
-            commands: list[tuple[Any, ...]] = [
-                ("EVALSHA", item.script.sha, 1, *item.args) for item in batch
-            ]
-        else:
-            commands = [("EVAL", item.script.code, 1, *item.args) for item in batch]
+        commands = [item.command(use_sha) for item in batch]
         waits = self._wait_command
         if waits is not None:
             commands.append(waits)  # one WAIT covers every write before it
@@ -384,7 +263,7 @@ class AsyncRedisStore(RedisBase):
         """Write the packed commands, read ``count`` replies (one deadline for them all)."""
         await conn.send_packed_command(packed)
         try:
-            return await _within(conn.socket_timeout, self._read_replies(conn, count))
+            return await within(conn.socket_timeout, self._read_replies(conn, count))
         except asyncio.TimeoutError:  # the deadline: read_response has closed the connection
             where = getattr(conn, "host", None) or getattr(conn, "path", "the server")
             raise self._timeout_error(f"Timeout reading from {where}") from None
@@ -400,12 +279,11 @@ class AsyncRedisStore(RedisBase):
                 replies.append(exc)
         return replies
 
-    async def _pipeline(self, batch: list[_Pending], *, use_sha: bool) -> list[Any]:
+    async def _pipeline(self, batch: list[Pending], *, use_sha: bool) -> list[Any]:
         """Send a batch of script calls (and WAIT, if asked) in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for item in batch:
-            body = item.script.sha if use_sha else item.script.code
-            pipe.execute_command("EVALSHA" if use_sha else "EVAL", body, 1, *item.args, **_RAW)
+            pipe.execute_command(*item.command(use_sha), **(_RAW if item.script else _SET_GET))
         waits = self._wait_command
         if waits is not None:
             pipe.execute_command(*waits)  # one WAIT covers every write before it
@@ -431,6 +309,53 @@ class AsyncRedisStore(RedisBase):
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
+    async def _native_claim(self, full: str, command: tuple[Any, ...]) -> ClaimResult | None:
+        """Send the native claim: its answer, or None when the claim script must answer."""
+        current = self._current
+        if asyncio.get_running_loop() is not current[0]:
+            current = await self._enter_loop()
+        if not self._waitaof_checked:
+            await self._check_waitaof()
+        batcher = current[1]
+        try:
+            if batcher is not None:
+                reply = await batcher.submit(None, full, command)
+            else:
+                try:
+                    reply = await self.client.execute_command(*command, **_SET_GET)
+                except self._errors as exc:
+                    raise chained(store_error(exc, full), exc) from exc
+        except IdempotencyStoreError as exc:
+            if self._native_refused(exc.__cause__):
+                return None
+            raise
+        return scripts.native_claim_result(reply)
+
+    async def _read_with_expiry(self, full: str) -> tuple[Any, int, int]:
+        """GET, PTTL and the server's TIME of one key (see ``RedisStore``).
+
+        One MULTI on one server; on a cluster GET and PTTL in one pipeline
+        and TIME from the key's node.
+        """
+        key = self.key_bytes(full)
+        try:
+            if self._cluster:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.execute_command("GET", key, **_RAW)
+                pipe.execute_command("PTTL", key)
+                value, pttl = await pipe.execute()
+                node = self.client.get_node_from_key(full)
+                now = await self.client.execute_command("TIME", target_nodes=node)
+            else:
+                pipe = self.client.pipeline(transaction=True)
+                pipe.execute_command("GET", key, **_RAW)
+                pipe.execute_command("PTTL", key)
+                pipe.execute_command("TIME")
+                value, pttl, now = await pipe.execute()
+        except self._errors as exc:
+            raise store_error(exc, full) from exc
+        return value, int(pttl), time_ms(now)
+
     async def _command(self, name: str, full: str) -> Any:
         """One command on one key (GET, DEL), its reply undecoded."""
         if asyncio.get_running_loop() is not self._current[0]:
@@ -452,7 +377,18 @@ class AsyncRedisStore(RedisBase):
     async def claim(
         self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
     ) -> ClaimResult:
-        """Take the key, or return the live record that holds it: one script call."""
+        """Take the key, or return the live record that holds it (see ``RedisStore.claim``).
+
+        The native claims of one loop turn join the same pipeline as its script calls.
+        """
+        if self._native:
+            check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+            full = self._key_head + key
+            answer = await self._native_claim(
+                full, self._native_claim_command(full, token, lease_ms, fingerprint)
+            )
+            if answer is not None:
+                return answer
         return scripts.claim_result(
             await self._run(*self._claim_call(key, token, lease_ms, ttl_ms, fingerprint))
         )
@@ -475,10 +411,14 @@ class AsyncRedisStore(RedisBase):
         """Return the record under ``key`` (Redis drops expired ones), or None.
 
         One GET; a record Powertools wrote costs a TIME besides (see
-        ``_judged_by_server``).
+        ``_judged_by_server``), and a natively written claim GET, PTTL and
+        TIME again (see ``RedisStore.get``).
         """
         check_key(key)
-        value = await self._command("GET", self.full_key(key))
+        full = self.full_key(key)
+        value = await self._command("GET", full)
+        if scripts.has_key_expiry(value):
+            return self._record_read(*await self._read_with_expiry(full))
         if self._judged_by_server(value):
             record = scripts.decode_value(value)  # a corrupt value raises before the TIME
             return record if record.deadline_ms > await self._server_ms() else None

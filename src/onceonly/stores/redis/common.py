@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import (
@@ -22,7 +22,7 @@ from ...errors import (
     IdempotencyStoreError,
     OnceOnlyWarning,
 )
-from ...records import Record
+from ...records import ClaimResult, Record
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token
 from . import scripts
 
@@ -48,9 +48,10 @@ __all__ = [
 logger = logging.getLogger("onceonly")
 
 # What an ACL user needs: the commands the store sends (EVALSHA, EVAL when the
-# server answers NOSCRIPT, GET and DEL for get / delete) and those its Lua
-# scripts call (GET, SET, DEL, TIME), which ACLs check inside a script too.
-ACL_COMMANDS = ("EVALSHA", "EVAL", "GET", "SET", "DEL", "TIME")
+# server answers NOSCRIPT, SET for the native claim, GET and DEL for get /
+# delete, PTTL and TIME for get of a native claim) and those its Lua scripts
+# call (GET, SET, DEL, TIME, PTTL), which ACLs check inside a script too.
+ACL_COMMANDS = ("EVALSHA", "EVAL", "GET", "SET", "DEL", "TIME", "PTTL")
 ACL_HINT = (
     f"the ACL user needs {' '.join('+' + c.lower() for c in ACL_COMMANDS)} "
     "(and +wait / +waitaof with wait_replicas / wait_aof) and the key pattern "
@@ -275,6 +276,11 @@ class RedisBase:
         self._errors = redis_errors()
         self._noscript: type[BaseException] = redis.exceptions.NoScriptError
         self._wait_command = self._waits()
+        # The native claim (see _native_claim_command) needs the server's own
+        # time for the lease: with an injected clock every call is a script.
+        # Switched off for good when the server refuses it (Redis < 7.0).
+        self._native = clock is None
+        self._response_error: type[BaseException] = redis.exceptions.ResponseError
 
     def full_key(self, key: str) -> str:
         """The Redis key of an idempotency key: ``"{prefix}:{key}"``, or ``key`` with prefix ""."""
@@ -349,6 +355,77 @@ class RedisBase:
         # The scripts' last argument: '' = the server's TIME, or the injected clock.
         return "" if self.clock is None else self.clock()
 
+    def _native_claim_command(
+        self, full: str, token: str, lease_ms: int, fingerprint: str | None
+    ) -> tuple[Any, ...]:
+        """The claim as one native command: ``SET key record NX PX lease GET``.
+
+        It takes an absent key, with the lease as the key's own expiry, or
+        leaves the key as it is and answers its value (Redis / Valkey >= 7.0
+        take NX with GET). The record's deadline is the key-expiry marker
+        (``scripts.KEY_EXPIRY_DEADLINE``): the client does not know the
+        server's time. Arguments are checked by the caller (``_claim_call``).
+        """
+        return (
+            "SET",
+            full.encode(),
+            scripts.native_claim_value(token, fingerprint),
+            "NX",
+            "PX",
+            lease_ms,
+            "GET",
+        )
+
+    def _native_refused(self, error: object) -> bool:
+        """Whether ``error`` is the server refusing ``SET ... NX ... GET``; if so, stop using it.
+
+        Redis 6.2 takes GET but not with NX, older servers take neither: both
+        answer a syntax error. The store then claims with the script, as it
+        did before the native claim, for the rest of its life.
+        """
+        if not isinstance(error, self._response_error) or not str(error).lower().startswith(
+            "syntax error"
+        ):
+            return False
+        if self._native:
+            self._native = False
+            logger.info(
+                "onceonly: this Redis server refuses SET with NX and GET (it came with "
+                "Redis 7.0); claims run the claim script instead (%s)",
+                error,
+            )
+        return True
+
+    @staticmethod
+    def _each(
+        replies: list[Any], keys: Sequence[str], interpret: Callable[[Any, str], Any]
+    ) -> list[Any]:
+        """Interpret each reply; an error (handed back or raised) stays that key's answer."""
+        answers: list[Any] = []
+        for reply, key in zip(replies, keys, strict=True):
+            if isinstance(reply, Exception):
+                answers.append(reply)
+                continue
+            try:
+                answers.append(interpret(reply, key))
+            except CorruptRecordError as exc:
+                answers.append(exc)
+        return answers
+
+    def _native_answers(
+        self, replies: list[Any], fulls: list[str]
+    ) -> list[ClaimResult | Exception | None]:
+        """Each native claim's answer: a result, its own error, or None (the script must answer)."""
+        answers: list[ClaimResult | Exception | None] = []
+        for reply, full in zip(replies, fulls, strict=True):
+            if not isinstance(reply, Exception):
+                answers.append(scripts.native_claim_result(reply))
+            elif self._native_refused(reply):
+                answers.append(None)
+            else:
+                answers.append(chained(store_error(reply, full), reply))
+        return answers
+
     # The script call of each operation, after its arguments are checked.
 
     def _claim_call(
@@ -385,6 +462,23 @@ class RedisBase:
         if self.clock is not None and record.deadline_ms <= self.clock():
             return None
         return record
+
+    def _record_read(self, value: Any, pttl: int, server_ms: int) -> Record | None:
+        """A value read with its key's PTTL and the server's TIME, as a live record or None.
+
+        A claim written natively ends with its key: its deadline is now +
+        PTTL (by the injected clock, if there is one). Any other value is
+        judged as ``get`` judges it.
+        """
+        if value is None:
+            return None
+        record = scripts.decode_value(value)
+        if scripts.has_key_expiry(value):
+            now = server_ms if self.clock is None else self.clock()
+            return scripts.resolve_key_expiry(record, pttl, now)
+        if self._judged_by_server(value):
+            return record if record.deadline_ms > server_ms else None
+        return self._record(value)
 
     def _judged_by_server(self, value: Any) -> bool:
         """Whether ``get`` must judge ``value`` by the server's TIME (no clock was injected).

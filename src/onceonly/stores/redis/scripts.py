@@ -7,22 +7,28 @@ byte of script and every reply rule.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from importlib import resources
 
 from ... import codec, powertools_records
 from ...errors import CorruptRecordError
-from ...records import Acquired, ClaimResult, Found, Record
+from ...records import Acquired, ClaimResult, Found, Record, Status
 
 __all__ = [
     "CLAIM",
     "COMPLETE",
+    "KEY_EXPIRY_DEADLINE",
     "RELEASE",
     "RENEW",
     "Script",
     "claim_result",
     "decode_value",
+    "has_key_expiry",
     "load_script",
+    "native_claim_result",
+    "native_claim_value",
+    "resolve_key_expiry",
     "write_result",
 ]
 
@@ -88,6 +94,94 @@ def claim_result(reply: object) -> ClaimResult:
         decode_value(detail)
         raise codec.corrupt(_STORE, "the claim script's check refused it")
     return Found(decode_value(detail), int(now))
+
+
+# The deadline of an IN_PROGRESS record written by the native claim (``SET key
+# value NX PX lease GET``, no script): "until the key's own PX expiry". The
+# client does not know the server's time, so it cannot write the real one;
+# this is the largest deadline the codec takes (16 digits), which an older
+# onceonly reads as "live while the key is there": under the server's time,
+# exactly right. The scripts (``_prelude.lua``, ``parse``) and ``get`` read it
+# as now + PTTL; renew and complete write real deadlines over it.
+KEY_EXPIRY_DEADLINE = 9_999_999_999_999_999
+_KEY_EXPIRY_FIELD = b"|9999999999999999|"
+_NATIVE_HEAD = b"o1|P|"
+_COMPLETED_HEAD = b"o1|C|"
+_ACQUIRED = Acquired(takeover=False)
+
+
+def native_claim_value(token: str, fingerprint: str | None) -> bytes:
+    """The IN_PROGRESS record the native claim writes (deadline: the key's expiry).
+
+    Args:
+        token: The claim's token (checked by the caller: 32 lower-case hex digits).
+        fingerprint: The payload fingerprint (checked by the caller), or None.
+
+    Returns:
+        The value, in codec.py's layout.
+    """
+    return f"o1|P|{token}|9999999999999999|{fingerprint or ''}|".encode()
+
+
+def native_claim_result(reply: object) -> ClaimResult | None:
+    """Turn the native claim's reply into an answer, or None when only the script can answer.
+
+    ``SET key value NX PX lease GET`` answers nil when the key was absent and
+    is now the caller's (Acquired; an ended record is absent too: Redis drops
+    it at its ``PX``), or the value it found, which stays as it was. A
+    COMPLETED record of ours is live (Redis keeps it only until its deadline)
+    and is the answer. Anything else (an IN_PROGRESS record, the caller's own
+    after a lost reply or another holder's; a value Powertools wrote; a value
+    that is not a record) needs the claim script's judgement: None.
+
+    ``Found.now_ms`` is the store's clock when it answered, and no clock was
+    read here: the caller's clock stands in for it, capped below the record's
+    deadline, since the server still held the record. The engine reads
+    ``now_ms`` only for an IN_PROGRESS record's time left, which never comes
+    from here; a local cache judges a COMPLETED record by its deadline alone.
+
+    Args:
+        reply: The reply, read undecoded.
+
+    Returns:
+        Acquired, Found, or None.
+    """
+    if reply is None:
+        return _ACQUIRED
+    if type(reply) is bytes and reply[:5] == _COMPLETED_HEAD:
+        try:
+            record = codec.decode(reply, store=_STORE)
+        except CorruptRecordError:
+            return None  # the script says what is wrong with it, as before
+        return Found(record, min(record.deadline_ms - 1, time.time_ns() // 1_000_000))
+    return None
+
+
+def resolve_key_expiry(record: Record, pttl: int, now_ms: int) -> Record | None:
+    """A record read with GET, its key-expiry deadline (if it has one) made real.
+
+    Args:
+        record: The record as decoded.
+        pttl: The key's PTTL, read with it (-2: gone; -1: no expiry).
+        now_ms: The server's TIME, read with it.
+
+    Returns:
+        The record with deadline ``now_ms + pttl`` when it carries the
+        marker; as it is when it does not, or when the key has no expiry (it
+        never ends); None when the key is gone.
+    """
+    if record.status is not Status.IN_PROGRESS or record.deadline_ms != KEY_EXPIRY_DEADLINE:
+        return record
+    if pttl == -2:
+        return None
+    if pttl < 0:
+        return record
+    return Record(record.status, record.token, now_ms + pttl, record.fingerprint, None)
+
+
+def has_key_expiry(value: object) -> bool:
+    """Whether a value read with GET is an IN_PROGRESS record of the native claim."""
+    return type(value) is bytes and value[:5] == _NATIVE_HEAD and value[37:55] == _KEY_EXPIRY_FIELD
 
 
 def write_result(reply: object, key: str) -> bool:

@@ -25,7 +25,14 @@ from typing import Any
 
 from ...errors import CorruptRecordError, IdempotencyConfigError
 from ...records import ClaimResult, Record
-from ..protocol import ClaimCall, CompleteCall, ReleaseCall, RenewCall, check_key
+from ..protocol import (
+    ClaimCall,
+    CompleteCall,
+    ReleaseCall,
+    RenewCall,
+    check_claim,
+    check_key,
+)
 from . import scripts
 from .clients import url_client
 from .common import (
@@ -35,7 +42,6 @@ from .common import (
     chained,
     check_waitaof_support,
     hiredis_packer,
-    import_redis,
     needs_command_name,
     redis_errors,
     store_error,
@@ -46,6 +52,9 @@ __all__ = ["RedisStore"]
 
 # Replies are read as bytes, whatever the client's decode_responses (see wire_args).
 _RAW = {NEVER_DECODE: True}
+# The native claim's options: get=True makes redis-py's SET callback hand back
+# the GET reply as it is (without it, the reply would be turned into a bool).
+_SET_GET = {NEVER_DECODE: True, "get": True}
 
 
 class RedisStore(RedisBase):
@@ -97,8 +106,6 @@ class RedisStore(RedisBase):
         )
         if inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
             raise IdempotencyConfigError("this is an asyncio client: use AsyncRedisStore")
-        exceptions = import_redis().exceptions
-        self._response_error: type[BaseException] = exceptions.ResponseError
         self._hiredis_pack = hiredis_packer()
         pool = getattr(client, "connection_pool", None)
         # Single calls skip redis-py's per-command machinery on a plain pooled
@@ -181,33 +188,36 @@ class RedisStore(RedisBase):
             if self._wait_command is None:
                 try:
                     if self._direct:
-                        return self._direct_evalsha(script, args)
+                        return self._direct_call(("EVALSHA", script.sha, 1, *args))
                     return self.client.execute_command("EVALSHA", script.sha, 1, *args, **_RAW)
                 except self._noscript:
                     # First use on this server, a restart, a failover or SCRIPT FLUSH:
                     # EVAL runs it and caches it for the next EVALSHA.
                     return self.client.execute_command("EVAL", script.code, 1, *args, **_RAW)
-            return self._run_and_wait(script, full, args)
+            try:
+                return self._call_and_wait(full, ("EVALSHA", script.sha, 1, *args))
+            except self._noscript:
+                return self._call_and_wait(full, ("EVAL", script.code, 1, *args))
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
-    def _direct_evalsha(self, script: scripts.Script, args: tuple[Any, ...]) -> Any:
-        """EVALSHA on a pooled connection, without the client's per-command machinery.
+    def _direct_call(self, command: tuple[Any, ...]) -> Any:
+        """One command on a pooled connection, without the client's per-command machinery.
 
-        What ``client.evalsha`` does, less its bookkeeping: take a pooled
-        connection, send, read, under the connection's retry policy (a failed
-        attempt closes the connection; the next one reconnects, to the new
-        primary after a Sentinel failover), and give the connection back. An
-        error reply (NOSCRIPT included) is raised as the client raises it.
-        ``args`` are the key and the script's arguments, already bytes or
-        integers (so hiredis packs them as the client would).
+        What ``client.execute_command`` does, less its bookkeeping: take a
+        pooled connection, send, read, under the connection's retry policy (a
+        failed attempt closes the connection; the next one reconnects, to the
+        new primary after a Sentinel failover), and give the connection back.
+        An error reply (NOSCRIPT included) is raised as the client raises it.
+        The reply is read undecoded, with no response callback. ``command``
+        holds bytes and integers only (so hiredis packs it as the client would).
         """
         pool = self.client.connection_pool
-        conn = pool.get_connection("EVALSHA") if self._pool_wants_name else pool.get_connection()
+        conn = pool.get_connection(command[0]) if self._pool_wants_name else pool.get_connection()
         try:
             pack = self._hiredis_pack
             assert pack is not None  # _direct needs it
-            packed = [pack(("EVALSHA", script.sha, 1, *args))]
+            packed = [pack(command)]
 
             def attempt() -> Any:
                 conn.send_packed_command(packed)
@@ -222,25 +232,76 @@ class RedisStore(RedisBase):
         finally:
             pool.release(conn)
 
-    def _run_and_wait(self, script: scripts.Script, full: str, args: tuple[Any, ...]) -> Any:
-        # WAIT acts on its own connection's writes: send both in one pipeline.
+    def _call_and_wait(self, full: str, command: tuple[Any, ...]) -> Any:
+        """One write command, then WAIT / WAITAOF on the same connection (one round trip)."""
         wait = self._wait_command
         assert wait is not None
         target = self.client
         if self._cluster:
             target = self.client.get_node_from_key(full).redis_connection
-        for command, body in (("EVALSHA", script.sha), ("EVAL", script.code)):
-            pipe = target.pipeline(transaction=False)
-            pipe.execute_command(command, body, 1, *args, **_RAW)
-            pipe.execute_command(*wait)
-            replies = pipe.execute(raise_on_error=False)
-            if not isinstance(replies[0], self._noscript):
-                break
+        pipe = target.pipeline(transaction=False)
+        pipe.execute_command(*command, **(_SET_GET if command[0] == "SET" else _RAW))
+        pipe.execute_command(*wait)
+        replies = pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         self._note_wait(replies[1], full)
         return replies[0]
+
+    def _native_claim(self, full: str, command: tuple[Any, ...]) -> ClaimResult | None:
+        """Send the native claim: its answer, or None when the claim script must answer."""
+        try:
+            if self._wait_command is not None:
+                reply = self._call_and_wait(full, command)
+            elif self._direct:
+                reply = self._direct_call(command)
+            else:
+                reply = self.client.execute_command(*command, **_SET_GET)
+        except self._errors as exc:
+            if self._native_refused(exc):
+                return None
+            raise store_error(exc, full) from exc
+        return scripts.native_claim_result(reply)
+
+    def _send_many(self, fulls: list[str], commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send native claims in one pipeline (and WAIT): each answer a reply or its error."""
+        if self._wait_command is not None and self._cluster:
+            # WAIT needs the connection of each key's node: one call (and WAIT) per key.
+            answers: list[Any] = []
+            for full, command in zip(fulls, commands, strict=True):
+                try:
+                    answers.append(self._call_and_wait(full, command))
+                except self._response_error as exc:
+                    answers.append(exc)
+                except self._errors as exc:
+                    raise store_error(exc, full) from exc
+            return answers
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command, **_SET_GET)
+            if self._wait_command is not None:
+                pipe.execute_command(*self._wait_command)  # one WAIT covers every write
+            return self._split_wait(list(pipe.execute(raise_on_error=False)), fulls[0])
+        except self._errors as exc:
+            raise store_error(exc, None) from exc
+
+    def _read_with_expiry(self, full: str) -> tuple[Any, int, int]:
+        """GET, PTTL and the server's TIME of one key, at one instant (MULTI, one round trip)."""
+        target = self.client
+        if self._cluster:
+            target = self.client.get_node_from_key(full).redis_connection
+        key = self.key_bytes(full)
+        try:
+            pipe = target.pipeline(transaction=True)
+            pipe.execute_command("GET", key, **_RAW)
+            pipe.execute_command("PTTL", key)
+            pipe.execute_command("TIME")
+            value, pttl, now = pipe.execute()
+        except self._errors as exc:
+            raise store_error(exc, full) from exc
+        return value, int(pttl), time_ms(now)
 
     def _run_many(self, calls: list[Call]) -> list[Any]:
         """Send many script calls in one pipeline: each answer is a reply or its own error."""
@@ -286,22 +347,6 @@ class RedisStore(RedisBase):
         replies = list(pipe.execute(raise_on_error=False))
         return self._split_wait(replies, fulls[0])
 
-    @staticmethod
-    def _each(
-        replies: list[Any], keys: Sequence[str], interpret: Callable[[Any, str], Any]
-    ) -> list[Any]:
-        """Interpret each reply; an error (handed back or raised) stays that key's answer."""
-        answers: list[Any] = []
-        for reply, key in zip(replies, keys, strict=True):
-            if isinstance(reply, Exception):
-                answers.append(reply)
-                continue
-            try:
-                answers.append(interpret(reply, key))
-            except CorruptRecordError as exc:
-                answers.append(exc)
-        return answers
-
     def _command(self, name: str, full: str) -> Any:
         """One command on one key (GET, DEL), its reply undecoded."""
         try:
@@ -321,12 +366,28 @@ class RedisStore(RedisBase):
     def claim(
         self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
     ) -> ClaimResult:
-        """Take the key, or return the live record that holds it: one script call.
+        """Take the key, or return the live record that holds it: one round trip.
+
+        Judged by the server's time (no ``clock=``), the claim is one native
+        ``SET key record NX PX lease GET``: it takes an absent key or answers
+        with a completed record. Any other value it meets (an IN_PROGRESS
+        record, one Powertools wrote, one that is not a record) is left as it
+        was and judged by the claim script, in a second round trip. With an
+        injected clock, or on a server that refuses NX with GET (before
+        Redis 7.0), the claim is the script alone.
 
         Raises:
             CorruptRecordError: The value under the key is not a record.
             IdempotencyStoreError: Redis failed or could not be reached.
         """
+        if self._native:
+            check_claim(key, token, lease_ms, ttl_ms, fingerprint)
+            full = self._key_head + key
+            answer = self._native_claim(
+                full, self._native_claim_command(full, token, lease_ms, fingerprint)
+            )
+            if answer is not None:
+                return answer
         return scripts.claim_result(
             self._run(*self._claim_call(key, token, lease_ms, ttl_ms, fingerprint))
         )
@@ -348,9 +409,38 @@ class RedisStore(RedisBase):
     # -- many keys in one round trip (record batches) -----------------------
 
     def claim_many(self, calls: Sequence[ClaimCall]) -> list[ClaimResult | Exception]:
-        """Claim many keys in one pipeline (one round trip per cluster node)."""
-        replies = self._run_many([self._claim_call(*c) for c in calls])
-        return self._each(replies, [c.key for c in calls], lambda r, _: scripts.claim_result(r))
+        """Claim many keys in one pipeline (one round trip per cluster node).
+
+        The native claims go first, in one pipeline; the keys whose value
+        needs the claim script (see ``claim``) go in one more.
+        """
+        script_calls = [self._claim_call(*c) for c in calls]
+        keys = [c.key for c in calls]
+        if not self._native or not calls:
+            return self._claimed_by_script(script_calls, keys)
+        fulls = [self.full_key(key) for key in keys]
+        replies = self._send_many(
+            fulls,
+            [
+                self._native_claim_command(full, c.token, c.lease_ms, c.fingerprint)
+                for full, c in zip(fulls, calls, strict=True)
+            ],
+        )
+        answers = self._native_answers(replies, fulls)
+        rest = [i for i, answer in enumerate(answers) if answer is None]
+        if rest:
+            again = self._claimed_by_script(
+                [script_calls[i] for i in rest], [keys[i] for i in rest]
+            )
+            for i, answer in zip(rest, again, strict=True):
+                answers[i] = answer
+        return [answer for answer in answers if answer is not None]
+
+    def _claimed_by_script(
+        self, calls: list[Call], keys: list[str]
+    ) -> list[ClaimResult | Exception]:
+        replies = self._run_many(calls)
+        return self._each(replies, keys, lambda r, _: scripts.claim_result(r))
 
     def complete_many(self, calls: Sequence[CompleteCall]) -> list[bool | Exception]:
         """Complete many claims in one pipeline."""
@@ -371,13 +461,17 @@ class RedisStore(RedisBase):
         """Return the record under ``key`` (Redis drops expired ones), or None.
 
         One GET; a record Powertools wrote costs a TIME besides (see
-        ``_judged_by_server``).
+        ``_judged_by_server``), and a claim written natively (its deadline is
+        the key's expiry) a second round trip: GET, PTTL and TIME at once.
 
         Raises:
             CorruptRecordError: The value under the key is not a record.
         """
         check_key(key)
-        value = self._command("GET", self.full_key(key))
+        full = self.full_key(key)
+        value = self._command("GET", full)
+        if scripts.has_key_expiry(value):
+            return self._record_read(*self._read_with_expiry(full))
         if self._judged_by_server(value):
             record = scripts.decode_value(value)  # a corrupt value raises before the TIME
             return record if record.deadline_ms > self._server_ms() else None

@@ -4,12 +4,26 @@
 
 -- The last argument of every script is '' (use the server's TIME) or a time in
 -- ms injected by a store built with clock= (tests move it by hand).
+-- Read once per script call: a script is atomic, so every use sees one time.
+local clock
 local function now_ms()
+  if clock then return clock end
   local injected = ARGV[#ARGV]
-  if injected ~= '' then return tonumber(injected) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if injected ~= '' then
+    clock = tonumber(injected)
+  else
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
+
+-- The deadline of an IN_PROGRESS record that the store's native claim wrote
+-- (SET NX PX GET, no script: the client does not know the server's time):
+-- "until the key's own PX expiry". Compared as text: as a Lua number (a
+-- double) it is not exact. An older onceonly reads it as a deadline far
+-- ahead, which under the server's time means the same: live while it is there.
+local KEY_EXPIRY = '9999999999999999'
 
 -- The one definition of a record, codec.py's to the byte: "o1|", status P or C,
 -- a token of 32 lower-case hex digits, a deadline of 1 to 16 decimal digits, a
@@ -20,8 +34,12 @@ end
 -- "1e3", "-5" and " 1000 ", none of which the decoder does.
 local RECORD = '^o1|([PC])|([0-9a-f]+)|([0-9]+)|([0-9a-f]*)|()'
 
--- status, token, deadline, fingerprint; nil when the value is not a record
--- (such a value is never overwritten: the client reports it as corrupt).
+-- status, token, deadline, fingerprint, key_expiry; nil when the value is not
+-- a record (such a value is never overwritten: the client reports it as
+-- corrupt). key_expiry is true for an IN_PROGRESS record with the KEY_EXPIRY
+-- deadline: it ends when KEYS[1] does, so it is live while it is there, and
+-- its deadline (a number above any clock's now) judges it so as it is; a
+-- script that answers with it says its real deadline (see expiry_deadline).
 local function parse(v)
   if type(v) ~= 'string' then return nil end
   local status, token, deadline, fingerprint, rest = string.match(v, RECORD)
@@ -29,7 +47,16 @@ local function parse(v)
       or (rest > #v) ~= (status == 'P') then
     return nil
   end
-  return status, token, tonumber(deadline), fingerprint
+  return status, token, tonumber(deadline), fingerprint,
+    status == 'P' and deadline == KEY_EXPIRY
+end
+
+-- The real deadline of a KEY_EXPIRY record under KEYS[1]: now + PTTL; nil for
+-- a key without an expiry (it never ends: the marker stays).
+local function expiry_deadline()
+  local left = redis.call('PTTL', KEYS[1])
+  if left < 0 then return nil end
+  return now_ms() + left
 end
 
 local function header(status, token, deadline, fingerprint)

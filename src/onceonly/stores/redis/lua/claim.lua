@@ -12,13 +12,16 @@ local now = now_ms()
 local v = redis.call('GET', KEYS[1])
 local takeover = 0
 if v then
-  local status, holder, deadline = parse(v)
+  local status, holder, deadline, fingerprint, key_expiry = parse(v)
   if not status then
     status, deadline = powertools(v)
     if not status then return {-1, v, now} end
     holder = nil
   end
   if deadline > now and not (status == 'P' and holder == token) then
+    -- A natively written claim is answered with its real deadline (see parse).
+    local real = key_expiry and expiry_deadline()
+    if real then v = header(status, holder, real, fingerprint) end
     return {0, v, now}
   end
   if status == 'P' and holder ~= token then takeover = 1 end
