@@ -177,6 +177,11 @@ async def drive(
                 ttl_ms=inv.ttl_ms,
                 fingerprint=inv.fingerprint,
             )
+            if getattr(store, "gives_back_abandoned_claims", False) is True:
+                # The store itself releases a claim whose caller is cancelled in
+                # flight: no task and shield per claim (about a third of the
+                # throughput of 256 tasks, measured).
+                return await claim
             return await _claim(
                 claim,
                 lambda answer: (

@@ -215,6 +215,53 @@ def test_a_caller_cancelled_while_its_batch_is_in_flight_leaves_the_others_their
     assert isinstance(answers[7], asyncio.CancelledError)
     assert all(a == Acquired(takeover=False) for i, a in enumerate(answers) if i != 7)
     assert after_ok
+    # The cancelled caller's key is not left held for the lease: its claim was
+    # either never sent or given back by the store once its reply came.
+    admin = redis_farm.standalone(redis_engine).client()
+    assert admin.exists(f"{prefix}:k7") == 0
+    assert admin.exists(f"{prefix}:k6") == 1
+    admin.close()
+
+
+def test_a_claim_cancelled_before_its_batch_leaves_is_never_sent(
+    redis_farm: RedisFarm, redis_engine: harness.Engine
+) -> None:
+    port = redis_farm.standalone(redis_engine).port
+    prefix = _prefix()
+    admin = redis_farm.standalone(redis_engine).client()
+
+    def writes() -> int:
+        stats = admin.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("set", "evalsha"))
+
+    async def main() -> tuple[int, int]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=port)
+        store = AsyncRedisStore(client, prefix=prefix)
+        try:
+            await store.get("warm")  # connected: the next claim goes straight to the batcher
+            before = writes()
+            task = asyncio.ensure_future(
+                store.claim("k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+            )
+            # One loop turn: the task submits its claim and the flush is queued
+            # behind this coroutine; the cancel comes before the flush runs.
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            after = await store.claim(
+                "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            assert after == Acquired(takeover=False)
+            return before, writes()
+        finally:
+            await client.aclose()
+
+    before, after = asyncio.run(main())
+    # Only the later claim reached the server (its SET, or its script).
+    assert after - before == 1
+    assert admin.exists(f"{prefix}:k") == 0
+    admin.close()
 
 
 def _paused_batch(server: harness.Server, *, retries: int) -> tuple[list[Any], Any, int]:

@@ -9,9 +9,10 @@ stays readable; nothing here is public.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -25,6 +26,8 @@ __all__ = ["Batcher", "LoopState", "Pending", "Sender", "close_at_shutdown", "wi
 _MAX_BATCH = 512
 
 T = TypeVar("T")
+
+logger = logging.getLogger("onceonly")
 
 
 class Sender(Protocol):
@@ -56,6 +59,9 @@ class Pending:
     key: str  # the Redis key
     args: tuple[Any, ...]  # the key and the script's arguments as sent (RedisBase.wire)
     future: asyncio.Future[Any]
+    # A claim's: what undoes it when its caller was cancelled before the reply
+    # came (given the reply; the awaitable it returns is run to its end).
+    abandoned: Callable[[Any], Awaitable[Any]] | None = None
 
     def command(self, use_sha: bool) -> tuple[Any, ...]:
         """The command this call sends: EVALSHA, or EVAL after NOSCRIPT, or its own."""
@@ -73,26 +79,47 @@ class Batcher:
         self.store = store
         self.loop = loop
         self.pending: list[Pending] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
 
     def submit(
-        self, script: scripts.Script | None, key: str, args: tuple[Any, ...]
+        self,
+        script: scripts.Script | None,
+        key: str,
+        args: tuple[Any, ...],
+        abandoned: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> asyncio.Future[Any]:
+        """Queue a call for this loop turn's pipeline; its future gets the reply.
+
+        Args:
+            script: The script (None: ``args`` is a whole native command).
+            key: The Redis key (for error messages).
+            args: As sent.
+            abandoned: For a claim: called with the reply when the caller was
+                cancelled while the call was in flight (the future is then
+                cancelled); the awaitable it returns (a release) is run here.
+                A claim cancelled before its pipeline leaves is not sent.
+        """
         future: asyncio.Future[Any] = self.loop.create_future()
         if not self.pending:
             # Runs after every task that is ready in this turn has had its go.
             self.loop.call_soon(self.flush)
-        self.pending.append(Pending(script, key, args, future))
+        self.pending.append(Pending(script, key, args, future, abandoned))
         return future
 
     def flush(self) -> None:
-        batch, self.pending = self.pending, []
+        # A claim whose caller was cancelled before it went out is not sent:
+        # nothing is taken, so there is nothing to give back.
+        batch = [i for i in self.pending if i.abandoned is None or not i.future.cancelled()]
+        self.pending = []
+        if not batch:
+            return
         for start in range(0, len(batch), _MAX_BATCH):
             task = self.loop.create_task(self.send(batch[start : start + _MAX_BATCH]))
             self.tasks.add(task)  # held until done, so it is not collected mid-flight
             task.add_done_callback(self.tasks.discard)
 
     async def send(self, batch: list[Pending]) -> None:
+        """Send a batch in one round trip; hand each caller its reply or its error."""
         store = self.store
         # A cluster client splits the batch per node with redis-py's cluster
         # pipeline; on one server the batch goes straight to one connection.
@@ -116,6 +143,16 @@ class Batcher:
                 _fail(item, reply)
             elif not item.future.done():
                 item.future.set_result(reply)
+            elif item.abandoned is not None and item.future.cancelled():
+                # The claim landed after its caller gave up: give the key back
+                # (a token-checked release: harmless if the claim took nothing).
+                self._run(item.abandoned(reply))
+
+    def _run(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work, loop=self.loop)
+        self.tasks.add(task)  # held until done, so it is not collected mid-flight
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_settle)
 
 
 @dataclass
@@ -146,6 +183,16 @@ async def close_at_shutdown(
         if store is not None and not state.closed:
             state.closed = True
             await store._drop_connections()
+
+
+def _settle(task: asyncio.Future[Any]) -> None:
+    """A give-back that failed: logged; the lease ends the claim as it would have."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning(
+            "onceonly: could not give back a claim whose caller was cancelled (%s); "
+            "the key is held until its lease ends",
+            type(task.exception()).__name__,
+        )
 
 
 def _fail(item: Pending, exc: BaseException) -> None:

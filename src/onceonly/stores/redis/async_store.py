@@ -13,7 +13,7 @@ import inspect
 import logging
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...errors import IdempotencyConfigError, IdempotencyStoreError
@@ -290,7 +290,13 @@ class AsyncRedisStore(RedisBase):
         replies = list(await pipe.execute(raise_on_error=False))
         return self._split_wait(replies, batch[0].key)
 
-    async def _run(self, script: scripts.Script, key: str, args: tuple[Any, ...]) -> Any:
+    async def _run(
+        self,
+        script: scripts.Script,
+        key: str,
+        args: tuple[Any, ...],
+        abandoned: Callable[[Any], Awaitable[Any]] | None = None,
+    ) -> Any:
         current = self._current
         if asyncio.get_running_loop() is not current[0]:
             current = await self._enter_loop()
@@ -300,7 +306,7 @@ class AsyncRedisStore(RedisBase):
         args = self.wire(full, (*args, self._now_arg()))
         batcher = current[1]
         if batcher is not None:
-            return await batcher.submit(script, full, args)
+            return await batcher.submit(script, full, args, abandoned)
         try:
             try:
                 return await self.client.execute_command("EVALSHA", script.sha, 1, *args, **_RAW)
@@ -309,7 +315,12 @@ class AsyncRedisStore(RedisBase):
         except self._errors as exc:
             raise store_error(exc, full) from exc
 
-    async def _native_claim(self, full: str, command: tuple[Any, ...]) -> ClaimResult | None:
+    async def _native_claim(
+        self,
+        full: str,
+        command: tuple[Any, ...],
+        abandoned: Callable[[Any], Awaitable[Any]] | None = None,
+    ) -> ClaimResult | None:
         """Send the native claim: its answer, or None when the claim script must answer."""
         current = self._current
         if asyncio.get_running_loop() is not current[0]:
@@ -319,7 +330,7 @@ class AsyncRedisStore(RedisBase):
         batcher = current[1]
         try:
             if batcher is not None:
-                reply = await batcher.submit(None, full, command)
+                reply = await batcher.submit(None, full, command, abandoned)
             else:
                 try:
                     reply = await self.client.execute_command(*command, **_SET_GET)
@@ -381,17 +392,35 @@ class AsyncRedisStore(RedisBase):
 
         The native claims of one loop turn join the same pipeline as its script calls.
         """
+
+        # Pipelined, a claim whose caller is cancelled while it is in flight is
+        # given back by the batcher once its reply comes (see
+        # gives_back_abandoned_claims): the caller needs no task to shield it.
+        def give_back(_reply: Any) -> Awaitable[bool]:
+            return self.release(key, token=token)
+
         if self._native:
             check_claim(key, token, lease_ms, ttl_ms, fingerprint)
             full = self._key_head + key
             answer = await self._native_claim(
-                full, self._native_claim_command(full, token, lease_ms, fingerprint)
+                full, self._native_claim_command(full, token, lease_ms, fingerprint), give_back
             )
             if answer is not None:
                 return answer
         return scripts.claim_result(
-            await self._run(*self._claim_call(key, token, lease_ms, ttl_ms, fingerprint))
+            await self._run(
+                *self._claim_call(key, token, lease_ms, ttl_ms, fingerprint), abandoned=give_back
+            )
         )
+
+    @property
+    def gives_back_abandoned_claims(self) -> bool:
+        """Whether a claim cancelled in flight is released by the store itself (pipelining).
+
+        The asyncio driver then awaits ``claim`` as it is; otherwise it runs
+        each claim in a task of its own, shielded, and releases it itself.
+        """
+        return self.pipelining
 
     async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
         """Store the outcome if ``token`` still holds the claim: one script call."""
