@@ -335,12 +335,12 @@ def run_bench(
     tag = f"onceonly-bench-{secrets.token_hex(6)}"
     report.prefix = tag
     config = IdempotencyConfig(key_prefix=tag, expires_after_seconds=RETENTION_SECONDS)
-    pad = "x" * options.payload_bytes
-    keys: list[str] = []
+    run = _Run(config, "x" * options.payload_bytes, tag, options, progress, report)
+    keys = run.keys
     try:
         try:
-            _sync_phases(store, config, pad, tag, options, progress, report, keys)
-            _async_phase(url, prefix, cluster, config, pad, tag, options, progress, report, keys)
+            _sync_phases(store, run)
+            _async_phase(async_store_from_url(url, prefix=prefix, cluster=cluster), run)
         except BaseException:
             # What failed is the error to report; the records still go if the store lets them.
             with contextlib.suppress(IdempotencyError):
@@ -359,16 +359,23 @@ def _describe(url: str, store: Any) -> str:
     return f"{redact_url(url)} ({type(store).__name__})"
 
 
-def _sync_phases(
-    store: Any,
-    config: IdempotencyConfig,
-    pad: str,
-    tag: str,
-    options: BenchOptions,
-    progress: Progress,
-    report: Report,
-    keys: list[str],
-) -> None:
+@dataclass
+class _Run:
+    """What every phase of one run shares."""
+
+    config: IdempotencyConfig
+    pad: str
+    tag: str
+    options: BenchOptions
+    progress: Progress
+    report: Report
+    keys: list[str] = field(default_factory=list)  # every key written, for the cleanup
+
+
+def _sync_phases(store: Any, run: _Run) -> None:
+    config, pad, tag, options, progress, report, keys = (
+        run.config, run.pad, run.tag, run.options, run.progress, run.report, run.keys
+    )  # fmt: skip
     execute = _decorated(store, config, pad, asynchronous=False)
     missing = f"{tag}:missing"
     for _ in range(WARM_UP):
@@ -394,23 +401,14 @@ def _sync_phases(
     )
 
 
-def _async_phase(
-    url: str,
-    prefix: str | None,
-    cluster: bool,
-    config: IdempotencyConfig,
-    pad: str,
-    tag: str,
-    options: BenchOptions,
-    progress: Progress,
-    report: Report,
-    keys: list[str],
-) -> None:
-    store = async_store_from_url(url, prefix=prefix, cluster=cluster)
+def _async_phase(store: Any, run: _Run) -> None:
+    config, pad, options, progress, report, keys = (
+        run.config, run.pad, run.options, run.progress, run.report, run.keys
+    )  # fmt: skip
 
     execute = _decorated(store, config, pad, asynchronous=True)
 
-    async def run() -> Measure:
+    async def timed() -> Measure:
         phase: _Phase | None = None
         counter = 0
 
@@ -435,7 +433,7 @@ def _async_phase(
         finally:
             await _aclose(store)
 
-    report.measures.append(asyncio.run(run()))
+    report.measures.append(asyncio.run(timed()))
 
 
 def _delete_all(store: Any, keys: list[str], progress: Progress) -> int:
