@@ -8,6 +8,7 @@ particular to Redis.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import multiprocessing
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 import redis_harness as harness
 from onceonly import (
@@ -29,7 +31,7 @@ from onceonly import (
 )
 from onceonly.keys import canonical_json, hasher
 from onceonly.records import Acquired, Found, Status, encode_outcome, new_token
-from onceonly.stores.redis import RedisStore
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
 from testkit import ManualClock, RedisFarm
 
 LEASE = 60_000
@@ -458,6 +460,48 @@ def test_wait_replicas_waits_for_the_replicas_and_counts_shortfalls(
     assert greedy.wait_shortfalls == 1
     assert "fewer replicas" in caplog.text
     client.close()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_the_async_store_waits_for_the_replicas_with_or_without_pipelining(
+    redis_engine: harness.Engine, redis_farm: RedisFarm, pipelining: bool
+) -> None:
+    sentinels = redis_farm.sentinel(redis_engine)
+    host, port = sentinels.master_address()
+
+    async def scenario() -> tuple[int, int, list[Any]]:
+        client = redis.asyncio.Redis(host=host, port=port)
+        try:
+            # Loaded up front: a NOSCRIPT answer and the EVAL after it would
+            # each carry a WAIT of their own (the count below is one per write).
+            for script in (scripts.CLAIM, scripts.COMPLETE, scripts.RELEASE):
+                await client.script_load(script.source)
+            store = AsyncRedisStore(
+                client, prefix=_prefix(), wait_replicas=2, wait_timeout_ms=2000,
+                pipelining=pipelining,
+            )  # fmt: skip
+            tok = new_token()
+            answers: list[Any] = [
+                await store.claim("k", token=tok, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None),
+                await store.complete("k", token=tok, outcome=b"j1", ttl_ms=TTL),
+            ]
+            # Two replicas exist; asking for three falls short on every write.
+            greedy = AsyncRedisStore(
+                client, prefix=_prefix(), wait_replicas=3, wait_timeout_ms=50,
+                pipelining=pipelining,
+            )  # fmt: skip
+            other = new_token()
+            answers.append(
+                await greedy.claim("k", token=other, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+            )
+            answers.append(await greedy.release("k", token=other))
+            return store.wait_shortfalls, greedy.wait_shortfalls, answers
+        finally:
+            await client.aclose()
+
+    enough, short, answers = asyncio.run(scenario())
+    assert answers == [Acquired(takeover=False), True, Acquired(takeover=False), True]
+    assert (enough, short) == (0, 2)
 
 
 def test_wait_aof_is_refused_or_used_as_the_server_allows(

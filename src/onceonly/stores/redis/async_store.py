@@ -308,12 +308,30 @@ class AsyncRedisStore(RedisBase):
         if batcher is not None:
             return await batcher.submit(script, full, args, abandoned)
         try:
+            if self._wait_command is not None:
+                return await self._one_with_wait(script, full, args)
             try:
                 return await self.client.execute_command("EVALSHA", script.sha, 1, *args, **_RAW)
             except self._noscript:
                 return await self.client.execute_command("EVAL", script.code, 1, *args, **_RAW)
         except self._errors as exc:
             raise store_error(exc, full) from exc
+
+    async def _one_with_wait(
+        self, script: scripts.Script | None, full: str, args: tuple[Any, ...]
+    ) -> Any:
+        """One call and its WAIT / WAITAOF in one pipeline (``pipelining=False``).
+
+        WAIT acts on its own connection's writes, so it goes with the call;
+        a script the server does not have yet is sent again as EVAL.
+        """
+        item = Pending(script, full, args, asyncio.get_running_loop().create_future())
+        (reply,) = await self._pipeline([item], use_sha=True)
+        if isinstance(reply, self._noscript):
+            (reply,) = await self._pipeline([item], use_sha=False)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def _native_claim(
         self,
@@ -333,7 +351,10 @@ class AsyncRedisStore(RedisBase):
                 reply = await batcher.submit(None, full, command, abandoned)
             else:
                 try:
-                    reply = await self.client.execute_command(*command, **_SET_GET)
+                    if self._wait_command is not None:
+                        reply = await self._one_with_wait(None, full, command)
+                    else:
+                        reply = await self.client.execute_command(*command, **_SET_GET)
                 except self._errors as exc:
                     raise chained(store_error(exc, full), exc) from exc
         except IdempotencyStoreError as exc:
