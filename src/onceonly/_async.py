@@ -42,7 +42,7 @@ from .stores.protocol import (
     wall_ms,
 )
 
-__all__ = ["drive", "drive_batch"]
+__all__ = ["drive", "drive_batch", "pump"]
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ async def _execute(
             await beat
 
 
-async def _pump(steps: Generator[Any, Any, T], do: Callable[[Any], Awaitable[Any]]) -> T:
+async def pump(steps: Generator[Any, Any, T], do: Callable[[Any], Awaitable[Any]]) -> T:
     """Feed each step's reply (or its exception) back into the flow until it returns."""
     reply: Any = None
     error: BaseException | None = None
@@ -204,7 +204,7 @@ async def drive(
             return None
         raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
 
-    return await _pump(steps, do)
+    return await pump(steps, do)
 
 
 async def drive_batch(
@@ -243,7 +243,7 @@ async def drive_batch(
         raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
 
     try:
-        return await _pump(steps, do)
+        return await pump(steps, do)
     finally:
         await heartbeat.end()
 

@@ -41,7 +41,7 @@ from .stores.protocol import (
     wall_ms,
 )
 
-__all__ = ["drive", "drive_batch"]
+__all__ = ["drive", "drive_batch", "pump"]
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ def _execute(
         heartbeat.stop()
 
 
-def _pump(steps: Generator[Any, Any, T], do: Callable[[Any], Any]) -> T:
+def pump(steps: Generator[Any, Any, T], do: Callable[[Any], Any]) -> T:
     """Feed each step's reply (or its exception) back into the flow until it returns."""
     reply: Any = None
     error: BaseException | None = None
@@ -164,7 +164,7 @@ def drive(
             return None
         raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
 
-    return _pump(steps, do)
+    return pump(steps, do)
 
 
 def drive_batch(
@@ -189,7 +189,7 @@ def drive_batch(
         raise AssertionError(f"unknown step {step!r}")  # pragma: no cover
 
     try:
-        return _pump(steps, do)
+        return pump(steps, do)
     finally:
         heartbeat.end()
 

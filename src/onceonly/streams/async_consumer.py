@@ -14,11 +14,12 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._async import pump
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
 from ..stores.redis.common import redis_errors
 from . import core, scripts
 from .config import MAX_BATCH, ConsumerConfig, default_consumer_name
-from .consumer_base import ConsumerBase
+from .consumer_base import ConsumerBase, ReadSend, ReadStep
 from .effects import Effects
 from .model import EntryResult, StreamEntry, StreamStatus
 from .redis_io import arun_call, asend_batch
@@ -125,41 +126,25 @@ class AsyncStreamConsumer(ConsumerBase):
             await self.client.xgroup_create(stream, group, id=start, mkstream=True)
             created = True
         except redis_errors() as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise scripts.stream_error(exc, self.config.stream) from exc
+            self._unless_group_exists(exc)
             created = False
         self._group_ready = True
         return created
 
-    async def _read_new(self) -> list[core.RawEntry]:
-        wire, options = self._read_new_command()
-        try:
-            return core.new_entries(await self.client.execute_command(*wire, **options))
-        except redis_errors() as exc:
-            raise scripts.stream_error(exc, self.config.stream) from exc
-
-    async def _read_once(self) -> tuple[list[core.RawEntry], int]:
-        call = self._pending_call()
-        if call is not None:
-            entries = scripts.pending_entries(await arun_call(self.client, call))
-            if not self._state.drained(entries):
-                return list(entries), 0
-        call = self._reclaim_call()
-        if call is not None:
-            reclaimed = self._reclaimed(await arun_call(self.client, call))
-            if reclaimed:
-                return reclaimed, len(reclaimed)
-        return await self._read_new(), 0
-
     async def _read(self) -> tuple[list[core.RawEntry], int]:
-        try:
-            return await self._read_once()
-        except IdempotencyStoreError as exc:
-            if not self._no_group(exc):
-                raise
-        await self.ensure_group()  # deleted since it was made (see StreamConsumer)
-        self._state.restart()
-        return await self._read_once()
+        """A page of entries (see ``ConsumerBase._read_flow``), and how many were reclaimed."""
+        return await pump(self._read_flow(), self._send)
+
+    async def _send(self, step: ReadSend) -> Any:
+        if step is ReadStep.ENSURE_GROUP:
+            return await self.ensure_group()
+        if step is ReadStep.NEW:
+            wire, options = self._read_new_command()
+            try:
+                return await self.client.execute_command(*wire, **options)
+            except redis_errors() as exc:
+                raise self._read_error(exc) from exc
+        return await arun_call(self.client, step)
 
     # -- one pass ------------------------------------------------------------------
 

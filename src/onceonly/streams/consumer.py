@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+from .._sync import pump
 from ..errors import IdempotencyStoreError
 from ..stores.redis.common import redis_errors
 from . import core, scripts
 from .config import ConsumerConfig, default_consumer_name
-from .consumer_base import ConsumerBase
+from .consumer_base import ConsumerBase, ReadSend, ReadStep
 from .effects import Effects
 from .model import EntryResult, StreamEntry, StreamStatus
 from .redis_io import run_call, send_batch
@@ -188,45 +189,25 @@ class StreamConsumer(ConsumerBase):
             self.client.xgroup_create(stream, group, id=start, mkstream=True)
             created = True
         except redis_errors() as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise scripts.stream_error(exc, self.config.stream) from exc
+            self._unless_group_exists(exc)
             created = False
         self._group_ready = True
         return created
 
-    def _read_new(self) -> list[core.RawEntry]:
-        wire, options = self._read_new_command()
-        try:
-            return core.new_entries(self.client.execute_command(*wire, **options))
-        except redis_errors() as exc:
-            raise scripts.stream_error(exc, self.config.stream) from exc
-
-    def _read_once(self) -> tuple[list[core.RawEntry], int]:
-        """A page of entries, and how many of them were reclaimed."""
-        call = self._pending_call()
-        if call is not None:
-            entries = scripts.pending_entries(run_call(self.client, call))
-            if not self._state.drained(entries):
-                return list(entries), 0
-        call = self._reclaim_call()
-        if call is not None:
-            reclaimed = self._reclaimed(run_call(self.client, call))
-            if reclaimed:
-                return reclaimed, len(reclaimed)
-        return self._read_new(), 0
-
     def _read(self) -> tuple[list[core.RawEntry], int]:
-        try:
-            return self._read_once()
-        except IdempotencyStoreError as exc:
-            if not self._no_group(exc):
-                raise
-        # The group (or the whole stream) was deleted since it was made: make it
-        # again and read once more. Entries it hands out again are only
-        # acknowledged (their dedup records are still there).
-        self.ensure_group()
-        self._state.restart()
-        return self._read_once()
+        """A page of entries (see ``ConsumerBase._read_flow``), and how many were reclaimed."""
+        return pump(self._read_flow(), self._send)
+
+    def _send(self, step: ReadSend) -> Any:
+        if step is ReadStep.ENSURE_GROUP:
+            return self.ensure_group()
+        if step is ReadStep.NEW:
+            wire, options = self._read_new_command()
+            try:
+                return self.client.execute_command(*wire, **options)
+            except redis_errors() as exc:
+                raise self._read_error(exc) from exc
+        return run_call(self.client, step)
 
     # -- one pass ------------------------------------------------------------------
 

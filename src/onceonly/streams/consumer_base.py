@@ -10,15 +10,16 @@ in hand); ``core`` plans and reads the commits. The sync consumer
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
-from ..errors import IdempotencyConfigError, OnceOnlyWarning
+from ..errors import IdempotencyConfigError, IdempotencyStoreError, OnceOnlyWarning
 from ..stores.redis.common import NEVER_DECODE
 from . import core, scripts
 from .config import ConsumerConfig
@@ -32,7 +33,7 @@ from .model import (
 )
 from .redis_io import check_client, is_cluster
 
-__all__ = ["ConsumerBase", "logger"]
+__all__ = ["ConsumerBase", "ReadSend", "ReadStep", "logger"]
 
 logger = logging.getLogger("onceonly")
 
@@ -49,6 +50,16 @@ def _socket_timeout(client: Any) -> float | None:
             value = kwargs.get("socket_timeout")
             return float(value) if isinstance(value, (int, float)) else None
     return None
+
+
+class ReadStep(enum.Enum):
+    """What the read flow asks a consumer to send, besides a script call."""
+
+    NEW = "read new entries (XREADGROUP ... >)"
+    ENSURE_GROUP = "create the group (XGROUP CREATE ... MKSTREAM)"
+
+
+ReadSend = ReadStep | scripts.Call  # one thing the read flow asks a consumer to send
 
 
 class ConsumerBase:
@@ -152,6 +163,51 @@ class ConsumerBase:
     def _xgroup_create(self) -> tuple[bytes, bytes, str]:
         config = self.config
         return config.stream.encode(), config.group.encode(), config.start_id
+
+    def _read_flow(self) -> Generator[ReadSend, Any, tuple[list[core.RawEntry], int]]:
+        """One read's decisions: a page of entries, and how many of them were reclaimed.
+
+        Yields what to send next (a script call, :attr:`ReadStep.NEW` or
+        :attr:`ReadStep.ENSURE_GROUP`) and is sent its reply, or thrown its
+        ``IdempotencyStoreError``; the sync and asyncio consumers only send.
+        """
+        try:
+            return (yield from self._read_page())
+        except IdempotencyStoreError as exc:
+            if not self._no_group(exc):
+                raise
+        # The group (or the whole stream) was deleted since it was made: make it
+        # again and read once more. Entries it hands out again are only
+        # acknowledged (their dedup records are still there).
+        yield ReadStep.ENSURE_GROUP
+        self._state.restart()
+        return (yield from self._read_page())
+
+    def _read_page(self) -> Generator[ReadSend, Any, tuple[list[core.RawEntry], int]]:
+        call = self._pending_call()
+        if call is not None:
+            entries = scripts.pending_entries((yield call))
+            if not self._state.drained(entries):
+                return list(entries), 0
+        call = self._reclaim_call()
+        if call is not None:
+            reclaimed = self._reclaimed((yield call))
+            if reclaimed:
+                return reclaimed, len(reclaimed)
+        return core.new_entries((yield ReadStep.NEW)), 0
+
+    def _unless_group_exists(self, exc: BaseException) -> None:
+        """Pass when ``XGROUP CREATE`` failed only because the group is there (BUSYGROUP).
+
+        Raises:
+            IdempotencyStoreError: It failed for another reason.
+        """
+        if "BUSYGROUP" not in str(exc):
+            raise scripts.stream_error(exc, self.config.stream) from exc
+
+    def _read_error(self, exc: BaseException) -> IdempotencyStoreError:
+        """A failed read's documented error."""
+        return scripts.stream_error(exc, self.config.stream)
 
     def _read_new_command(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``XREADGROUP ... >`` as sent (arguments, options)."""
