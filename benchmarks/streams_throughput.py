@@ -197,17 +197,22 @@ def plain(port: int, n: int, batch: int) -> Row:
         while done < n:
             reply = client.xreadgroup("g", "c1", {stream: ">"}, count=batch)
             entries = reply[0][1] if reply else []
-            pipe = client.pipeline(transaction=False)
-            for entry_id, fields in entries:
-                user, points = fields[b"user"].decode(), int(fields[b"points"])
-                pipe.hincrby(f"{{{tag}}}:user:{user}", "points", points)
-                pipe.zincrby(f"{{{tag}}}:leaderboard", points, user)
-                pipe.xack(stream, "g", entry_id)
+            pipe = _plain_writes(client.pipeline(transaction=False), tag, stream, entries)
             pipe.execute()
             done += len(entries)
             batches += 1
     client.close()
     return meter.row(done, batches)
+
+
+def _plain_writes(pipe: Any, tag: str, stream: str, entries: list[Any]) -> Any:
+    """Queue the plain consumer's writes of a batch: HINCRBY, ZINCRBY, XACK per entry."""
+    for entry_id, fields in entries:
+        user, points = fields[b"user"].decode(), int(fields[b"points"])
+        pipe.hincrby(f"{{{tag}}}:user:{user}", "points", points)
+        pipe.zincrby(f"{{{tag}}}:leaderboard", points, user)
+        pipe.xack(stream, "g", entry_id)
+    return pipe
 
 
 def onceonly_sync(port: int, n: int, batch: int) -> Row:
@@ -243,12 +248,7 @@ async def _plain_async(port: int, n: int, batch: int) -> Row:
         while done < n:
             reply = await client.xreadgroup("g", "c1", {stream: ">"}, count=batch)
             entries = reply[0][1] if reply else []
-            pipe = client.pipeline(transaction=False)
-            for entry_id, fields in entries:
-                user, points = fields[b"user"].decode(), int(fields[b"points"])
-                pipe.hincrby(f"{{{tag}}}:user:{user}", "points", points)
-                pipe.zincrby(f"{{{tag}}}:leaderboard", points, user)
-                pipe.xack(stream, "g", entry_id)
+            pipe = _plain_writes(client.pipeline(transaction=False), tag, stream, entries)
             await pipe.execute()
             done += len(entries)
             batches += 1
