@@ -38,6 +38,7 @@ LEAVES = {
     "rebuild",
     "powertools_records",
     "_lazy",
+    "jmespath_functions",
 }
 ENGINE = {"engine", "batch_engine"}
 DRIVERS = {"_sync", "_async"}
