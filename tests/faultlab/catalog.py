@@ -1,0 +1,11 @@
+"""Every scenario, each module's registered in :data:`faultlab.scenarios.SCENARIOS`."""
+
+from __future__ import annotations
+
+import faultlab.scenarios
+from faultlab.scenarios import SCENARIOS, Params, Scenario
+
+# Each module below registers its scenarios when imported.
+_MODULES = [faultlab.scenarios]
+
+__all__ = ["SCENARIOS", "Params", "Scenario"]
