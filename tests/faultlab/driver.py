@@ -71,6 +71,7 @@ class Fleet:
     folder: Path
     shards: list[list[Delivery]]
     threads: int = 1
+    modes: list[str] | None = None  # per shard: sync (default), async or batch
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     incarnations: dict[int, int] = field(default_factory=dict)
     kills: int = 0
@@ -91,6 +92,7 @@ class Fleet:
             "ledger": str(self.folder / f"{name}.jsonl"),
             "deliveries": [list(item) for item in deliveries],
             "threads": self.threads,
+            "mode": "sync" if self.modes is None else self.modes[index],
         }
         job_path = self.folder / f"{name}.job.json"
         job_path.write_text(json.dumps(job))
@@ -162,38 +164,60 @@ class Fleet:
                 proc.wait()
 
 
+def affected_first(folder: Path, keys: list[str]) -> list[str]:
+    """``keys``, those the load phase left unsettled first (an error, or no result at all).
+
+    The heal phase retries them first, so that the stuck time it measures is
+    counted from the end of the fault, not from wherever the key fell in line.
+    """
+    settled: set[str] = set()
+    troubled: set[str] = set()
+    for ev in read_events(folder):
+        if ev["e"] == "got":
+            settled.add(ev["k"])
+        elif ev["e"] == "err":
+            troubled.add(ev["k"])
+    first = [k for k in keys if k in troubled or k not in settled]
+    return first + [k for k in keys if k not in set(first)]
+
+
 def heal(
     target: Target, folder: Path, keys: list[str], *, cap_s: float, poll_s: float = 0.05
 ) -> tuple[dict[str, str], float]:
     """Retry every key until it runs or replays (at most ``cap_s``).
 
     Returns:
-        The nonce each key gave, and the longest any key waited (``cap_s``
-        when some key was still stuck at the end).
+        The nonce each key gave, and the stuck time: the longest any key kept
+        failing, from its first failed retry here to its first success
+        (``cap_s`` when some key was still stuck at the end).
     """
     ledger = Ledger(folder / "heal.jsonl", "heal")
     caller = Caller(target, ledger)
-    pending = list(keys)
+    pending = affected_first(folder, keys)
     got: dict[str, str] = {}
-    waited = 0.0
+    first_failure: dict[str, float] = {}
+    stuck = 0.0
     started = time.monotonic()
     while pending:
         still = []
         for key in pending:
             outcome = caller.call(key, phase="heal")
+            now = time.monotonic()
             if outcome.nonce is None:
+                first_failure.setdefault(key, now)
                 still.append(key)
             else:
                 got[key] = outcome.nonce
-                waited = max(waited, time.monotonic() - started)
+                if key in first_failure:
+                    stuck = max(stuck, now - first_failure[key])
         pending = still
         if pending:
             if time.monotonic() - started >= cap_s:
-                waited = cap_s
+                stuck = cap_s
                 break
             time.sleep(poll_s)
     ledger.close()
-    return got, waited
+    return got, stuck
 
 
 def check(target: Target, folder: Path, keys: list[str]) -> dict[str, str | None]:

@@ -34,6 +34,8 @@ class Params:
         kills: SIGKILLs in the storm.
         late_keys: Keys of the paused / slow worker scenarios (one at a time).
         heal_cap_s: The longest the heal phase retries a key.
+        soak_keys: Keys of the soak (each delivered three times).
+        soak_minutes: How long the soak injects faults.
     """
 
     seed: int = 1
@@ -43,6 +45,8 @@ class Params:
     kills: int = 20
     late_keys: int = 8
     heal_cap_s: float = 30.0
+    soak_keys: int = 20_000
+    soak_minutes: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -107,14 +106,15 @@ class Caller:
     def __init__(self, target: Target, ledger: Ledger) -> None:
         self.target = target
         self.ledger = ledger
-        # The nonce the body made in this thread's current call: a result with
-        # it is the call's own; any other was replayed.
-        self._local = threading.local()
-        self.function = build_function(target, self._body)
+        # The nonce each call's own body made, by call id (the payload carries
+        # it): a result with it is the call's own; any other was replayed.
+        # Plain dict operations: safe across threads and tasks.
+        self._made: dict[str, str] = {}
+        self.function = build_function(target, self.body)
 
-    def _body(self, event: dict[str, Any]) -> dict[str, str]:
+    def body(self, event: dict[str, Any]) -> dict[str, str]:
         nonce = uuid.uuid4().hex[:16]
-        self._local.nonce = nonce
+        self._made[event["call"]] = nonce
         key = event["id"]
         self.ledger.write("run", k=key, n=nonce)
         if event.get("pause"):
@@ -129,24 +129,43 @@ class Caller:
         self.ledger.write("done", k=key, n=nonce)
         return {"n": nonce}
 
+    def event(self, key: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload of one call: the key, the call's id, the scenario's fields."""
+        return {"id": key, "call": uuid.uuid4().hex, **payload}
+
+    def record(self, key: str, event: dict[str, Any], result: Any, **where: Any) -> Outcome:
+        """Record the result a call returned (its own or a replayed one)."""
+        nonce = result["n"]
+        own = self._made.pop(event["call"], None) == nonce
+        self.ledger.write("got", k=key, n=nonce, own=own, **where)
+        return Outcome(nonce, own, None, 0.0)
+
+    def record_error(
+        self, key: str, event: dict[str, Any], exc: BaseException, **where: Any
+    ) -> str:
+        """Record the error a call raised; return its kind."""
+        self._made.pop(event["call"], None)
+        kind = classify(exc)
+        self.ledger.write("err", k=key, kind=kind, **where)
+        return kind
+
     def call(self, key: str, *, phase: str, delivery: int = -1, **payload: Any) -> Outcome:
         """Call the function for ``key`` once; record and return what happened."""
-        self._local.nonce = None
+        event = self.event(key, payload)
         started = time.perf_counter()
         try:
-            result = self.function(event={"id": key, **payload})
+            result = self.function(event=event)
         except BaseException as exc:  # every error is counted, none is lost
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             elapsed = (time.perf_counter() - started) * 1000
-            kind = classify(exc)
-            self.ledger.write("err", k=key, kind=kind, ms=round(elapsed, 1), ph=phase, d=delivery)
+            where = {"ms": round(elapsed, 1), "ph": phase, "d": delivery}
+            kind = self.record_error(key, event, exc, **where)
             return Outcome(None, False, kind, elapsed)
         elapsed = (time.perf_counter() - started) * 1000
-        nonce = result["n"]
-        own = nonce == self._local.nonce
-        self.ledger.write("got", k=key, n=nonce, own=own, ph=phase, d=delivery)
-        return Outcome(nonce, own, None, elapsed)
+        outcome = self.record(key, event, result, ph=phase, d=delivery)
+        outcome.elapsed_ms = elapsed
+        return outcome
 
 
 # -- building each library's function ------------------------------------------------
