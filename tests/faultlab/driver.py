@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,17 +124,35 @@ class Fleet:
         if proc.poll() is None:
             proc.send_signal(sig)
 
-    def kill(self, index: int) -> None:
-        """SIGKILL the worker, then start it again on what it had not concluded."""
+    def kill(self, index: int) -> str | None:
+        """SIGKILL the worker, then start it again on what it had not concluded.
+
+        Returns:
+            The key the worker was delivering when it died (None: it had
+            finished, or had not started its first delivery).
+        """
         proc = self.procs[index]
         if proc.poll() is not None:
-            return
+            return None
+        delivering = index in self.busy()
         proc.kill()
         proc.wait()
         self.kills += 1
         rest = self.remaining(index)
         if rest:
             self._spawn(index, rest)
+        # A sync worker delivers in order: the first delivery it had not
+        # concluded is the one it was on (or about to begin).
+        return rest[0][0] if rest and delivering else None
+
+    def busy(self) -> list[int]:
+        """The live workers already delivering (their current process wrote to its ledger)."""
+        out = []
+        for index in self.alive():
+            ledger = self.folder / f"w{index}.{self.incarnations[index]}.jsonl"
+            if ledger.exists() and ledger.stat().st_size > 0:
+                out.append(index)
+        return out
 
     def stopped(self, index: int) -> bool:
         """Whether the worker is stopped (it sent itself SIGSTOP)."""
@@ -231,8 +250,56 @@ def check(target: Target, folder: Path, keys: list[str]) -> dict[str, str | None
     return final
 
 
-def finish(target: Target, folder: Path, keys: list[str], *, heal_cap_s: float) -> Tally:
-    """Heal, check and count a run whose load phase is over."""
-    _, stuck = heal(target, folder, keys, cap_s=heal_cap_s)
+def finish(
+    target: Target, folder: Path, keys: list[str], *, heal_cap_s: float, stuck_s: float = 0.0
+) -> Tally:
+    """Heal, check and count a run whose load phase is over.
+
+    Args:
+        stuck_s: The stuck time measured during the load phase (a
+            :class:`Prober`'s), kept when longer than the heal phase's.
+    """
+    _, healed = heal(target, folder, keys, cap_s=heal_cap_s)
     final = check(target, folder, keys)
-    return tally(read_events(folder), keys, final, stuck)
+    return tally(read_events(folder), keys, final, max(stuck_s, healed))
+
+
+class Prober:
+    """Right after a fault, retry the key it hit until it runs or replays; time how long.
+
+    Each probe runs on a thread of its own in this process (a redelivery that
+    comes at once), so the load phase goes on meanwhile.
+    """
+
+    def __init__(self, target: Target, folder: Path, cap_s: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._caller = Caller(target, Ledger(folder / "probe.jsonl", "probe"))
+        self._cap_s = cap_s
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.stuck_s = 0.0
+        self.probes = 0
+
+    def probe(self, key: str, since: float) -> None:
+        """Retry ``key`` from now on; ``since`` (``time.monotonic()``) is when the fault hit."""
+
+        def run() -> None:
+            while True:
+                outcome = self._caller.call(key, phase="probe")
+                waited = time.monotonic() - since
+                if outcome.nonce is not None or waited >= self._cap_s:
+                    with self._lock:
+                        self.stuck_s = max(self.stuck_s, min(waited, self._cap_s))
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.probes += 1
+        self._threads.append(thread)
+
+    def join(self) -> float:
+        """Wait for every probe; the longest any key could not run (seconds)."""
+        for thread in self._threads:
+            thread.join(self._cap_s + 60)
+        return round(self.stuck_s, 3)

@@ -68,8 +68,9 @@ class Tally:
         calls: Calls made (deliveries, the heal phase and the check phase).
         executions: Function bodies that ran to completion.
         duplicates: Keys whose body ran to completion more than once.
-        lost_outcomes: Completed bodies whose result is not the one stored
-            (the work was done and then done again).
+        lost_outcomes: Completed bodies whose result was never stored: no
+            replay ever got it and it is not the final one (the work was done,
+            its result lost, and the key ran again).
         stale_replays: Calls that did not run the body and got a result other
             than the one finally stored.
         failed_closed: Calls that raised a store error without running the body.
@@ -114,6 +115,7 @@ def tally(
     """
     keys = list(keys)
     done: dict[str, list[str]] = defaultdict(list)
+    replayed: set[str] = set()  # every result some replay got: stored at that time
     out = Tally(keys=len(keys), stuck_s=round(stuck_s, 3))
     error_ms: list[float] = []
     for ev in events:
@@ -123,8 +125,10 @@ def tally(
         elif kind == "got":
             out.calls += 1
             stored = final.get(ev["k"])
-            if not ev["own"] and stored is not None and ev["n"] != stored:
-                out.stale_replays += 1
+            if not ev["own"]:
+                replayed.add(ev["n"])
+                if stored is not None and ev["n"] != stored:
+                    out.stale_replays += 1
         elif kind == "err":
             out.calls += 1
             if ev["kind"] == "store":
@@ -140,7 +144,8 @@ def tally(
         stored = final.get(key)
         if stored is None:
             out.unresolved += 1
-        out.lost_outcomes += sum(1 for n in runs if n != stored) if stored is not None else 0
+        if stored is not None:
+            out.lost_outcomes += sum(1 for n in runs if n != stored and n not in replayed)
     if error_ms:
         out.time_to_error_ms = round(max(error_ms), 1)
         out.notes["median_time_to_error_ms"] = round(statistics.median(error_ms), 1)

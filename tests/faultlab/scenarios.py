@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faultlab.driver import Fleet, finish, make_keys, spread
+from faultlab.driver import Fleet, Prober, finish, make_keys, spread
 from faultlab.lab import Lab
 from faultlab.ledger import Ledger, Tally, read_events
 from faultlab.targets import ONCEONLY, Caller
@@ -122,17 +122,23 @@ def kill_storm(lab: Lab, p: Params) -> Tally:
         payload=lambda key, n: {"work_ms": 1},
     )
     fleet = Fleet(lab.target, folder, shards).start()
+    prober = Prober(lab.target, folder, p.heal_cap_s)
     try:
         while fleet.kills < p.kills and fleet.alive():
             time.sleep(rng.uniform(0.2, 0.6))
-            alive = fleet.alive()
-            if alive:
-                fleet.kill(rng.choice(alive))
+            # Only a worker already delivering: one still importing would die
+            # without a call to interrupt.
+            busy = fleet.busy()
+            if busy:
+                hit = fleet.kill(rng.choice(busy))
+                if hit is not None:
+                    prober.probe(hit, time.monotonic())
         fleet.wait(300)
     finally:
         fleet.terminate()
-    out = finish(lab.target, folder, keys, heal_cap_s=p.heal_cap_s)
-    out.notes["kills"] = fleet.kills
+    stuck = prober.join()
+    out = finish(lab.target, folder, keys, heal_cap_s=p.heal_cap_s, stuck_s=stuck)
+    out.notes.update(kills=fleet.kills, kills_mid_call=prober.probes)
     return out
 
 

@@ -51,10 +51,10 @@ def soak(lab: Lab, p: Params) -> Tally:
     try:
         while fleet.alive() and time.monotonic() < ends:
             time.sleep(rng.uniform(0.5, 3.0))
-            alive = fleet.alive()
-            if not alive:
-                break
-            index = rng.choice(alive)
+            busy = fleet.busy()
+            if not busy:
+                continue
+            index = rng.choice(busy)
             if rng.random() < 0.5:
                 fleet.kill(index)
             else:
