@@ -4,19 +4,25 @@ The job names the target, the ledger file and the deliveries to make, in
 order: ``[key, delivery id, payload fields]``. Each delivery is one call; what
 it gave goes to the ledger (a delivery answered "in progress" or with a store
 error is not retried here: the driver's heal phase plays the redelivery). With
-``threads`` > 1 the deliveries are shared among that many threads.
+``threads`` > 1 the deliveries are shared among that many threads. With a
+``gate`` (a path) the worker builds its function, then waits for that file to
+exist before its first delivery (so a delivery can be timed without the
+process start in the way).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from faultlab.ledger import Ledger
 from faultlab.targets import Caller, Target
+
+GATE_TIMEOUT_S = 120.0
 
 
 def main(job_path: str) -> int:
@@ -25,6 +31,13 @@ def main(job_path: str) -> int:
     ledger = Ledger(Path(job["ledger"]), job["worker"])
     caller = Caller(target, ledger)
     deliveries = job["deliveries"]
+    gate = job.get("gate")
+    if gate:
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while not Path(gate).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gate {gate} was not opened in {GATE_TIMEOUT_S} s")
+            time.sleep(0.005)
 
     def deliver(item: list[Any]) -> None:
         key, delivery, payload = item
