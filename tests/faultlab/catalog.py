@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import faultlab.clock_faults
+import faultlab.failover_faults
 import faultlab.scenarios
 from faultlab.scenarios import SCENARIOS, Params, Scenario
 
 # Each module below registers its scenarios when imported.
-_MODULES = [faultlab.scenarios, faultlab.clock_faults]
+_MODULES = [faultlab.scenarios, faultlab.clock_faults, faultlab.failover_faults]
 
 __all__ = ["SCENARIOS", "Params", "Scenario"]
