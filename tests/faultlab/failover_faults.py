@@ -134,8 +134,10 @@ def _under_load(
     fleet = Fleet(lab.target, folder, shards).start()
     try:
         wait_for(lambda: _concluded(folder) >= at * total, "load before the kill", 120)
-        kill_ms = now_ms()
         old, promoted = kill()
+        # Stamped once the process is gone: a body that started before had its
+        # claim acknowledged by the old primary.
+        kill_ms = now_ms()
         harness.wait_until(promoted, "a replica to be promoted", PROMOTION_TIMEOUT_S)
         promoted_ms = now_ms()
         old.start()  # the crashed host comes back; it rejoins as a replica
@@ -158,17 +160,22 @@ def _failover_notes(folder: Any, kill_ms: int, promoted_ms: int, lease_ms: int) 
     events = read_events(folder)
     runs: dict[str, list[int]] = {}  # key -> when each body started
     acked_before_kill: set[str] = set()
-    first_ok_after_kill: int | None = None
+    first_claim_after_kill: int | None = None
     late_errors = [0, 0]  # load-phase store errors > 5 s after the promotion; the last one's t
+    after_promotion = 0  # load-phase calls concluded after the promotion (the clients' recovery)
     for ev in events:
         if ev["e"] == "run":
             runs.setdefault(ev["k"], []).append(ev["t"])
-        elif ev["e"] == "got":
-            if ev["own"] and ev["t"] < kill_ms:
-                acked_before_kill.add(ev["k"])
-            if ev["t"] > kill_ms and first_ok_after_kill is None:
-                first_ok_after_kill = ev["t"]
-        elif ev["e"] == "err" and ev["kind"] == "store" and ev["ph"] == "load":
+            if ev["t"] > kill_ms and first_claim_after_kill is None:
+                first_claim_after_kill = ev["t"]
+        elif ev["e"] == "got" and ev["own"] and ev["t"] < kill_ms:
+            # Returned before the kill: its outcome was stored and acknowledged
+            # (a call whose complete fails returns its own result too, but only
+            # after the failure, so after the kill).
+            acked_before_kill.add(ev["k"])
+        if ev["e"] in ("got", "err") and ev["ph"] == "load" and ev["t"] > promoted_ms:
+            after_promotion += 1
+        if ev["e"] == "err" and ev["kind"] == "store" and ev["ph"] == "load":
             if ev["t"] > promoted_ms + 5_000:
                 late_errors[0] += 1
             late_errors[1] = max(late_errors[1], ev["t"])
@@ -182,14 +189,17 @@ def _failover_notes(folder: Any, kill_ms: int, promoted_ms: int, lease_ms: int) 
             claims += 1
         else:
             after_lease += 1
-    outage = None if first_ok_after_kill is None else (first_ok_after_kill - kill_ms) / 1000
+    outage = None if first_claim_after_kill is None else (first_claim_after_kill - kill_ms) / 1000
     last_error = late_errors[1]
     return {
+        # kill -> the failover's watcher names the new primary
         "promotion_s": round((promoted_ms - kill_ms) / 1000, 2),
+        # kill -> the first claim granted after it (the workers' clients are back)
         "outage_s": None if outage is None else round(outage, 2),
         "last_load_error_after_kill_s": round((last_error - kill_ms) / 1000, 2)
         if last_error > kill_ms
         else None,
+        "load_calls_after_promotion": after_promotion,
         "load_errors_5s_after_promotion": late_errors[0],
         "lost_acknowledged_completions": completions,
         "lost_acknowledged_claims": claims,
