@@ -87,21 +87,23 @@ def cluster_failover(lab: Lab, p: Params) -> Tally:
     assert cluster is not None, "cluster-failover needs a cluster lab"
     rng = random.Random(p.seed)
     primary = rng.choice(cluster.primaries())
-    replica = _replica_of(cluster, primary)
+    replica = replica_of(cluster, primary)
 
     def kill() -> tuple[harness.Server, Callable[[], bool]]:
         primary.kill()
-        return primary, lambda: _role(replica) == "master"
+        return primary, lambda: role(replica) == "master"
 
     return _under_load(lab, p, kill)
 
 
-def _role(server: harness.Server) -> str:
+def role(server: harness.Server) -> str:
+    """``master`` or ``slave``, as the server says."""
     with server.client(socket_timeout=1) as client:
         return str(client.info("replication")["role"])
 
 
-def _replica_of(cluster: harness.Cluster, primary: harness.Server) -> harness.Server:
+def replica_of(cluster: harness.Cluster, primary: harness.Server) -> harness.Server:
+    """The cluster node that replicates ``primary`` (the one promoted when it dies)."""
     for node in cluster.nodes:
         if node is primary:
             continue

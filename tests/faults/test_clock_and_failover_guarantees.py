@@ -27,6 +27,7 @@ import pytest
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
+from faultlab.failover_faults import replica_of, role
 from faultlab.targets import Target, onceonly_store
 from onceonly import (
     IdempotencyAlreadyInProgressError,
@@ -35,6 +36,7 @@ from onceonly import (
     idempotent_function,
 )
 from onceonly.stores.dynamodb import DynamoDBStore
+from onceonly.stores.redis import RedisStore
 
 SKEW_MS = 2_000
 LEASE_MS = SKEW_MS  # on B's clock A's lease has ended as soon as A took it
@@ -285,3 +287,54 @@ def test_after_a_sentinel_failover_the_same_client_runs_and_replays_new_keys(
             f"\n[{redis_engine.id}] Sentinel failover, idle client: {len(ran)} of "
             f"{len(before)} acknowledged keys lost (ran again)"
         )
+
+
+# -- cluster failover -------------------------------------------------------------------
+
+
+def test_after_a_cluster_failover_a_client_with_wait_replicas_reaches_the_promoted_node(
+    redis_engine: harness.Engine, tmp_path: Path
+) -> None:
+    # With wait_replicas the store sends each write and its WAIT to the key's
+    # node itself, as named by the client's cached slot map. It used to keep
+    # sending to the dead primary for good after a failover (the client's own
+    # refresh runs only inside its execute_command); now a node's connection
+    # error refreshes the map, and the same client reaches the promoted node.
+    cluster = harness.cluster(redis_engine, tmp_path / "cluster")
+    try:
+        store = RedisStore.from_url(
+            f"redis://{harness.HOST}:{cluster.nodes[0].port}/0",
+            cluster=True,
+            prefix="failover",
+            wait_replicas=1,
+            wait_timeout_ms=100,  # the promoted node has no replica: keep shortfalls short
+            socket_timeout=2,
+            socket_connect_timeout=1,
+        )
+        ran: list[str] = []
+
+        def charge(event: dict[str, Any]) -> str:
+            ran.append(event["id"])
+            return f"charged {event['id']}"
+
+        function = idempotent_function(
+            charge, store=store, data="event", config=IdempotencyConfig(event_key_jmespath="id")
+        )
+        for i in range(20):  # every primary holds some: the client knows the whole map
+            function(event={"id": f"before-{i}"})
+        primary = cluster.primaries()[0]
+        replica = replica_of(cluster, primary)
+        primary.kill()  # SIGKILL
+        harness.wait_until(lambda: role(replica) == "master", "the replica to take over", 60)
+
+        after = [f"after-{i}" for i in range(20)]  # about a third on the promoted node
+        ran.clear()
+        for k in after:
+            assert until_answered(lambda k=k: function(event={"id": k})) == f"charged {k}"
+        assert ran == after
+        for k in after:
+            assert function(event={"id": k}) == f"charged {k}"
+        assert ran == after
+        store.client.close()
+    finally:
+        cluster.stop()
