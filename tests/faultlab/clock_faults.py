@@ -142,12 +142,13 @@ def _notes(folder: Path, arrivals: list[int]) -> dict[str, Any]:
             final[ev["k"]] = ev["n"]
     taken = [k for k, hosts in ran.items() if "A" in hosts and "B" in hosts]
     return {
-        "skew_ms": SKEW_MS,
+        "skew": f"+{SKEW_MS} ms",  # a label: the matrix adds numbers up over runs
         "taken_over_by_skewed_host": len(taken),
         "skewed_host_told_in_progress": in_progress,
         "taken_keys_keeping_a_outcome": sum(1 for k in taken if final.get(k) == ran[k]["A"]),
         "taken_keys_keeping_b_outcome": sum(1 for k in taken if final.get(k) == ran[k]["B"]),
-        "b_arrival_ms_after_a_started": [min(arrivals), max(arrivals)] if arrivals else None,
+        # per run: the earliest and latest, joined over runs by the matrix
+        "b_arrival_ms_after_a_started": [f"{min(arrivals)}-{max(arrivals)}"] if arrivals else [],
     }
 
 

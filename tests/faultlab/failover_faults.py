@@ -194,14 +194,15 @@ def _failover_notes(folder: Any, kill_ms: int, promoted_ms: int, lease_ms: int) 
             after_lease += 1
     outage = None if first_claim_after_kill is None else (first_claim_after_kill - kill_ms) / 1000
     last_error = late_errors[1]
+    # Durations are lists, one entry per run: the matrix joins lists and adds numbers.
     return {
         # kill -> the failover's watcher names the new primary
-        "promotion_s": round((promoted_ms - kill_ms) / 1000, 2),
+        "promotion_s": [round((promoted_ms - kill_ms) / 1000, 2)],
         # kill -> the first claim granted after it (the workers' clients are back)
-        "outage_s": None if outage is None else round(outage, 2),
-        "last_load_error_after_kill_s": round((last_error - kill_ms) / 1000, 2)
-        if last_error > kill_ms
-        else None,
+        "outage_s": [None if outage is None else round(outage, 2)],
+        "last_load_error_after_kill_s": [
+            round((last_error - kill_ms) / 1000, 2) if last_error > kill_ms else None
+        ],
         "load_calls_after_promotion": after_promotion,
         "load_errors_5s_after_promotion": late_errors[0],
         "lost_acknowledged_completions": completions,
