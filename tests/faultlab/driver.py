@@ -66,13 +66,22 @@ def spread(
 
 @dataclass
 class Fleet:
-    """Worker processes, one per shard; each can be killed, paused and restarted."""
+    """Worker processes, one per shard; each can be killed, paused and restarted.
+
+    Attributes:
+        targets: Optional, one target per shard (e.g. a host whose clock is
+            skewed); ``target`` for every shard when None.
+        gates: Optional, one path (or None) per shard: that worker makes no
+            delivery until the driver creates the file (see :meth:`open_gate`).
+    """
 
     target: Target
     folder: Path
     shards: list[list[Delivery]]
     threads: int = 1
     modes: list[str] | None = None  # per shard: sync (default), async or batch
+    targets: list[Target] | None = None
+    gates: list[Path | None] | None = None
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     incarnations: dict[int, int] = field(default_factory=dict)
     kills: int = 0
@@ -87,8 +96,11 @@ class Fleet:
         n = self.incarnations.get(index, -1) + 1
         self.incarnations[index] = n
         name = f"w{index}.{n}"
+        target = self.targets[index] if self.targets is not None else self.target
+        gate = self.gates[index] if self.gates is not None else None
         job = {
-            "target": self.target.as_dict(),
+            "target": target.as_dict(),
+            "gate": None if gate is None else str(gate),
             "worker": name,
             "ledger": str(self.folder / f"{name}.jsonl"),
             "deliveries": [list(item) for item in deliveries],
@@ -107,6 +119,11 @@ class Fleet:
             stderr=log,
         )
         log.close()
+
+    @staticmethod
+    def open_gate(gate: Path) -> None:
+        """Let the workers waiting on ``gate`` start their deliveries."""
+        gate.touch()
 
     def remaining(self, index: int) -> list[Delivery]:
         """The shard's deliveries that no incarnation of the worker concluded."""

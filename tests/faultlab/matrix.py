@@ -29,7 +29,7 @@ class Cell:
 
 
 def add(total: Tally, one: Tally) -> Tally:
-    """Sum two runs' figures (counts add up; times keep the worst)."""
+    """Sum two runs' figures (counts add up; times keep the worst; lists of notes join)."""
     for f in fields(Tally):
         a, b = getattr(total, f.name), getattr(one, f.name)
         if f.name in ("stuck_s", "time_to_error_ms"):
@@ -39,6 +39,8 @@ def add(total: Tally, one: Tally) -> Tally:
             for k, v in b.items():
                 if isinstance(v, (int, float)) and isinstance(a.get(k, 0), (int, float)):
                     a[k] = a.get(k, 0) + v
+                elif isinstance(v, list) and isinstance(a.get(k, []), list):
+                    a[k] = a.get(k, []) + v  # one entry per run (e.g. a duration)
                 else:
                     a[k] = v
         else:

@@ -19,6 +19,7 @@ bare key: use ``prefix=""`` to meet them) are read as records (see
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from .common import (
     chained,
     check_waitaof_support,
     hiredis_packer,
+    import_redis,
     needs_command_name,
     redis_errors,
     store_error,
@@ -242,12 +244,40 @@ class RedisStore(RedisBase):
         pipe = target.pipeline(transaction=False)
         pipe.execute_command(*command, **(_SET_GET if command[0] == "SET" else _RAW))
         pipe.execute_command(*wait)
-        replies = pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        try:
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        except self._errors as exc:
+            self._after_node_error(exc)
+            raise
         self._note_wait(replies[1], full)
         return replies[0]
+
+    def _after_node_error(self, exc: BaseException) -> None:
+        """Refresh a cluster client's slot map after an error that says it may be stale.
+
+        The per-node paths (a write with WAIT / WAITAOF, GET with PTTL and
+        TIME) send to the node the client's cached slot map names, so the
+        client's own refresh on errors, which runs inside its
+        ``execute_command``, never runs for them: after a failover they would
+        keep sending to the dead node. Best effort: the call fails closed
+        either way, and the next one uses the map as refreshed.
+        """
+        if not self._cluster:
+            return
+        exceptions = import_redis().exceptions
+        stale = (
+            exceptions.ConnectionError,
+            exceptions.TimeoutError,
+            exceptions.MovedError,
+            exceptions.ClusterDownError,
+        )
+        if isinstance(exc, stale):
+            # No node answering yet is no worse: the next call's error tries again.
+            with contextlib.suppress(*self._errors):
+                self.client.nodes_manager.initialize()
 
     def _native_claim(self, full: str, command: tuple[Any, ...]) -> ClaimResult | None:
         """Send the native claim: its answer, or None when the claim script must answer."""
@@ -300,6 +330,7 @@ class RedisStore(RedisBase):
             pipe.execute_command("TIME")
             value, pttl, now = pipe.execute()
         except self._errors as exc:
+            self._after_node_error(exc)
             raise store_error(exc, full) from exc
         return value, int(pttl), time_ms(now)
 
