@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import faultlab.scenarios
+import faultlab.server_faults
 from faultlab.scenarios import SCENARIOS, Params, Scenario
 
 # Each module below registers its scenarios when imported.
-_MODULES = [faultlab.scenarios]
+_MODULES = [faultlab.scenarios, faultlab.server_faults]
 
 __all__ = ["SCENARIOS", "Params", "Scenario"]

@@ -132,6 +132,7 @@ class Caller:
     def call(self, key: str, *, phase: str, delivery: int = -1, **payload: Any) -> Outcome:
         """Call the function for ``key`` once; record and return what happened."""
         self._local.nonce = None
+        unstored = self._unstored()
         started = time.perf_counter()
         try:
             result = self.function(event={"id": key, **payload})
@@ -145,8 +146,22 @@ class Caller:
         elapsed = (time.perf_counter() - started) * 1000
         nonce = result["n"]
         own = nonce == self._local.nonce
-        self.ledger.write("got", k=key, n=nonce, own=own, ph=phase, d=delivery)
+        # ``ack``: the store acknowledged this call's own outcome (onceonly hands
+        # the result back even when it could not store it; Powertools raises).
+        # With several threads another call's failure can clear it: never a false yes.
+        ack = own and self._unstored() == unstored
+        self.ledger.write(
+            "got", k=key, n=nonce, own=own, ack=ack, ms=round(elapsed, 1), ph=phase, d=delivery
+        )
         return Outcome(nonce, own, None, elapsed)
+
+    def _unstored(self) -> int:
+        """onceonly's count of outcomes it could not store (store errors, lost leases)."""
+        stats = getattr(self.function, "stats", None)
+        if stats is None:  # Powertools: a failed save raises, so every returned result is stored
+            return 0
+        counts = stats.snapshot()
+        return int(counts["store_error"]) + int(counts["lease_lost"])
 
 
 # -- building each library's function ------------------------------------------------
