@@ -149,9 +149,9 @@ class Caller:
         # ``ack``: the store acknowledged this call's own outcome (onceonly hands
         # the result back even when it could not store it; Powertools raises).
         # With several threads another call's failure can clear it: never a false yes.
-        ack = own and self._unstored() == unstored
+        fields: dict[str, Any] = {"ack": self._unstored() == unstored} if own else {}
         self.ledger.write(
-            "got", k=key, n=nonce, own=own, ack=ack, ms=round(elapsed, 1), ph=phase, d=delivery
+            "got", k=key, n=nonce, own=own, **fields, ms=round(elapsed, 1), ph=phase, d=delivery
         )
         return Outcome(nonce, own, None, elapsed)
 
