@@ -90,13 +90,32 @@ def acknowledgement(
     return out
 
 
+def heal_wait_s(events: Iterable[Mapping[str, Any]]) -> float:
+    """The longest a key waited in the heal phase, from its first try to its result.
+
+    The Tally's ``stuck_s`` counts from the start of the heal phase, so on a
+    slow store it includes the heal's own pass over the keys before; this
+    counts each key from its own first try (0 for a key that ran or replayed
+    at once).
+    """
+    first: dict[str, int] = {}
+    longest = 0
+    for ev in events:
+        if ev["src"] != "heal" or ev["e"] not in ("got", "err"):
+            continue
+        started = first.setdefault(ev["k"], ev["t"] - int(ev["ms"]))
+        if ev["e"] == "got":
+            longest = max(longest, ev["t"] - started)
+    return round(longest / 1000, 3)
+
+
 def conclude(lab: Lab, folder: Path, keys: list[str], cap_s: float) -> Tally:
     """Heal, check and count (as :func:`faultlab.driver.finish`), noting acknowledgement too."""
     _, stuck = heal(lab.target, folder, keys, cap_s=cap_s)
     final = check(lab.target, folder, keys)
     events = read_events(folder)
     out = tally(events, keys, final, stuck)
-    out.notes.update(acknowledgement(events, final))
+    out.notes.update(acknowledgement(events, final), heal_wait_s=heal_wait_s(events))
     return out
 
 
