@@ -5,6 +5,7 @@ from __future__ import annotations
 import faultlab.clock_faults
 import faultlab.failover_faults
 import faultlab.scenarios
+import faultlab.server_faults
 import faultlab.soak
 from faultlab.scenarios import SCENARIOS, Params, Scenario
 
@@ -12,6 +13,7 @@ from faultlab.scenarios import SCENARIOS, Params, Scenario
 _MODULES = [
     faultlab.scenarios,
     faultlab.soak,
+    faultlab.server_faults,
     faultlab.clock_faults,
     faultlab.failover_faults,
 ]

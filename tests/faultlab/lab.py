@@ -72,9 +72,9 @@ class MotoProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
             self.process.kill()
-        self.process.wait()
+            self.process.wait()
         if self.process.stdout is not None:
-            self.process.stdout.close()
+            self.process.stdout.close()  # the pipe its URL came through
 
 
 @dataclass

@@ -7,7 +7,9 @@ cache, so a worker killed with SIGKILL right after loses nothing it recorded.
 Events (``e``):
     run   the function body started (``n``: the nonce this execution returns)
     done  the body completed and is about to return its result
-    got   a caller got a result (``own``: this call's own body made it)
+    got   a caller got a result (``own``: this call's own body made it;
+          ``ack``, on own results: the store acknowledged storing it; ``ms``: how long
+          the call took)
     err   a call raised (``kind``: in_progress, store, failed, other; ``ms``:
           how long the call took)
 """

@@ -133,11 +133,19 @@ class Caller:
         """The payload of one call: the key, the call's id, the scenario's fields."""
         return {"id": key, "call": uuid.uuid4().hex, **payload}
 
-    def record(self, key: str, event: dict[str, Any], result: Any, **where: Any) -> Outcome:
-        """Record the result a call returned (its own or a replayed one)."""
+    def record(
+        self, key: str, event: dict[str, Any], result: Any, *, ack: bool | None = None, **where: Any
+    ) -> Outcome:
+        """Record the result a call returned (its own or a replayed one).
+
+        Args:
+            ack: Whether the store acknowledged the call's own outcome (None:
+                not known); written on own results only.
+        """
         nonce = result["n"]
         own = self._made.pop(event["call"], None) == nonce
-        self.ledger.write("got", k=key, n=nonce, own=own, **where)
+        fields: dict[str, Any] = {"ack": ack} if own and ack is not None else {}
+        self.ledger.write("got", k=key, n=nonce, own=own, **fields, **where)
         return Outcome(nonce, own, None, 0.0)
 
     def record_error(
@@ -152,6 +160,7 @@ class Caller:
     def call(self, key: str, *, phase: str, delivery: int = -1, **payload: Any) -> Outcome:
         """Call the function for ``key`` once; record and return what happened."""
         event = self.event(key, payload)
+        unstored = self._unstored()
         started = time.perf_counter()
         try:
             result = self.function(event=event)
@@ -163,9 +172,22 @@ class Caller:
             kind = self.record_error(key, event, exc, **where)
             return Outcome(None, False, kind, elapsed)
         elapsed = (time.perf_counter() - started) * 1000
-        outcome = self.record(key, event, result, ph=phase, d=delivery)
+        # ``ack``: the store acknowledged this call's own outcome (onceonly hands
+        # the result back even when it could not store it; Powertools raises).
+        # With several threads another call's failure can clear it: never a false yes.
+        ack = self._unstored() == unstored
+        where = {"ms": round(elapsed, 1), "ph": phase, "d": delivery}
+        outcome = self.record(key, event, result, ack=ack, **where)
         outcome.elapsed_ms = elapsed
         return outcome
+
+    def _unstored(self) -> int:
+        """onceonly's count of outcomes it could not store (store errors, lost leases)."""
+        stats = getattr(self.function, "stats", None)
+        if stats is None:  # Powertools: a failed save raises, so every returned result is stored
+            return 0
+        counts = stats.snapshot()
+        return int(counts["store_error"]) + int(counts["lease_lost"])
 
 
 # -- building each library's function ------------------------------------------------
