@@ -73,6 +73,8 @@ class MotoProcess:
             self.process.send_signal(signal.SIGCONT)
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()  # the pipe its URL came on
 
 
 @dataclass
