@@ -1,14 +1,16 @@
 """Lost replies: the store acted on a write, and its answer never reached the library.
 
-A RESP-aware proxy (``tests/faults/proxy.py``) runs in the driver, in front of
-the lab's standalone Redis server, and the workers connect through it. For a
-seeded choice of keys it forwards one write of a key (its claim, its
-completion, or the release after a failed body), waits for the server's reply,
-and closes the client's connection instead of relaying it: the write is done,
-its answer lost. Each worker delivers its keys twice, one after the other, so
-the second delivery shows what the first left behind (a replay, a run, or an
-"in progress" that keeps the key stuck until the lease ends); the heal and
-check phases go to the server directly.
+A proxy runs in the driver, in front of the lab's store, and the workers
+connect through it: RESP-aware before a standalone Redis server
+(``tests/faults/proxy.py``), HTTP before moto's DynamoDB server
+(:mod:`faultlab.http_drop_proxy`). For a seeded choice of keys it forwards
+one write of a key (its claim, its completion, or the release after a failed
+body), waits for the server's reply, and closes the client's connection
+instead of relaying it: the write is done, its answer lost. Each worker
+delivers its keys twice, one after the other, so the second delivery shows
+what the first left behind (a replay, a run, or an "in progress" that keeps
+the key stuck until the lease ends); the heal and check phases go to the
+server directly.
 
 Which command is a key's claim, completion or release:
 
@@ -21,6 +23,10 @@ complete     the complete script (EVALSHA / EVAL)  ``SET key {COMPLETED...} EX``
 release      the release script                    ``DEL key``
 ===========  ====================================  ===============================
 
+On DynamoDB both libraries claim with ``PutItem``, complete with
+``UpdateItem`` and release with ``DeleteItem`` (onceonly renews with
+``UpdateItem`` too, only with its heartbeat on, which these runs leave off).
+
 Only the first such command of a key counts (a retry of a dropped one is never
 dropped again); the replies lost are those of the n-th first commands, n drawn
 from the seed.
@@ -28,6 +34,7 @@ from the seed.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Callable
@@ -36,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from faultlab.driver import Delivery, Fleet, finish, make_keys
+from faultlab.http_drop_proxy import HttpDropProxy
 from faultlab.lab import TARGETS, Lab
 from faultlab.ledger import Tally
 from faultlab.scenarios import Params, run_id, scenario
@@ -53,19 +61,19 @@ CLAIM, COMPLETE, RELEASE = "claim", "complete", "release"
 # The commands any step above is sent as.
 _COMMANDS = {"SET", "EVALSHA", "EVAL", "DEL"}
 
-# One standalone server the proxy can front (a replica behind it is fine).
-_STANDALONE = {"redis-aof-everysec", "redis-aof-always", "redis-wait1"}
+# A store one proxy can front: a standalone Redis server (a replica behind it
+# is fine) or moto's DynamoDB server.
+_FRONTED = {"redis-aof-everysec", "redis-aof-always", "redis-wait1", "dynamodb"}
 
 NOT_APPLICABLE = (
-    "the proxy fronts one standalone Redis server: SQLite has no network between "
-    "library and store; Sentinel and cluster clients find their servers themselves; "
-    "DynamoDB not measured yet"
+    "the proxy fronts one server: SQLite has no network between library and store; "
+    "Sentinel and cluster clients find their servers themselves"
 )
 
 
 def applies(target: str) -> bool:
     """Whether the reply-loss scenarios run on ``target`` (see :data:`NOT_APPLICABLE`)."""
-    return target in TARGETS and target.split("/", 1)[1] in _STANDALONE
+    return target in TARGETS and target.split("/", 1)[1] in _FRONTED
 
 
 def drops_for(keys: int) -> int:
@@ -75,8 +83,9 @@ def drops_for(keys: int) -> int:
 
 # -- which command is which step ----------------------------------------------------------
 
-# A step's matcher: the store key the command writes, or None when it is not the step.
-Matcher = Callable[[list[bytes]], bytes | None]
+# A step's matcher: the store key a command (Redis: its words; DynamoDB: its
+# operation and JSON body) writes, or None when it is not the step.
+Matcher = Callable[[Any], bytes | None]
 
 
 def _script(step: str) -> tuple[bytes, bytes]:
@@ -96,7 +105,7 @@ def _onceonly_matcher(step: str) -> Matcher:
             if (name == b"EVALSHA" and body.lower() == sha) or (name == b"EVAL" and body == code):
                 return words[3]
             return None
-        if step == CLAIM and name == b"SET" and b"NX" in (w.upper() for w in words[3:]):
+        if step == CLAIM and name == b"SET" and {b"NX", b"GET"} <= {w.upper() for w in words[3:]}:
             return words[1]
         return None
 
@@ -116,6 +125,24 @@ def _powertools_matcher(step: str) -> Matcher:
         if step == COMPLETE and not nx and b'"COMPLETED"' in words[2]:
             return words[1]
         return None
+
+    return match
+
+
+_DYNAMODB_OPERATIONS = {CLAIM: "PutItem", COMPLETE: "UpdateItem", RELEASE: "DeleteItem"}
+
+
+def dynamodb_matcher(step: str) -> Matcher:
+    """The matcher of ``step`` for either library's DynamoDB requests: ``(operation, body)``."""
+    wanted = _DYNAMODB_OPERATIONS[step]
+
+    def match(request: tuple[str, bytes]) -> bytes | None:
+        operation, body = request
+        if operation != wanted:
+            return None
+        sent = json.loads(body)
+        item = sent.get("Key") or sent.get("Item") or {}
+        return json.dumps(item.get("id"), sort_keys=True).encode()
 
     return match
 
@@ -146,8 +173,8 @@ class DropPlan:
     seen: set[bytes] = field(default_factory=set)
     dropped_keys: set[bytes] = field(default_factory=set)
 
-    def __call__(self, words: list[bytes]) -> bool:
-        key = self.match(words)
+    def __call__(self, command: Any) -> bool:
+        key = self.match(command)
         if key is None or key in self.seen:
             return False
         ordinal = len(self.seen)
@@ -158,10 +185,10 @@ class DropPlan:
         return False
 
 
-def plan(library: str, step: str, *, keys: int, drops: int, seed: int) -> DropPlan:
-    """A seeded plan that loses ``drops`` replies of ``step`` among ``keys`` keys."""
+def plan(match: Matcher, *, keys: int, drops: int, seed: int) -> DropPlan:
+    """A seeded plan that loses ``drops`` replies of ``match``'s step among ``keys`` keys."""
     rng = random.Random(seed)
-    return DropPlan(matcher(library, step), frozenset(rng.sample(range(keys), min(drops, keys))))
+    return DropPlan(match, frozenset(rng.sample(range(keys), min(drops, keys))))
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -187,10 +214,10 @@ def shards_for(
 
 
 def lose_replies(lab: Lab, p: Params, step: str, *, keys: int | None = None) -> Tally:
-    """Run ``p.keys`` keys through the proxy, losing the replies of ``step`` for some of them.
+    """Run ``p.keys`` keys through a proxy, losing the replies of ``step`` for some of them.
 
     Args:
-        lab: A lab on a standalone Redis server.
+        lab: A lab on a standalone Redis server or moto's server.
         p: The run's size and seed.
         step: ``claim``, ``complete`` or ``release`` (the body fails on each
             key's first delivery, so that its claim is released).
@@ -199,17 +226,24 @@ def lose_replies(lab: Lab, p: Params, step: str, *, keys: int | None = None) -> 
     Returns:
         The run's figures; ``notes`` holds the replies planned and lost.
     """
-    if lab.server is None:
-        raise RuntimeError(f"{lab.target.name} has no standalone server to put a proxy before")
     count = p.keys if keys is None else keys
     drops = drops_for(count)
     folder = lab.folder / "ledger"
     names = make_keys(run_id(), count)
     first = {"fail": True} if step == RELEASE else {}
     shards = shards_for(names, workers=p.workers, seed=p.seed, first=first)
-    drop_plan = plan(lab.target.library, step, keys=count, drops=drops, seed=p.seed)
-    with ReplyDropProxy(lab.server.port) as proxy:
+    proxy: ReplyDropProxy | HttpDropProxy
+    if lab.moto is not None:
+        drop_plan = plan(dynamodb_matcher(step), keys=count, drops=drops, seed=p.seed)
+        proxy = HttpDropProxy(lab.moto.url)
+        proxy.drop_responses(drops, when=lambda operation, body: drop_plan((operation, body)))
+    elif lab.server is not None and lab.target.store == "redis":
+        drop_plan = plan(matcher(lab.target.library, step), keys=count, drops=drops, seed=p.seed)
+        proxy = ReplyDropProxy(lab.server.port)
         proxy.drop_replies(drops, commands=_COMMANDS, when=drop_plan)
+    else:
+        raise RuntimeError(f"{lab.target.name} has no one server to put a proxy before")
+    with proxy:
         fleet = Fleet(lab.target.with_(address=proxy.url()), folder, shards).start()
         try:
             fleet.wait(120)

@@ -327,7 +327,9 @@ def test_each_step_s_matcher_names_the_command_that_writes_it() -> None:
 
 def test_a_drop_plan_loses_the_chosen_keys_first_command_only() -> None:
     plan = replace(
-        reply_faults.plan(POWERTOOLS, reply_faults.RELEASE, keys=4, drops=0, seed=1),
+        reply_faults.plan(
+            reply_faults.matcher(POWERTOOLS, reply_faults.RELEASE), keys=4, drops=0, seed=1
+        ),
         ordinals=frozenset({1, 3}),
     )
     sent = [b"a", b"b", b"b", b"c", b"a", b"d", b"d"]
