@@ -43,6 +43,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # botocore keeps its connections open
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        # Small replies written as they come: no Nagle wait on a delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         return  # requests carry keys: never logged
 
@@ -69,8 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
             if name.lower() not in _HOP:
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        # Headers and body in one write (end_headers would flush the headers alone).
+        self._headers_buffer.append(b"\r\n" + payload)
+        self.flush_headers()
 
 
 class _Server(ThreadingHTTPServer):

@@ -4,8 +4,8 @@ The figures ``benchmarks/faults.py`` publishes come from the same scenario
 functions run here, small: a paused owner never overwrites its successor
 (fencing), a SIGKILL storm leaves no stale replay and no unresolved key and
 re-runs a key only for a worker killed between its body and its completion,
-and a lost claim, completion or release reply costs onceonly's Redis store
-nothing (the same token is sent again). The counting itself is tested on
+and a lost claim, completion or release reply costs onceonly nothing (the
+same token is sent again). The counting itself is tested on
 hand-written events. Timing figures (stuck seconds) are never asserted.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
@@ -167,14 +168,19 @@ def test_a_paused_owner_let_go_after_a_takeover_never_overwrites_its_successor(
 # -- the SIGKILL storm ---------------------------------------------------------------------
 
 
-def storm(lab: Lab, *, keys: int, kills: int, seed: int) -> tuple[Tally, int]:
-    """The kill-storm scenario's run, each kill synchronised on the ledger instead of a timer.
+def storm(lab: Lab, *, keys: int, kills: int, paused: int, seed: int) -> tuple[Tally, int]:
+    """The kill-storm scenario's run, its kills synchronised on the workers instead of a timer.
 
-    ``kill-storm`` kills at random times, which on a slow machine can all land
-    while workers are still starting. Here each kill waits until the chosen
-    worker's current process has concluded a seeded number of deliveries, so
-    that it lands in the middle of the load (in a claim, a body or a
-    completion). The deliveries, fleet, heal and check are the driver's.
+    ``kill-storm`` kills at random times, which on a loaded machine can all
+    land while workers start or after they finish. Here every delivery of
+    ``paused`` seeded keys stops its worker in the body (SIGSTOP: whichever
+    delivery runs the body first, the others replay), and each such
+    stopped worker is killed (a kill that surely lands mid-call); then up to
+    ``kills`` more kills each wait until the chosen worker's current process
+    has concluded a seeded number of deliveries (they land in a claim, a body
+    or a completion, or miss when the worker has finished). A worker stopped
+    after that is let go on (SIGCONT). The deliveries, fleet, heal and check
+    are the driver's.
 
     Returns:
         The figures and the kills made.
@@ -182,9 +188,12 @@ def storm(lab: Lab, *, keys: int, kills: int, seed: int) -> tuple[Tally, int]:
     rng = random.Random(seed)
     folder = lab.folder / "ledger"
     names = make_keys(run_id(), keys)
-    shards = spread(
-        names, deliveries=4, workers=4, seed=seed, payload=lambda key, n: {"work_ms": 1}
-    )
+    stop = set(rng.sample(names, paused))
+
+    def payload(key: str, n: int) -> dict[str, Any]:
+        return {"work_ms": 1, **({"pause": True} if key in stop else {})}
+
+    shards = spread(names, deliveries=4, workers=4, seed=seed, payload=payload)
     fleet = Fleet(lab.target, folder, shards).start()
 
     def concluded(source: str) -> int:
@@ -192,7 +201,13 @@ def storm(lab: Lab, *, keys: int, kills: int, seed: int) -> tuple[Tally, int]:
             1 for ev in read_events(folder) if ev["src"] == source and ev["e"] in ("got", "err")
         )
 
+    def stopped() -> list[int]:
+        return [i for i in fleet.alive() if fleet.stopped(i)]
+
     try:
+        for _ in range(paused):
+            wait_for(lambda: bool(stopped()), "a worker to stop in its body")
+            fleet.kill(stopped()[0])
         for _ in range(kills):
             index = rng.randrange(len(shards))
             source = f"w{index}.{fleet.incarnations[index]}"
@@ -202,10 +217,16 @@ def storm(lab: Lab, *, keys: int, kills: int, seed: int) -> tuple[Tally, int]:
             goal = rng.randrange(1, left // 2)
             proc = fleet.procs[index]
             wait_for(
-                lambda s=source, g=goal, p=proc: concluded(s) >= g or p.poll() is not None,
+                lambda s=source, g=goal, p=proc, i=index: (
+                    concluded(s) >= g or p.poll() is not None or fleet.stopped(i)
+                ),
                 f"{goal} deliveries of {source}",
             )
             fleet.kill(index)
+        while fleet.alive():
+            for index in stopped():
+                fleet.signal(index, signal.SIGCONT)
+            wait_for(lambda: not fleet.alive() or bool(stopped()), "the workers to finish")
         fleet.wait(120)
     finally:
         fleet.terminate()
@@ -224,13 +245,15 @@ def test_a_sigkill_storm_re_runs_a_key_only_for_a_worker_killed_after_its_body(
     target: str, tmp_path: Path, engine: harness.Engine
 ) -> None:
     with lab_for("kill-storm", target, tmp_path, engine) as lab:
-        out, kills = storm(lab, keys=100, kills=4, seed=7)
+        out, kills = storm(lab, keys=100, kills=4, paused=2, seed=7)
         events = events_of(lab)
+        lease_ms = lab.target.lease_ms
     assert out.keys == 100
     assert out.stale_replays == 0
     assert out.unresolved == 0
     killed = _killed_processes(events)
-    assert 1 <= len(killed) <= kills
+    # The two workers stopped in their bodies were killed there, at least.
+    assert 2 <= len(killed) <= kills
     final = final_of(events)
     last: dict[str, dict[str, Any]] = {}
     done: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -241,35 +264,62 @@ def test_a_sigkill_storm_re_runs_a_key_only_for_a_worker_killed_after_its_body(
     # Every result made and not stored was made by a killed worker, as the
     # last thing it did: killed after its body, before its completion was
     # answered. A process has one last event, so no more keys than kills ran
-    # twice, and no worker that lived lost a result.
+    # twice. (A call that outlived its lease, its process descheduled that
+    # long on a loaded machine, may lose its result too: allowed, and counted
+    # apart; it takes more than the 1 ms body this storm runs.)
     lost = [ev for key, runs in done.items() for ev in runs if ev["n"] != final[key]]
+    overran = 0
     for ev in lost:
-        assert ev["src"] in killed
-        assert last[ev["src"]] is ev
+        if ev["src"] in killed and last[ev["src"]] is ev:
+            continue
+        assert _call_span_ms(events, ev) > lease_ms, ev
+        overran += 1
     assert all(final[key] in {ev["n"] for ev in runs} for key, runs in done.items())
     assert out.lost_outcomes == len(lost)
-    assert out.duplicates == len({ev["k"] for ev in lost}) <= kills
+    assert out.duplicates == len({ev["k"] for ev in lost}) <= kills + overran
+
+
+def _call_span_ms(events: list[dict[str, Any]], done: dict[str, Any]) -> float:
+    """At least how long the call around ``done`` held its claim (infinite when unknown).
+
+    The claim came after the process's previous event and the completion's
+    answer before its next one.
+    """
+    mine = [ev for ev in events if ev["src"] == done["src"]]
+    at = next(i for i, ev in enumerate(mine) if ev is done)
+    run = max(i for i in range(at) if mine[i]["e"] == "run" and mine[i]["k"] == done["k"])
+    if run == 0 or at + 1 == len(mine):
+        return float("inf")
+    return float(mine[at + 1]["t"] - mine[run - 1]["t"])
 
 
 # -- lost replies on onceonly's Redis store ----------------------------------------------
 
 
-@pytest.mark.parametrize("step", [reply_faults.CLAIM, reply_faults.COMPLETE, reply_faults.RELEASE])
-def test_a_lost_reply_costs_onceonly_s_redis_store_nothing(
-    step: str, tmp_path: Path, engine: harness.Engine
+@pytest.mark.parametrize(
+    ("target", "step"),
+    [
+        ("onceonly/redis-aof-everysec", reply_faults.CLAIM),
+        ("onceonly/redis-aof-everysec", reply_faults.COMPLETE),
+        ("onceonly/redis-aof-everysec", reply_faults.RELEASE),
+    ],
+)
+def test_a_lost_reply_costs_onceonly_nothing(
+    target: str, step: str, tmp_path: Path, engine: harness.Engine
 ) -> None:
-    with lab_for(f"{step}-reply-lost", "onceonly/redis-aof-everysec", tmp_path, engine) as lab:
-        out = reply_faults.lose_replies(lab, Params(workers=2), step, keys=40)
+    keys = 40
+    with lab_for(f"{step}-reply-lost", target, tmp_path, engine) as lab:
+        out = reply_faults.lose_replies(lab, Params(workers=2), step, keys=keys)
         events = events_of(lab)
-    assert out.notes["replies_lost"] == reply_faults.drops_for(40) == 4
+    assert out.notes["replies_lost"] == reply_faults.drops_for(keys) == keys // 10
     assert (out.duplicates, out.lost_outcomes, out.stale_replays, out.unresolved) == (0, 0, 0, 0)
     # The call whose reply was lost sent its write again under the same token
     # and was answered: no store error, and no later call told "in progress".
     assert out.failed_closed == 0
     assert [ev for ev in events if ev["e"] == "err" and ev["kind"] == "in_progress"] == []
     concluded = by_delivery(events)
-    assert len(concluded) == 80
-    for first in range(0, 80, 2):
+    assert len(concluded) == 2 * keys
+    for first in range(0, 2 * keys, 2):
         one, two = concluded[first], concluded[first + 1]
         assert one["k"] == two["k"]
         if step == reply_faults.RELEASE:
