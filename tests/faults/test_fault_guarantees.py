@@ -1,12 +1,15 @@
 """The guarantees that hold by design, asserted through the fault lab's own driver.
 
-The figures ``benchmarks/faults.py`` publishes come from the same scenario
-functions run here, small: a paused owner never overwrites its successor
-(fencing), a SIGKILL storm leaves no stale replay and no unresolved key and
-re-runs a key only for a worker killed between its body and its completion,
-and a lost claim, completion or release reply costs onceonly nothing (the
-same token is sent again). The counting itself is tested on
-hand-written events. Timing figures (stuck seconds) are never asserted.
+The figures ``benchmarks/faults.py`` publishes come from the same driver
+(worker fleet, heal, check, tally) and, but for the SIGKILL storm, the same
+scenario functions, run here small: a paused owner never overwrites its
+successor (fencing), a SIGKILL storm leaves no stale replay and no
+unresolved key and re-runs a key only for a worker killed between its body
+and its completion (the storm here kills on the workers' progress, not on a
+timer, so that its kills surely land), and a lost claim, completion or
+release reply costs onceonly's Redis store nothing (the same token is sent
+again). The counting itself is tested on hand-written events. Timing figures
+(stuck seconds) are never asserted.
 """
 
 from __future__ import annotations
