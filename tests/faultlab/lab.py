@@ -74,7 +74,7 @@ class MotoProcess:
             self.process.kill()
             self.process.wait()
         if self.process.stdout is not None:
-            self.process.stdout.close()  # the pipe its URL came through
+            self.process.stdout.close()  # the pipe its URL came on
 
 
 @dataclass

@@ -26,7 +26,7 @@ import contextlib
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["ReplyDropProxy", "resp_end"]
@@ -85,6 +85,20 @@ def _command_name(buf: bytes | bytearray, start: int, end: int) -> str:
     return bytes(buf[size_end + 2 : size_end + 2 + size]).decode().upper()
 
 
+def _command_words(buf: bytes | bytearray, start: int, end: int) -> list[bytes]:
+    """Every word of a command (a RESP array of bulk strings, or an inline command)."""
+    if buf[start] != ord("*"):
+        return bytes(buf[start:end]).split()
+    words: list[bytes] = []
+    pos = buf.find(b"\r\n", start) + 2
+    while pos < end:
+        size_end = buf.find(b"\r\n", pos)
+        size = int(buf[pos + 1 : size_end])
+        words.append(bytes(buf[size_end + 2 : size_end + 2 + size]))
+        pos = size_end + 2 + size + 2
+    return words
+
+
 @dataclass
 class _Pair:
     """One client connection and its connection to the server."""
@@ -118,6 +132,7 @@ class ReplyDropProxy:
         self._lock = threading.Lock()
         self._remaining = 0
         self._commands: frozenset[str] | None = None
+        self._when: Callable[[list[bytes]], bool] | None = None
         self._pairs: list[_Pair] = []
         self._threads: list[threading.Thread] = []
         self.dropped = 0  # replies lost so far
@@ -130,14 +145,30 @@ class ReplyDropProxy:
         """A ``redis://`` URL that goes through the proxy."""
         return f"redis://{HOST}:{self.port}/{db}"
 
-    def drop_replies(self, count: int = 1, *, commands: Iterable[str] | None = None) -> None:
+    def drop_replies(
+        self,
+        count: int = 1,
+        *,
+        commands: Iterable[str] | None = None,
+        when: Callable[[list[bytes]], bool] | None = None,
+    ) -> None:
         """Lose the replies of the next ``count`` commands (of those named, if given).
+
+        Args:
+            count: How many replies to lose.
+            commands: Only commands with these names.
+            when: Only commands for which ``when(words)`` is true (``words``:
+                the command's name and arguments, as sent). It is called, in
+                the order the proxy reads them, on each command that passed
+                ``commands`` while replies are left to lose, under the proxy's
+                lock (so it may keep state).
 
         Each lost reply closes the connection it was due on.
         """
         with self._lock:
             self._remaining = count
             self._commands = None if commands is None else frozenset(c.upper() for c in commands)
+            self._when = when
 
     def kill_connections(self) -> None:
         """Close every connection now (the next command finds its connection gone)."""
@@ -185,10 +216,13 @@ class ReplyDropProxy:
                 self._threads.append(thread)
                 thread.start()
 
-    def _should_drop(self, name: str) -> bool:
+    def _should_drop(self, buf: bytes | bytearray, start: int, end: int) -> bool:
+        name = _command_name(buf, start, end)
         with self._lock:
             self.commands_seen.append(name)
             if self._remaining > 0 and (self._commands is None or name in self._commands):
+                if self._when is not None and not self._when(_command_words(buf, start, end)):
+                    return False
                 self._remaining -= 1
                 return True
             return False
@@ -207,7 +241,7 @@ class ReplyDropProxy:
                     end = resp_end(buf, pos)
                     if end is None:
                         break
-                    pair.drops.append(self._should_drop(_command_name(buf, pos, end)))
+                    pair.drops.append(self._should_drop(buf, pos, end))
                     pos = end
                 # Forward whole commands only, after their flags are queued.
                 pair.server.sendall(bytes(buf[:pos]))
