@@ -13,6 +13,7 @@ import datetime
 import os
 import signal
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -310,8 +311,13 @@ def _powertools(target: Target, body: Callable[..., Any]) -> Callable[..., Any]:
             RedisCachePersistenceLayer,
         )
 
-        client = redis.Redis.from_url(
-            target.address,
+        # Host and port, as Powertools' documentation builds its layer: redis-py
+        # then retries a failed command (3 times); a client made from a URL
+        # does not. The same timeouts as onceonly's client.
+        address = urllib.parse.urlsplit(target.address)
+        client = redis.Redis(
+            host=address.hostname or "127.0.0.1",
+            port=address.port or 6379,
             socket_timeout=target.socket_timeout_s,
             socket_connect_timeout=target.socket_timeout_s,
         )
