@@ -3,7 +3,8 @@
 Run: bash scripts/bench faults [--scenario NAME ...] [--target NAME ...] [--runs N]
      [--keys N] [--seed N] [--engine redis|valkey] [--json PATH] [--plot PATH]
      bash scripts/bench faults --list
-     bash scripts/bench faults --from-json PATH [--plot PATH]   (table and plot again)
+     bash scripts/bench faults --from-json PATH [PATH...] [--json OUT] [--plot PNG]
+         (the tables and plot of saved runs again, merged; a later file's cell wins)
 
 Each (scenario, target) cell starts the target's servers afresh (Redis with the
 named persistence, a replica, Sentinel, a cluster, moto's DynamoDB server in
@@ -43,7 +44,7 @@ def main() -> int:
     parser.add_argument("--engine", choices=["redis", "valkey"], default="redis")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
-    parser.add_argument("--from-json", type=Path, help="print and plot a saved run")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="print and plot saved runs")
     parser.add_argument("--list", action="store_true", help="list scenarios and targets")
     args = parser.parse_args()
 
@@ -55,7 +56,9 @@ def main() -> int:
             print(name)
         return 0
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
+        results = matrix.merge([json.loads(path.read_text()) for path in args.from_json])
+        if args.json:
+            matrix.save(results, args.json)
     else:
         scenarios = matrix.scenarios_named(args.scenario)
         targets = matrix.targets_named(args.target)

@@ -101,7 +101,7 @@ def to_json(cells: list[Cell], engine: harness.Engine, params: Params) -> dict[s
 
 
 def cell_text(tally: dict[str, Any] | None) -> str:
-    """One table cell: duplicates / lost / stale, then stuck and failed-closed figures."""
+    """One progress line's figures: duplicates / lost / stale, then the rest that is not zero."""
     if tally is None:
         return NOT_APPLICABLE
     figures = (tally["duplicates"], tally["lost_outcomes"], tally["stale_replays"])
@@ -117,33 +117,79 @@ def cell_text(tally: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The table: a row per scenario, a column per target."""
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several saved runs as one (a later file's cell replaces an earlier one's)."""
+    merged = dict(results[0])
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for result in results:
+        for cell in result["cells"]:
+            cells[(cell["scenario"], cell["target"])] = cell
+    merged["date"] = max(r["date"] for r in results)
+    merged["cells"] = list(cells.values())
+    return merged
+
+
+def _grid(results: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], Any]]:
     cells = results["cells"]
-    scenarios = list(dict.fromkeys(c["scenario"] for c in cells))
-    targets = list(dict.fromkeys(c["target"] for c in cells))
-    by = {(c["scenario"], c["target"]): c for c in cells}
-    lines = [
-        "| scenario | " + " | ".join(targets) + " |",
-        "|---|" + "---|" * len(targets),
-    ]
+    order = {name: n for n, name in enumerate(SCENARIOS)}
+    scenarios = sorted({c["scenario"] for c in cells}, key=lambda s: order.get(s, len(order)))
+    known = list(TARGETS)
+    targets = sorted({c["target"] for c in cells}, key=known.index)
+    return scenarios, targets, {(c["scenario"], c["target"]): c for c in cells}
+
+
+def short(target: str) -> str:
+    """A column heading: ``onceonly/redis-aof-always`` -> ``ours redis-aof-always``."""
+    library, store = target.split("/", 1)
+    return f"{'ours' if library == 'onceonly' else 'PT'} {store}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Two tables, a row per scenario and a column per target.
+
+    The first: duplicate executions / lost outcomes / stale replays, over the
+    keys of the row. The second: stuck seconds, and calls that failed closed
+    with the longest time one took to fail.
+    """
+    scenarios, targets, by = _grid(results)
+    head = "| scenario (keys) | " + " | ".join(short(t) for t in targets) + " |"
+    rule = "|---|" + "---|" * len(targets)
+
+    def keys_of(scenario: str) -> str:
+        counts = {c["tally"]["keys"] for (s, _), c in by.items() if s == scenario and c["tally"]}
+        return "/".join(str(n) for n in sorted(counts))
+
+    first, second = [head, rule], [head, rule]
     for s in scenarios:
-        row = []
+        row1, row2 = [], []
         for t in targets:
             c = by.get((s, t))
-            if c is None:
-                row.append("")
+            tally = None if c is None else c["tally"]
+            if tally is None:
+                row1.append("-" if c is None else NOT_APPLICABLE)
+                row2.append("-" if c is None else NOT_APPLICABLE)
                 continue
-            text = cell_text(c["tally"])
-            if c["tally"] is not None:
-                text += f" ({c['tally']['keys']} keys)"
-            row.append(text)
-        lines.append(f"| {s} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+            figures = (tally["duplicates"], tally["lost_outcomes"], tally["stale_replays"])
+            row1.append("{} / {} / {}".format(*figures))
+            stuck = f"{tally['stuck_s']:.1f} s"
+            if tally["unresolved"]:
+                stuck += f", {tally['unresolved']} unresolved"
+            if tally["failed_closed"]:
+                ttl = tally.get("time_to_error_ms")
+                within = "" if ttl is None else f" ≤{ttl / 1000:.1f} s"
+                stuck += f"; {tally['failed_closed']} closed{within}"
+            row2.append(stuck)
+        first.append(f"| {s} ({keys_of(s)}) | " + " | ".join(row1) + " |")
+        second.append(f"| {s} | " + " | ".join(row2) + " |")
+    return "\n".join(first) + "\n\n" + "\n".join(second)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Duplicates per 10 000 keys per scenario, one bar per target (matplotlib)."""
+    """Duplicates and stale replays per 10 000 keys per scenario, a bar per target (matplotlib).
+
+    The scale is logarithmic above 1 (symlog) so that a handful per 10 000
+    shows beside scenarios where every key is hit.
+    """
     try:
         import matplotlib
 
@@ -151,29 +197,43 @@ def plot(results: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise SystemExit("the plot needs matplotlib: pip install matplotlib") from exc
-    cells = [c for c in results["cells"] if c["tally"] is not None]
-    scenarios = list(dict.fromkeys(c["scenario"] for c in cells))
-    targets = list(dict.fromkeys(c["target"] for c in cells))
-    by = {(c["scenario"], c["target"]): c["tally"] for c in cells}
-    width = 0.8 / max(1, len(targets))
-    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(scenarios)), 5))
-    for i, t in enumerate(targets):
-        xs, ys = [], []
-        for j, s in enumerate(scenarios):
-            tally = by.get((s, t))
-            if tally is None or not tally["keys"]:
-                continue
-            xs.append(j + i * width - 0.4 + width / 2)
-            ys.append(10_000 * tally["duplicates"] / tally["keys"])
-        hatch = "//" if t.startswith("powertools") else None
-        ax.bar(xs, ys, width, label=t, hatch=hatch)
-    ax.set_xticks(range(len(scenarios)))
-    ax.set_xticklabels(scenarios, rotation=30, ha="right")
-    ax.set_ylabel("duplicate executions per 10 000 keys")
-    ax.set_title(f"What survives what ({results['date']}, {results['engine']})")
-    ax.legend(fontsize="small", ncol=2)
+    scenarios, targets, cells = _grid(results)
+    by = {key: c["tally"] for key, c in cells.items() if c["tally"] is not None}
+    scenarios = [s for s in scenarios if any((s, t) in by for t in targets)]
+    targets = [t for t in targets if any((s, t) in by for s in scenarios)]
+    width = 0.84 / max(1, len(targets))
+    fig, axes = plt.subplots(2, 1, figsize=(max(10, 0.9 * len(scenarios) + 4), 9), sharex=True)
+    colours = plt.get_cmap("tab20")
+    for ax, figure, label in (
+        (axes[0], "duplicates", "duplicate executions per 10 000 keys"),
+        (axes[1], "stale_replays", "stale replays per 10 000 keys"),
+    ):
+        for i, t in enumerate(targets):
+            xs, ys = [], []
+            for j, s in enumerate(scenarios):
+                tally = by.get((s, t))
+                if tally is None or not tally["keys"]:
+                    continue
+                xs.append(j - 0.42 + width * (i + 0.5))
+                ys.append(10_000 * tally[figure] / tally["keys"])
+            powertools = t.startswith("powertools")
+            ax.bar(
+                xs, ys, width, label=short(t), color=colours(i % 20),
+                hatch="//" if powertools else None, edgecolor="black", linewidth=0.3,
+            )  # fmt: skip
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(0, 20_000)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", linewidth=0.3)
+    axes[1].set_xticks(range(len(scenarios)))
+    axes[1].set_xticklabels(scenarios, rotation=35, ha="right")
+    axes[0].set_title(
+        f"What survives what: onceonly (ours) beside Powertools (PT, hatched); "
+        f"{results['date']}, {results['engine']}"
+    )
+    axes[0].legend(fontsize="small", ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
