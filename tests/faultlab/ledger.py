@@ -22,7 +22,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +152,23 @@ def tally(
         out.time_to_error_ms = round(max(error_ms), 1)
         out.notes["median_time_to_error_ms"] = round(statistics.median(error_ms), 1)
     return out
+
+
+def combine(total: Tally, one: Tally) -> Tally:
+    """Sum two runs' figures (counts add up; times keep the worst; lists of notes join)."""
+    for f in fields(Tally):
+        a, b = getattr(total, f.name), getattr(one, f.name)
+        if f.name in ("stuck_s", "time_to_error_ms"):
+            values = [v for v in (a, b) if v is not None]
+            setattr(total, f.name, max(values) if values else None)
+        elif f.name == "notes":
+            for k, v in b.items():
+                if isinstance(v, (int, float)) and isinstance(a.get(k, 0), (int, float)):
+                    a[k] = a.get(k, 0) + v
+                elif isinstance(v, list) and isinstance(a.get(k, []), list):
+                    a[k] = a.get(k, []) + v  # one entry per run (e.g. a duration)
+                else:
+                    a[k] = v
+        else:
+            setattr(total, f.name, a + b)
+    return total

@@ -7,14 +7,14 @@ import json
 import platform
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis_harness as harness
 from faultlab.catalog import SCENARIOS, Params
 from faultlab.lab import TARGETS, provision
-from faultlab.ledger import Tally
+from faultlab.ledger import Tally, combine
 
 NOT_APPLICABLE = "n/a"
 
@@ -28,26 +28,6 @@ class Cell:
     reason: str = ""
 
 
-def add(total: Tally, one: Tally) -> Tally:
-    """Sum two runs' figures (counts add up; times keep the worst; lists of notes join)."""
-    for f in fields(Tally):
-        a, b = getattr(total, f.name), getattr(one, f.name)
-        if f.name in ("stuck_s", "time_to_error_ms"):
-            values = [v for v in (a, b) if v is not None]
-            setattr(total, f.name, max(values) if values else None)
-        elif f.name == "notes":
-            for k, v in b.items():
-                if isinstance(v, (int, float)) and isinstance(a.get(k, 0), (int, float)):
-                    a[k] = a.get(k, 0) + v
-                elif isinstance(v, list) and isinstance(a.get(k, []), list):
-                    a[k] = a.get(k, []) + v  # one entry per run (e.g. a duration)
-                else:
-                    a[k] = v
-        else:
-            setattr(total, f.name, a + b)
-    return total
-
-
 def run_cell(scenario: str, target: str, engine: harness.Engine, params: Params, runs: int) -> Cell:
     spec = SCENARIOS[scenario]
     if not spec.applies(target):
@@ -59,7 +39,7 @@ def run_cell(scenario: str, target: str, engine: harness.Engine, params: Params,
             tempfile.TemporaryDirectory(prefix="onceonly-faults-") as tmp,
             provision(target, Path(tmp), engine, lease_ms=spec.lease_ms) as lab,
         ):
-            total = add(total, spec.run(lab, run_params))
+            total = combine(total, spec.run(lab, run_params))
     return Cell(scenario, target, runs, total)
 
 

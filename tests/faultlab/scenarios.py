@@ -34,7 +34,7 @@ class Params:
         kills: SIGKILLs in the storm.
         late_keys: Keys of the paused / slow worker scenarios (one at a time).
         heal_cap_s: The longest the heal phase retries a key.
-        soak_keys: Keys of the soak (each delivered three times).
+        soak_keys: Keys of each round of the soak (each delivered three times).
         soak_minutes: How long the soak injects faults.
     """
 
@@ -45,7 +45,7 @@ class Params:
     kills: int = 20
     late_keys: int = 8
     heal_cap_s: float = 30.0
-    soak_keys: int = 20_000
+    soak_keys: int = 5_000
     soak_minutes: float = 5.0
 
 

@@ -1,11 +1,13 @@
 """The soak: minutes of mixed sync, asyncio and batch load with faults at random (not run in CI).
 
-Six workers (two in each mode) deliver every key three times while, at
-random moments, a worker is SIGKILLed (and started again on what it had not
-concluded) or paused for less than a third of the lease and let go on. By
-design neither fault makes a replay stale or leaves a key unresolved; a key
-runs twice only when a worker died between its body and its completion, so
-the duplicates are printed beside the kills.
+In rounds of ``soak_keys`` keys, six workers (two in each mode) deliver every
+key three times while, at random moments, a worker is SIGKILLed (and started
+again on what it had not concluded) or paused for less than a third of the
+lease and let go on. By design neither fault makes a replay stale or leaves a
+key unresolved; a key runs twice only when a worker died between its body and
+its completion (a batch completes its records together, so a batch worker
+killed mid-batch can lose several), so the duplicates are printed beside the
+kills.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import random
 import signal
 import time
+from pathlib import Path
 
 from faultlab.driver import Fleet, finish, make_keys, spread
 from faultlab.lab import Lab
-from faultlab.ledger import Tally
+from faultlab.ledger import Tally, combine
 from faultlab.scenarios import Params, run_id, scenario
 from faultlab.targets import ONCEONLY
 
@@ -34,25 +37,36 @@ def _ours(target: str) -> bool:
     not_applicable="the asyncio and batch modes are onceonly's",
 )
 def soak(lab: Lab, p: Params) -> Tally:
+    """Rounds of ``p.soak_keys`` keys until ``p.soak_minutes`` have passed; the rounds' sum."""
     rng = random.Random(p.seed)
-    folder = lab.folder / "ledger"
+    ends = time.monotonic() + p.soak_minutes * 60
+    total = Tally()
+    rounds = 0
+    while rounds == 0 or time.monotonic() < ends:
+        total = combine(total, _round(lab, p, rng, lab.folder / f"round{rounds}", ends))
+        rounds += 1
+    total.notes["rounds"] = rounds
+    return total
+
+
+def _round(lab: Lab, p: Params, rng: random.Random, folder: Path, ends: float) -> Tally:
+    """Six workers (two per mode) deliver each key three times; faults until they are done."""
     keys = make_keys(run_id(), p.soak_keys)
     shards = spread(
         keys,
         deliveries=3,
         workers=len(SOAK_MODES),
-        seed=p.seed,
+        seed=rng.randrange(1 << 30),
         payload=lambda key, n: {"work_ms": rng.choice((0, 1, 5))},
     )
     fleet = Fleet(lab.target, folder, shards, modes=SOAK_MODES).start()
     pause_s = lab.target.lease_ms / 1000 / 3
-    ends = time.monotonic() + p.soak_minutes * 60
     pauses = 0
     try:
-        while fleet.alive() and time.monotonic() < ends:
+        while fleet.alive():
             time.sleep(rng.uniform(0.5, 3.0))
             busy = fleet.busy()
-            if not busy:
+            if not busy or time.monotonic() > ends:
                 continue
             index = rng.choice(busy)
             if rng.random() < 0.5:
@@ -62,8 +76,7 @@ def soak(lab: Lab, p: Params) -> Tally:
                 time.sleep(rng.uniform(0.05, pause_s))
                 fleet.signal(index, signal.SIGCONT)
                 pauses += 1
-        # What is still running when the time is up finishes its deliveries.
-        fleet.wait(p.soak_minutes * 60 + 600)
+        fleet.wait(600)
     finally:
         fleet.terminate()
     out = finish(lab.target, folder, keys, heal_cap_s=p.heal_cap_s)
