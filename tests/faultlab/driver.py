@@ -33,6 +33,13 @@ TESTS = Path(__file__).resolve().parent.parent
 Delivery = tuple[str, int, dict[str, Any]]
 
 
+def concluded(folder: Path) -> int:
+    """Deliveries the workers have concluded (a result or an error) so far."""
+    return sum(
+        1 for ev in read_events(folder) if ev["e"] in ("got", "err") and ev["src"].startswith("w")
+    )
+
+
 def make_keys(run_id: str, count: int) -> list[str]:
     return [f"{run_id}:{i:05d}" for i in range(count)]
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis_harness as harness
-from faultlab.driver import Fleet, finish, make_keys, spread
+from faultlab.driver import Fleet, concluded, finish, make_keys, spread
 from faultlab.lab import Lab
 from faultlab.ledger import Tally, now_ms, read_events
 from faultlab.scenarios import Params, run_id, scenario, wait_for
@@ -136,7 +136,7 @@ def _under_load(
     at = rng.uniform(0.1, 0.25)  # the share of deliveries concluded when the kill lands
     fleet = Fleet(lab.target, folder, shards).start()
     try:
-        wait_for(lambda: _concluded(folder) >= at * total, "load before the kill", 120)
+        wait_for(lambda: concluded(folder) >= at * total, "load before the kill", 120)
         old, promoted = kill()
         # Stamped once the process is gone: a body that started before had its
         # claim acknowledged by the old primary.
@@ -152,10 +152,6 @@ def _under_load(
     out = finish(lab.target, folder, keys, heal_cap_s=cap)
     out.notes.update(_failover_notes(folder, kill_ms, promoted_ms, lab.target.lease_ms))
     return out
-
-
-def _concluded(folder: Any) -> int:
-    return sum(1 for ev in read_events(folder) if ev["e"] in ("got", "err"))
 
 
 def _failover_notes(folder: Any, kill_ms: int, promoted_ms: int, lease_ms: int) -> dict[str, Any]:

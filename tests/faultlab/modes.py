@@ -12,7 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from faultlab.targets import KEY_PREFIX, ONCEONLY, Caller, Target, dynamodb_client, onceonly_store
+from faultlab.targets import (
+    KEY_PREFIX,
+    ONCEONLY,
+    Caller,
+    Target,
+    dynamodb_client,
+    onceonly_store,
+    redis_options,
+)
 
 Delivery = list[Any]  # [key, delivery id, payload fields]
 
@@ -33,14 +41,7 @@ def async_store(target: Target) -> Any:
     if target.store in ("redis", "sentinel", "cluster"):
         from onceonly.stores.redis import AsyncRedisStore
 
-        return AsyncRedisStore.from_url(
-            target.address,
-            cluster=target.store == "cluster",
-            prefix=KEY_PREFIX,
-            wait_replicas=target.wait_replicas,
-            socket_timeout=target.socket_timeout_s,
-            socket_connect_timeout=target.socket_timeout_s,
-        )
+        return AsyncRedisStore.from_url(target.address, **redis_options(target))
     if target.store == "sqlite":
         from onceonly.stores import AsyncSQLiteStore
 

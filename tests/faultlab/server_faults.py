@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from faultlab.driver import Fleet, check, heal, make_keys, spread
+from faultlab.driver import Fleet, check, concluded, heal, make_keys, spread
 from faultlab.lab import Lab
 from faultlab.ledger import Tally, read_events, tally
 from faultlab.scenarios import Params, run_id, scenario, wait_for
@@ -125,13 +125,6 @@ def heal_cap(lab: Lab, p: Params) -> float:
 
 
 # -- the load and the moment the fault lands -----------------------------------------------
-
-
-def concluded(folder: Path) -> int:
-    """Deliveries the workers have concluded (a result or an error) so far."""
-    return sum(
-        1 for ev in read_events(folder) if ev["e"] in ("got", "err") and ev["src"].startswith("w")
-    )
 
 
 def load(lab: Lab, p: Params, folder: Path) -> tuple[Fleet, list[str]]:

@@ -224,20 +224,24 @@ def dynamodb_client(endpoint: str, timeout_s: float) -> Any:
     )
 
 
+def redis_options(target: Target) -> dict[str, Any]:
+    """onceonly's ``RedisStore.from_url`` / ``AsyncRedisStore.from_url`` options for ``target``."""
+    return {
+        "cluster": target.store == "cluster",
+        "prefix": KEY_PREFIX,
+        "wait_replicas": target.wait_replicas,
+        "socket_timeout": target.socket_timeout_s,
+        "socket_connect_timeout": target.socket_timeout_s,
+    }
+
+
 def onceonly_store(target: Target) -> Any:
     """onceonly's store for ``target`` (sync)."""
     clock = _skewed_ms(target.clock_offset_ms) if target.clock_offset_ms else None
     if target.store in ("redis", "sentinel", "cluster"):
         from onceonly.stores.redis import RedisStore
 
-        return RedisStore.from_url(
-            target.address,
-            cluster=target.store == "cluster",
-            prefix=KEY_PREFIX,
-            wait_replicas=target.wait_replicas,
-            socket_timeout=target.socket_timeout_s,
-            socket_connect_timeout=target.socket_timeout_s,
-        )
+        return RedisStore.from_url(target.address, **redis_options(target))
     if target.store == "sqlite":
         from onceonly.stores import SQLiteStore
 
