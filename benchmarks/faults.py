@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=Params.keys)
     parser.add_argument("--kills", type=int, default=Params.kills)
     parser.add_argument("--late-keys", type=int, default=Params.late_keys)
+    parser.add_argument("--soak-keys", type=int, default=Params.soak_keys)
+    parser.add_argument("--soak-minutes", type=float, default=Params.soak_minutes)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--engine", choices=["redis", "valkey"], default="redis")
     parser.add_argument("--json", type=Path, help="write the figures here")
