@@ -69,7 +69,14 @@ def main() -> int:
             print(f"no {args.engine} server here (found: {', '.join(engines)})", file=sys.stderr)
             return 1
         engine = engines[args.engine]
-        params = Params(seed=args.seed, keys=args.keys, kills=args.kills, late_keys=args.late_keys)
+        params = Params(
+            seed=args.seed,
+            keys=args.keys,
+            kills=args.kills,
+            late_keys=args.late_keys,
+            soak_keys=args.soak_keys,
+            soak_minutes=args.soak_minutes,
+        )
         print(f"{engine.name} {engine.version}; {args.runs} run(s) per cell; {params}")
 
         def progress(cell: matrix.Cell) -> None:

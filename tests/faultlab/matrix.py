@@ -105,6 +105,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         for cell in result["cells"]:
             cells[(cell["scenario"], cell["target"])] = cell
     merged["date"] = max(r["date"] for r in results)
+    merged["params"] = [r["params"] for r in results]  # one entry per saved run
     merged["cells"] = list(cells.values())
     return merged
 
