@@ -16,10 +16,11 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from faultlab.driver import Fleet, finish, make_keys, spread
 from faultlab.lab import Lab
-from faultlab.ledger import Tally, combine
+from faultlab.ledger import Tally, combine, read_events
 from faultlab.scenarios import Params, run_id, scenario
 from faultlab.targets import ONCEONLY
 
@@ -80,5 +81,26 @@ def _round(lab: Lab, p: Params, rng: random.Random, folder: Path, ends: float) -
     finally:
         fleet.terminate()
     out = finish(lab.target, folder, keys, heal_cap_s=p.heal_cap_s)
-    out.notes.update(kills=fleet.kills, pauses=pauses)
+    out.notes.update(
+        kills=fleet.kills, pauses=pauses, dup_after_a_kill=_after_a_kill(read_events(folder))
+    )
     return out
+
+
+def _after_a_kill(events: list[dict[str, Any]]) -> int:
+    """Duplicated keys whose earlier run was in a worker process that was killed.
+
+    A worker that ends normally writes ``exit``; one without it was killed.
+    A key that ran twice for any other reason (a pause past the lease, say)
+    is not counted here.
+    """
+    exited = {ev["src"] for ev in events if ev["e"] == "exit"}
+    done: dict[str, list[str]] = {}
+    for ev in events:
+        if ev["e"] == "done":
+            done.setdefault(ev["k"], []).append(ev["src"])
+    return sum(
+        1
+        for sources in done.values()
+        if len(sources) > 1 and sources[0].startswith("w") and sources[0] not in exited
+    )
