@@ -1,0 +1,255 @@
+"""Issue 17: behaviours of batches and decorators that a mutation pass found untested.
+
+Each test pins one edge the rest of the suite left open: the claim of the
+record an interruption stopped, a record whose own claim failed, a Lambda
+context with no time left, a ``data=`` parameter left at its default, and a
+positional-only ``data=`` parameter beside ``**kwargs``. Real MemoryStores on
+a ManualClock (never moved: no lease runs out by itself here).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import pytest
+
+from onceonly import IdempotencyConfig, idempotent, idempotent_function
+from onceonly.batch import ItemStatus, process_batch
+from onceonly.errors import CorruptRecordError, IdempotencyStoreError, OnceOnlyWarning
+from onceonly.records import ClaimResult, Status
+from onceonly.stores import MemoryStore
+from testkit import ManualClock
+
+CONFIG = IdempotencyConfig(event_key_jmespath="from_json(body).order", key_prefix="sqs")
+
+
+def _records(orders: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"messageId": f"m-{i}", "body": json.dumps({"order": order})}
+        for i, order in enumerate(orders)
+    ]
+
+
+def _order(record: dict[str, Any]) -> int:
+    return int(json.loads(record["body"])["order"])
+
+
+def _keys(records: list[dict[str, Any]]) -> list[str]:
+    """Each record's key (keys depend on the config only, not on the store)."""
+    probe = process_batch(records, lambda r: None, store=MemoryStore(), config=CONFIG)
+    return [str(item.key) for item in probe.items]
+
+
+# -- 1. an interrupted batch gives back the claim of the record that was running -------------
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_batch_releases_the_claim_of_the_record_it_stopped_in(
+    interruption: type[BaseException],
+) -> None:
+    store = MemoryStore(clock=ManualClock())
+    records = _records([1, 2, 3])
+    keys = _keys(records)
+
+    def handle(record: dict[str, Any]) -> str:
+        if _order(record) == 2:
+            raise interruption
+        return f"ok {_order(record)}"
+
+    with pytest.raises(interruption):
+        process_batch(records, handle, store=store, config=CONFIG)
+
+    done = store.get(keys[0])
+    assert done is not None
+    assert done.status is Status.COMPLETED
+    # The stopped record's claim is given back, not left IN_PROGRESS for its lease.
+    assert store.get(keys[1]) is None
+    assert store.get(keys[2]) is None
+    again = process_batch(records, lambda r: f"again {_order(r)}", store=store, config=CONFIG)
+    assert [item.status for item in again.items] == [
+        ItemStatus.REPLAYED,
+        ItemStatus.RUN,
+        ItemStatus.RUN,
+    ]
+    assert [item.value for item in again.items] == ["ok 1", "again 2", "again 3"]
+    assert again.batch_item_failures() == {"batchItemFailures": []}
+
+
+# -- 2. a record whose own claim failed is redelivered -----------------------------------------
+
+
+class OneKeyCorrupt(MemoryStore):
+    """A MemoryStore whose record under one key cannot be read (CorruptRecordError)."""
+
+    def __init__(self, bad_key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bad_key = bad_key
+
+    def claim(
+        self, key: str, *, token: str, lease_ms: int, ttl_ms: int, fingerprint: str | None
+    ) -> ClaimResult:
+        if key == self.bad_key:
+            raise CorruptRecordError(f"the record under {key} is corrupt")
+        return super().claim(
+            key, token=token, lease_ms=lease_ms, ttl_ms=ttl_ms, fingerprint=fingerprint
+        )
+
+
+def test_a_record_whose_claim_failed_is_failed_and_redelivered() -> None:
+    records = _records([1, 2, 3, 2])  # the last record repeats the bad key
+    keys = _keys(records)
+    store = OneKeyCorrupt(keys[1], clock=ManualClock())
+    ran: list[int] = []
+
+    def handle(record: dict[str, Any]) -> str:
+        ran.append(_order(record))
+        return f"ok {_order(record)}"
+
+    result = process_batch(records, handle, store=store, config=CONFIG)
+
+    assert ran == [1, 3]  # never run unprotected
+    assert [item.status for item in result.items] == [
+        ItemStatus.RUN,
+        ItemStatus.FAILED,
+        ItemStatus.RUN,
+        ItemStatus.FAILED,
+    ]
+    for index in (1, 3):
+        assert isinstance(result.items[index].error, IdempotencyStoreError)
+        assert result.items[index].value is None
+    assert result.batch_item_failures() == {
+        "batchItemFailures": [{"itemIdentifier": "m-1"}, {"itemIdentifier": "m-3"}]
+    }
+
+
+# -- 3. a Lambda context with (almost) no time left is not taken as the lease -----------------
+
+
+class Context:
+    """A stand-in Lambda context whose remaining time is fixed."""
+
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.mark.parametrize("remaining_ms", [0, -5, 999])
+def test_a_context_with_too_little_time_left_leases_for_lease_seconds(remaining_ms: int) -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    config = IdempotencyConfig(event_key_jmespath="id", lease_seconds=42)
+    seen: list[dict[str, Any]] = []
+
+    @idempotent(store=store, config=config)
+    def handler(event: dict[str, Any], context: Any) -> str:
+        key = handler.key_for(event, context)  # type: ignore[attr-defined]
+        seen.append({"held": store.get(key)})
+        return fn(event)
+
+    @idempotent_function(store=store, data="event", config=config)
+    def fn(event: dict[str, Any]) -> str:
+        record = store.get(str(fn.key_for(event)))  # type: ignore[attr-defined]
+        seen.append({"fn_held": record})
+        return f"done {event['id']}"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OnceOnlyWarning)
+        assert handler({"id": 1}, Context(remaining_ms)) == "done 1"
+
+    held = seen[0]["held"]
+    assert held is not None
+    assert held.status is Status.IN_PROGRESS
+    assert held.deadline_ms == clock.now + 42_000  # lease_seconds, not the context's time
+    fn_held = seen[1]["fn_held"]
+    assert fn_held is not None
+    assert fn_held.deadline_ms == clock.now + 42_000
+
+
+def test_a_context_with_enough_time_left_is_the_lease() -> None:
+    """The other side of the boundary: MIN_LAMBDA_LEASE_MS itself is taken as the lease."""
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    config = IdempotencyConfig(event_key_jmespath="id", lease_seconds=42)
+    held: list[Any] = []
+
+    @idempotent(store=store, config=config)
+    def handler(event: dict[str, Any], context: Any) -> str:
+        held.append(store.get(str(handler.key_for(event, context))))  # type: ignore[attr-defined]
+        return "done"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnceOnlyWarning)
+        assert handler({"id": 1}, Context(1000)) == "done"
+    assert held[0] is not None
+    assert held[0].deadline_ms == clock.now + 1000
+
+
+def test_a_context_with_no_time_left_warns_once_and_still_runs_once_per_key() -> None:
+    store = MemoryStore(clock=ManualClock())
+    runs: list[int] = []
+
+    @idempotent(store=store, config=IdempotencyConfig(event_key_jmespath="id"))
+    def handler(event: dict[str, Any], context: Any) -> int:
+        runs.append(event["id"])
+        return int(event["id"])
+
+    with pytest.warns(OnceOnlyWarning, match="get_remaining_time_in_millis"):
+        assert handler({"id": 7}, Context(0)) == 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnceOnlyWarning)  # once per handler
+        assert handler({"id": 7}, Context(-5)) == 7
+    assert runs == [7]
+
+
+# -- 4. a data= parameter left at its default: the default is the payload --------------------
+
+
+def test_a_data_parameter_left_at_its_default_takes_the_default_as_payload() -> None:
+    store = MemoryStore(clock=ManualClock())
+    runs: list[tuple[int, Any]] = []
+    default = {"id": 7}
+
+    @idempotent_function(
+        store=store, data="event", config=IdempotencyConfig(event_key_jmespath="id")
+    )
+    def f(a: int, event: dict[str, Any] = default) -> int:
+        runs.append((a, event))
+        return a
+
+    key = f.key_for(1)  # type: ignore[attr-defined]
+    assert key is not None
+    assert key == f.key_for(1, {"id": 7}) == f.key_for(1, event={"id": 7})  # type: ignore[attr-defined]
+    assert key != f.key_for(1, {"id": 8})  # type: ignore[attr-defined]
+    assert f(1) == 1
+    assert f(2) == 1  # the same payload (the default): replayed
+    assert f(3, {"id": 7}) == 1
+    assert runs == [(1, default)]
+    assert f(4, {"id": 8}) == 4
+
+
+# -- 5. a positional-only data= parameter is never read from **kwargs ------------------------
+
+
+def test_a_positional_only_data_parameter_is_not_taken_from_kwargs() -> None:
+    store = MemoryStore(clock=ManualClock())
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    @idempotent_function(
+        store=store, data="event", config=IdempotencyConfig(event_key_jmespath="id")
+    )
+    def f(event: dict[str, Any], /, **kwargs: Any) -> Any:
+        calls.append((event, kwargs))
+        return event["id"]
+
+    key_for = f.key_for  # type: ignore[attr-defined]
+    assert key_for({"id": 1}, event={"id": 2}) == key_for({"id": 1})
+    assert key_for({"id": 1}, event={"id": 2}) != key_for({"id": 2})
+    assert f({"id": 1}, event={"id": 2}) == 1
+    assert calls == [({"id": 1}, {"event": {"id": 2}})]  # the keyword reaches **kwargs
+    assert f({"id": 1}) == 1  # the same payload: replayed
+    assert f({"id": 2}, event={"id": 1}) == 2  # another payload: runs
+    assert len(calls) == 2
