@@ -1,0 +1,261 @@
+"""The sync and asyncio drivers: heartbeat cadence and retries, releases after a
+BaseException or a second cancellation (issue 17: mutants the suite let through).
+
+The stores are real (MemoryStore, AsyncMemoryStore) on a ManualClock, subclassed
+only to record or gate calls. The sync heartbeat waits on a ``threading.Event``;
+its tests give the driver module an Event whose timed wait moves the ManualClock
+on by its timeout at once (virtual time), so the renewals land at exact,
+repeatable instants with no sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import types
+from typing import Any
+
+import pytest
+
+import onceonly._sync
+from onceonly import (
+    IdempotencyConfig,
+    IdempotencyStoreError,
+    idempotent_function,
+)
+from onceonly.records import Status
+from onceonly.stores import AsyncMemoryStore, MemoryStore
+from testkit import ManualClock
+
+LONG = 10  # seconds: an upper bound on an event that comes at once when the code is right
+
+
+class _VirtualHeartbeatTime:
+    """A ``threading`` for ``onceonly._sync`` whose timed Event waits run on a ManualClock.
+
+    A timed wait on an unset event moves the clock on by its timeout and
+    returns at once, until the wait would pass ``horizon_ms`` from now: then it
+    sets ``reached`` and blocks, really, until the event is set (the heartbeat
+    stopped).
+    """
+
+    def __init__(self, clock: ManualClock, horizon_ms: int) -> None:
+        self.clock = clock
+        self.until = clock.now + horizon_ms
+        self.reached = threading.Event()
+        self.waits_ms: list[int] = []
+        outer = self
+
+        class Event(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                if timeout is None or self.is_set():
+                    return super().wait(timeout)
+                step = round(timeout * 1000)
+                outer.waits_ms.append(step)
+                if outer.clock.now + step > outer.until:
+                    outer.reached.set()
+                    return super().wait()
+                outer.clock.advance(step)
+                return False
+
+        self.module = types.SimpleNamespace(Event=Event, Thread=threading.Thread)
+
+
+class _RecordingStore(MemoryStore):
+    """A MemoryStore that notes when (on its clock) each renew came and what it answered;
+    the first ``fail_first`` renewals raise IdempotencyStoreError instead."""
+
+    def __init__(self, clock: ManualClock, fail_first: int = 0) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.fail_first = fail_first
+        self.renewals: list[tuple[int, Any]] = []
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        if len(self.renewals) < self.fail_first:
+            self.renewals.append((self.clock.now, "error"))
+            raise IdempotencyStoreError("renew refused (test)")
+        answer = super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewals.append((self.clock.now, answer))
+        return answer
+
+
+def _run_with_virtual_heartbeat(
+    monkeypatch: pytest.MonkeyPatch, store: _RecordingStore, lease_seconds: float, horizon_ms: int
+) -> tuple[str, _VirtualHeartbeatTime]:
+    time = _VirtualHeartbeatTime(store.clock, horizon_ms)
+    monkeypatch.setattr(onceonly._sync, "threading", time.module)
+
+    @idempotent_function(
+        store=store,
+        data="job",
+        config=IdempotencyConfig(lease_seconds=lease_seconds, heartbeat=True),
+    )
+    def long(job: str) -> str:
+        # Runs, in virtual time, until the heartbeat's next wait would pass the horizon.
+        assert time.reached.wait(LONG)
+        return f"done {job}"
+
+    result = long("j")
+    record = store.get(long.key_for("j"))  # type: ignore[attr-defined]
+    assert record is not None
+    assert record.status is Status.COMPLETED
+    return result, time
+
+
+# -- mutant 1: the sync heartbeat renews every third of the lease ---------------------------
+
+
+def test_sync_heartbeat_renews_every_third_of_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    start = clock.now
+    store = _RecordingStore(clock)
+
+    result, time = _run_with_virtual_heartbeat(monkeypatch, store, 0.3, horizon_ms=1000)
+
+    assert result == "done j"
+    assert time.waits_ms[0] == 100  # a 300 ms lease is renewed every 100 ms
+    # Over a body of 1000 ms: ten renewals, one per 100 ms, each keeping the claim.
+    assert store.renewals == [(start + 100 * i, True) for i in range(1, 11)]
+
+
+# -- mutant 2: a failed renewal is retried at the next beat --------------------------------
+
+
+def test_sync_heartbeat_tries_again_after_a_failed_renewal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock()
+    start = clock.now
+    store = _RecordingStore(clock, fail_first=1)
+
+    result, _ = _run_with_virtual_heartbeat(monkeypatch, store, 0.3, horizon_ms=400)
+
+    assert result == "done j"
+    # The first renewal fails; the next beat (still inside the lease) renews it.
+    assert store.renewals == [
+        (start + 100, "error"),
+        (start + 200, True),
+        (start + 300, True),
+        (start + 400, True),
+    ]
+
+
+class _AsyncRecordingStore(AsyncMemoryStore):
+    """An AsyncMemoryStore whose first renew raises IdempotencyStoreError; ``renewed`` is
+    set once a later renew has gone through."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.renewals: list[Any] = []
+        self.renewed = asyncio.Event()
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        if not self.renewals:
+            self.renewals.append("error")
+            raise IdempotencyStoreError("renew refused (test)")
+        answer = await super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewals.append(answer)
+        self.renewed.set()
+        return answer
+
+
+def test_async_heartbeat_tries_again_after_a_failed_renewal() -> None:
+    async def main() -> tuple[str, list[Any], Any]:
+        # The store's clock stands still: the 3 ms lease never lapses, while the
+        # heartbeat beats every millisecond of real time.
+        store = _AsyncRecordingStore(ManualClock())
+
+        @idempotent_function(
+            store=store, data="job", config=IdempotencyConfig(lease_seconds=0.003, heartbeat=True)
+        )
+        async def long(job: str) -> str:
+            await asyncio.wait_for(store.renewed.wait(), LONG)
+            return f"done {job}"
+
+        result = await long("j")
+        record = await store.get(long.key_for("j"))  # type: ignore[attr-defined]
+        return result, store.renewals, record
+
+    result, renewals, record = asyncio.run(main())
+    assert result == "done j"
+    assert renewals[:2] == ["error", True]
+    assert record.status is Status.COMPLETED
+
+
+# -- mutant 3: a BaseException in the function still releases the claim (sync) -------------
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+def test_sync_base_exception_in_the_function_releases_the_claim(
+    raised: type[BaseException],
+) -> None:
+    store = MemoryStore(clock=ManualClock())
+    runs: list[int] = []
+
+    @idempotent_function(store=store, data="job", config=IdempotencyConfig(lease_seconds=60))
+    def work(job: str) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise raised
+        return f"done {job}"
+
+    with pytest.raises(raised):
+        work("j")
+    assert store.get(work.key_for("j")) is None  # type: ignore[attr-defined]
+    assert work("j") == "done j"  # runs again at once: not "in progress" for 60 s
+    assert len(runs) == 2
+
+
+# -- mutant 4: the release after a cancellation survives a second cancellation (async) ------
+
+
+class _GatedReleaseStore(AsyncMemoryStore):
+    """An AsyncMemoryStore whose release waits for ``gate`` (set by the test) before it
+    releases; ``entered`` is set when a release starts, ``released`` when one is done."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def release(self, key: str, *, token: str) -> bool:
+        self.entered.set()
+        await self.gate.wait()
+        answer = await super().release(key, token=token)
+        self.released.set()
+        return answer
+
+
+def test_async_release_after_a_cancellation_survives_a_second_cancellation() -> None:
+    async def main() -> tuple[Any, str, int]:
+        store = _GatedReleaseStore(ManualClock())
+        started = asyncio.Event()
+        runs: list[int] = []
+
+        @idempotent_function(store=store, data="job", config=IdempotencyConfig(lease_seconds=60))
+        async def work(job: str) -> str:
+            runs.append(1)
+            if len(runs) == 1:
+                started.set()
+                await asyncio.Event().wait()  # until cancelled
+            return f"done {job}"
+
+        task = asyncio.ensure_future(work("j"))
+        await started.wait()
+        task.cancel()  # the function is cancelled: the flow releases the claim
+        await store.entered.wait()
+        task.cancel()  # cancelled again while the release is in flight
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.gate.set()
+        await asyncio.wait_for(store.released.wait(), LONG)
+        record = await store.get(work.key_for("j"))  # type: ignore[attr-defined]
+        again = await work("j")
+        return record, again, len(runs)
+
+    record, again, runs = asyncio.run(main())
+    assert record is None  # the release went through
+    assert again == "done j"  # and the next call runs at once
+    assert runs == 2
