@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis_harness as harness
-from onceonly.records import Acquired, new_token
+from dynamodb_harness import MotoServer
+from onceonly.records import Acquired, Found, Record, Status, new_token
+from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import RenewCall
 from onceonly.stores.redis import RedisStore
 from onceonly.stores.sqlite import SQLiteStore
@@ -75,3 +78,95 @@ def test_sqlite_sweep_runs_on_exactly_every_purge_every_th_write(tmp_path: Path)
     finally:
         seed.close()
         store.close()
+
+
+# -- DynamoDB: a backend that does not return the old item on a failed condition ---------
+
+
+class OldBackend:
+    """A real client to moto made to speak like a DynamoDB-compatible server without
+    ``ReturnValuesOnConditionCheckFailure``: botocore drops that parameter before every
+    request, so a failed conditional write answers without the item and the claim has to
+    read it. Also records the operations sent, and runs ``before_get`` ahead of a GetItem.
+    """
+
+    def __init__(self, moto_server: MotoServer) -> None:
+        self.client = moto_server.client()
+        self.table = moto_server.fresh_table(moto_server.shared_client)
+        self.names: list[str] = []
+        self.before_get: Any = None
+        events = self.client.meta.events
+        events.register("provide-client-params.dynamodb.*", self._strip)
+        events.register("before-call.dynamodb.*", self._record)
+
+    def _strip(self, params: dict[str, Any], **_: Any) -> None:
+        params.pop("ReturnValuesOnConditionCheckFailure", None)
+
+    def _record(self, model: Any, **_: Any) -> None:
+        self.names.append(model.name)
+        if model.name == "GetItem" and self.before_get is not None:
+            hook, self.before_get = self.before_get, None
+            hook()
+
+    def take(self) -> list[str]:
+        names, self.names = self.names, []
+        return names
+
+
+def _old_backend_store(moto_server: MotoServer) -> tuple[OldBackend, DynamoDBStore, ManualClock]:
+    backend, clock = OldBackend(moto_server), ManualClock()
+    store = DynamoDBStore(backend.table, client=backend.client, clock=clock, clock_skew_ms=0)
+    return backend, store, clock
+
+
+def test_dynamodb_claim_reads_a_live_holder_when_the_failed_write_returns_no_item(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    holder = new_token()
+    assert store.claim("k", token=holder, lease_ms=5_000, ttl_ms=60_000, fingerprint=None) == (
+        Acquired()
+    )
+    backend.take()
+    clock.advance(1_000)
+    found = store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert found == Found(Record(Status.IN_PROGRESS, holder, clock() + 4_000), clock())
+    assert backend.take() == ["PutItem", "GetItem"]  # the failed write said nothing: read
+    assert store.get("k") == found.record
+
+
+def test_dynamodb_claim_takes_over_an_ended_holder_it_had_to_read(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    clock.advance(5_000)  # the holder's lease has ended; its item is still there
+    backend.take()
+    mine = new_token()
+    claimed = store.claim("k", token=mine, lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert claimed == Acquired(takeover=True)
+    assert backend.take() == ["PutItem", "GetItem", "PutItem"]
+    assert (record := store.get("k")) is not None
+    assert record.token == mine
+
+
+def test_dynamodb_claim_whose_holder_ends_and_goes_between_write_and_read_claims_again(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    backend.take()
+
+    def holder_ends_and_goes() -> None:
+        # After the failed PutItem, before its GetItem: the holder's deadline passes and
+        # its item goes (TTL's deletion, or the holder's release), so the read finds nothing.
+        clock.advance(5_000)
+        moto_server.shared_client.delete_item(TableName=backend.table, Key={"id": {"S": "k"}})
+
+    backend.before_get = holder_ends_and_goes
+    mine = new_token()
+    claimed = store.claim("k", token=mine, lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert claimed == Acquired(takeover=False)  # nothing was there to take over
+    assert backend.take() == ["PutItem", "GetItem", "PutItem"]
+    assert (record := store.get("k")) is not None
+    assert record.token == mine
