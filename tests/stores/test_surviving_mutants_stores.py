@@ -1,0 +1,172 @@
+"""Tests on real stores that kill mutants a mutation pass found surviving (issue 17)."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis_harness as harness
+from dynamodb_harness import MotoServer
+from onceonly.records import Acquired, Found, Record, Status, new_token
+from onceonly.stores.dynamodb import DynamoDBStore
+from onceonly.stores.protocol import RenewCall
+from onceonly.stores.redis import RedisStore
+from onceonly.stores.sqlite import SQLiteStore
+from testkit import ManualClock, RedisFarm
+
+# -- Redis: a renew moves the key's own expiry, not only the deadline in the value -------
+
+SHORT_LEASE = 10_000
+LONG_LEASE = 3_600_000
+
+
+def test_redis_renew_sets_the_keys_expiry_to_the_new_lease(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.standalone(redis_engine).client()
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    tokens = {key: new_token() for key in ("one", "many")}
+    for key, token in tokens.items():
+        claimed = store.claim(
+            key, token=token, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+        )
+        assert claimed == Acquired()
+        assert 0 < client.pttl(store.full_key(key)) <= SHORT_LEASE
+    assert store.renew("one", token=tokens["one"], lease_ms=LONG_LEASE) is True
+    assert store.renew_many([RenewCall("many", tokens["many"], LONG_LEASE)]) == [True]
+    for key in tokens:
+        # Past the short lease by far more than any pause between the renew and this read
+        # could take off, and never past the new lease: Redis keeps the claim that long.
+        assert LONG_LEASE - 600_000 < client.pttl(store.full_key(key)) <= LONG_LEASE
+
+
+# -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
+
+PURGE_EVERY = 4
+
+
+def _keys(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [row[0] for row in conn.execute("SELECT key FROM onceonly ORDER BY key")]
+    finally:
+        conn.close()
+
+
+def test_sqlite_sweep_runs_on_exactly_every_purge_every_th_write(tmp_path: Path) -> None:
+    clock = ManualClock()
+    db = tmp_path / "sweep.sqlite3"
+    # Expired rows come from a second store on the file, whose writes the first one does not count.
+    seed = SQLiteStore(db, clock=clock, purge_every=1_000_000)
+    store = SQLiteStore(db, clock=clock, purge_every=PURGE_EVERY, purge_batch=1_000)
+    try:
+        for cycle in range(3):
+            old = f"old:{cycle}"
+            seed.claim(old, token=new_token(), lease_ms=10, ttl_ms=10, fingerprint=None)
+            clock.advance(10)  # expired: only a sweep takes its row away
+            for i in range(PURGE_EVERY):
+                assert old in _keys(db), f"swept after {i} of {PURGE_EVERY} writes"
+                key = f"live:{cycle}:{i}"
+                claimed = store.claim(
+                    key, token=new_token(), lease_ms=60_000, ttl_ms=60_000, fingerprint=None
+                )
+                assert claimed == Acquired()
+            assert old not in _keys(db), f"not swept by write {PURGE_EVERY}"
+            assert len(_keys(db)) == PURGE_EVERY * (cycle + 1)  # the live rows stay
+    finally:
+        seed.close()
+        store.close()
+
+
+# -- DynamoDB: a backend that does not return the old item on a failed condition ---------
+
+
+class OldBackend:
+    """A real client to moto made to speak like a DynamoDB-compatible server without
+    ``ReturnValuesOnConditionCheckFailure``: botocore drops that parameter before every
+    request, so a failed conditional write answers without the item and the claim has to
+    read it. Also records the operations sent, and runs ``before_get`` ahead of a GetItem.
+    """
+
+    def __init__(self, moto_server: MotoServer) -> None:
+        self.client = moto_server.client()
+        self.table = moto_server.fresh_table(moto_server.shared_client)
+        self.names: list[str] = []
+        self.before_get: Any = None
+        events = self.client.meta.events
+        events.register("provide-client-params.dynamodb.*", self._strip)
+        events.register("before-call.dynamodb.*", self._record)
+
+    def _strip(self, params: dict[str, Any], **_: Any) -> None:
+        params.pop("ReturnValuesOnConditionCheckFailure", None)
+
+    def _record(self, model: Any, **_: Any) -> None:
+        self.names.append(model.name)
+        if model.name == "GetItem" and self.before_get is not None:
+            hook, self.before_get = self.before_get, None
+            hook()
+
+    def take(self) -> list[str]:
+        names, self.names = self.names, []
+        return names
+
+
+def _old_backend_store(moto_server: MotoServer) -> tuple[OldBackend, DynamoDBStore, ManualClock]:
+    backend, clock = OldBackend(moto_server), ManualClock()
+    store = DynamoDBStore(backend.table, client=backend.client, clock=clock, clock_skew_ms=0)
+    return backend, store, clock
+
+
+def test_dynamodb_claim_reads_a_live_holder_when_the_failed_write_returns_no_item(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    holder = new_token()
+    assert store.claim("k", token=holder, lease_ms=5_000, ttl_ms=60_000, fingerprint=None) == (
+        Acquired()
+    )
+    backend.take()
+    clock.advance(1_000)
+    found = store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert found == Found(Record(Status.IN_PROGRESS, holder, clock() + 4_000), clock())
+    assert backend.take() == ["PutItem", "GetItem"]  # the failed write said nothing: read
+    assert store.get("k") == found.record
+
+
+def test_dynamodb_claim_takes_over_an_ended_holder_it_had_to_read(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    clock.advance(5_000)  # the holder's lease has ended; its item is still there
+    backend.take()
+    mine = new_token()
+    claimed = store.claim("k", token=mine, lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert claimed == Acquired(takeover=True)
+    assert backend.take() == ["PutItem", "GetItem", "PutItem"]
+    assert (record := store.get("k")) is not None
+    assert record.token == mine
+
+
+def test_dynamodb_claim_whose_holder_ends_and_goes_between_write_and_read_claims_again(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    backend.take()
+
+    def holder_ends_and_goes() -> None:
+        # After the failed PutItem, before its GetItem: the holder's deadline passes and
+        # its item goes (TTL's deletion, or the holder's release), so the read finds nothing.
+        clock.advance(5_000)
+        moto_server.shared_client.delete_item(TableName=backend.table, Key={"id": {"S": "k"}})
+
+    backend.before_get = holder_ends_and_goes
+    mine = new_token()
+    claimed = store.claim("k", token=mine, lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert claimed == Acquired(takeover=False)  # nothing was there to take over
+    assert backend.take() == ["PutItem", "GetItem", "PutItem"]
+    assert (record := store.get("k")) is not None
+    assert record.token == mine
