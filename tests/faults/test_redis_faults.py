@@ -28,6 +28,7 @@ from onceonly import (
     idempotent_function,
 )
 from onceonly.stores.redis import RedisStore
+from testkit import ManualClock
 
 
 def _counted(store: RedisStore, **config: Any) -> tuple[Any, list[str]]:
@@ -84,10 +85,15 @@ def test_sentinel_failover_the_same_client_works_again_and_lost_claims_are_count
         client = redis.Sentinel(sentinels.addresses(), socket_timeout=2).master_for(
             harness.SERVICE, socket_timeout=2
         )
-        store = RedisStore(client, prefix="failover")
-        charge, runs = _counted(store, lease_seconds=30)
+        # Leases by an injected clock that stands still during the traffic (no
+        # lease ends by itself) and that the test moves past the lease at the end.
+        clock = ManualClock()
+        lease_seconds = 30
+        store = RedisStore(client, prefix="failover", clock=clock)
+        charge, runs = _counted(store, lease_seconds=lease_seconds)
         answered: list[str] = []  # calls that returned: their records were acknowledged
         errors: list[str] = []
+        held: list[str] = []  # keys answered "in progress": a claim without its outcome
         stop = threading.Event()
 
         def traffic() -> None:
@@ -103,11 +109,21 @@ def test_sentinel_failover_the_same_client_works_again_and_lost_claims_are_count
                 except IdempotencyAlreadyInProgressError:
                     # The failed attempt's claim reached the server (only its reply
                     # was lost): the key is held until that lease ends. Move on.
+                    held.append(order_id)
                     i += 1
                     continue
                 answered.append(order_id)
                 i += 1
 
+        # A claim whose outcome never comes (its holder is gone), on both
+        # replicas before the kill: held on the promoted one until its lease ends.
+        stranded = "stranded"
+        key = charge.key_for({"id": stranded})
+        lease_ms = lease_seconds * 1000
+        store.claim(
+            key, token=uuid.uuid4().hex, lease_ms=lease_ms, ttl_ms=3_600_000, fingerprint=None
+        )
+        assert client.execute_command("WAIT", 2, 5000) == 2
         worker = threading.Thread(target=traffic)
         worker.start()
         harness.wait_until(lambda: len(answered) >= 300, "traffic before the kill")
@@ -124,26 +140,48 @@ def test_sentinel_failover_the_same_client_works_again_and_lost_claims_are_count
         # Deliver every answered call again. A record the old primary
         # acknowledged but had not yet sent to the promoted replica is gone,
         # so that call runs a second time: that is the window WAIT narrows.
-        # A call that ran but could not store its outcome while the primary was
-        # down keeps its claim until the lease ends: "in progress", not a re-run.
+        # A call whose claim reached the replica but whose outcome did not
+        # keeps its claim until the lease ends: "in progress", not a re-run.
         runs_before = len(runs)
-        held = 0
+        held_on_replay: list[str] = []
         for order_id in answered:
             try:
                 assert charge({"id": order_id}) == f"charged {order_id}"
             except IdempotencyAlreadyInProgressError:
-                held += 1
+                held_on_replay.append(order_id)
         lost = len(runs) - runs_before
         with capsys.disabled():
             print(
                 f"\n[{redis_engine.id}] Sentinel failover under load: {lost} of "
-                f"{len(answered)} acknowledged records lost (ran again); {held} held in "
-                f"progress until their lease ends (outcome not stored during the failover); "
-                f"{len(errors)} calls failed closed"
+                f"{len(answered)} acknowledged records lost (ran again); "
+                f"{len(held_on_replay)} held in progress on replay and {len(held)} during the "
+                f"traffic until their lease ends; {len(errors)} calls failed closed"
             )
-        assert 0 <= lost <= at_failover
-        # After the failover nothing is lost: those calls replay.
+        # Only what the old primary acknowledged can be lost or held: every call
+        # answered by the promoted replica replays (it neither runs nor is held).
+        assert 0 <= lost + len(held_on_replay) <= at_failover
+        assert set(held_on_replay).isdisjoint(answered[at_failover:])
         assert all(runs.count(o) == 1 for o in answered[at_failover:])
+
+        # The same client works on: new keys run once, then replay.
+        fresh = [f"after{i}" for i in range(20)]
+        for order_id in fresh:
+            assert charge({"id": order_id}) == f"charged {order_id}"
+        for order_id in fresh:
+            assert charge({"id": order_id}) == f"charged {order_id}"
+        assert [o for o in runs if o.startswith("after")] == fresh
+
+        # A key held in progress ends with its lease: once it has passed, each
+        # such key replays (its outcome did arrive) or runs; none is still held.
+        with pytest.raises(IdempotencyAlreadyInProgressError):
+            charge({"id": stranded})
+        clock.advance(lease_ms)
+        for order_id in [stranded, *held, *held_on_replay]:
+            assert charge({"id": order_id}) == f"charged {order_id}"
+            ran = runs.count(order_id)
+            assert ran >= 1
+            assert charge({"id": order_id}) == f"charged {order_id}"  # and now replays
+            assert runs.count(order_id) == ran
     finally:
         sentinels.stop()
 
