@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,12 +54,33 @@ def server(redis_engine: harness.Engine, tmp_path: Path) -> Iterator[harness.Ser
 
 
 def _kill_clients_named(admin: redis.Redis, name: str) -> int:
-    killed = 0
+    """Kill every connection named ``name``; return how many held a command (flag ``b``)."""
+    killed_holding = 0
     for client in admin.client_list():
         if client.get("name") == name:
             admin.execute_command("CLIENT", "KILL", "ID", client["id"])
-            killed += 1
-    return killed
+            killed_holding += "b" in client["flags"]
+    return killed_holding
+
+
+def _wait_held_by_pause(admin: redis.Redis, name: str) -> None:
+    """Until the server has read a write command from the client ``name`` and holds it.
+
+    Under ``CLIENT PAUSE WRITE`` a client whose write command the server has
+    read is blocked (flag ``b`` in ``CLIENT LIST``): the command is on the wire
+    and in the server, its reply not yet sent.
+    """
+    harness.wait_until(
+        lambda: any(c.get("name") == name and "b" in c["flags"] for c in admin.client_list()),
+        f"a write command of {name} held by the pause",
+    )
+
+
+def _writes(admin: redis.Redis) -> dict[str, int]:
+    stats = admin.info("commandstats")
+    return {
+        c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("set", "evalsha", "eval")
+    }
 
 
 # -- AsyncRedisStore: one connection per batch -----------------------------------------
@@ -181,46 +201,57 @@ def test_a_client_with_another_encoding_packs_with_redis_py(
 
 
 def test_a_caller_cancelled_while_its_batch_is_in_flight_leaves_the_others_their_answers(
-    redis_farm: RedisFarm, redis_engine: harness.Engine
+    server: harness.Server,
 ) -> None:
-    port = redis_farm.standalone(redis_engine).port
+    name = f"batch-{uuid.uuid4().hex[:8]}"
     prefix = _prefix()
+    admin = server.client()
 
-    async def main() -> tuple[list[Any], bool]:
-        client = redis.asyncio.Redis(host=harness.HOST, port=port)
+    async def main() -> tuple[list[Any], bool, dict[str, int]]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=server.port, client_name=name)
         store = AsyncRedisStore(client, prefix=prefix)
         try:
             await store.get("warm")  # connected
-            tasks = [
-                asyncio.ensure_future(
-                    store.claim(
-                        f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            before = _writes(admin)
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                tasks = [
+                    asyncio.ensure_future(
+                        store.claim(
+                            f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                        )
                     )
-                )
-                for i in range(20)
-            ]
-            await asyncio.sleep(0)  # every task has submitted its call
-            await asyncio.sleep(0)  # the batch is on its way
-            tasks[7].cancel()
+                    for i in range(20)
+                ]
+                # The batch is in the server, held by the pause: in flight.
+                await asyncio.to_thread(_wait_held_by_pause, admin, name)
+                tasks[7].cancel()
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
             answers = await asyncio.gather(*tasks, return_exceptions=True)
             # The connection is fine for the next batch.
             after = await store.claim(
                 "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
             )
-            return answers, after == Acquired(takeover=False)
+            sent = {c: n - before[c] for c, n in _writes(admin).items()}
+            return answers, after == Acquired(takeover=False), sent
         finally:
             await client.aclose()
 
-    answers, after_ok = asyncio.run(main())
-    assert isinstance(answers[7], asyncio.CancelledError)
-    assert all(a == Acquired(takeover=False) for i, a in enumerate(answers) if i != 7)
-    assert after_ok
-    # The cancelled caller's key is not left held for the lease: its claim was
-    # either never sent or given back by the store once its reply came.
-    admin = redis_farm.standalone(redis_engine).client()
-    assert admin.exists(f"{prefix}:k7") == 0
-    assert admin.exists(f"{prefix}:k6") == 1
-    admin.close()
+    try:
+        answers, after_ok, sent = asyncio.run(main())
+        assert isinstance(answers[7], asyncio.CancelledError)
+        assert all(a == Acquired(takeover=False) for i, a in enumerate(answers) if i != 7)
+        assert after_ok
+        # Every claim of the batch reached the server, the cancelled one's too;
+        # its key is not left held for the lease: the store gave it back once
+        # its reply came.
+        assert sent["set"] == 20 + 1  # the batch's claims, then "after"
+        assert sent["evalsha"] + sent["eval"] >= 1  # k7 given back
+        assert admin.exists(f"{prefix}:k7") == 0
+        assert admin.exists(f"{prefix}:k6") == 1
+    finally:
+        admin.close()
 
 
 def test_a_claim_cancelled_before_its_batch_leaves_is_never_sent(
@@ -293,7 +324,7 @@ def _paused_batch(server: harness.Server, *, retries: int) -> tuple[list[Any], A
                     ),
                     return_exceptions=True,
                 )
-                await asyncio.sleep(0.3)  # written, held by the pause
+                await asyncio.to_thread(_wait_held_by_pause, admin, name)
                 killed = await asyncio.to_thread(_kill_clients_named, admin, name)
             finally:
                 admin.execute_command("CLIENT", "UNPAUSE")
@@ -315,7 +346,7 @@ def test_a_batch_whose_connection_is_killed_fails_every_caller_and_the_next_work
     server: harness.Server,
 ) -> None:
     answers, after, killed = _paused_batch(server, retries=0)
-    assert killed >= 1
+    assert killed >= 1  # a connection was killed holding its command
     assert len(answers) == 8
     for answer in answers:
         assert isinstance(answer, IdempotencyStoreError)
@@ -328,7 +359,7 @@ def test_a_killed_batch_is_sent_again_under_the_clients_retry_policy(
     server: harness.Server,
 ) -> None:
     answers, after, killed = _paused_batch(server, retries=3)
-    assert killed >= 1
+    assert killed >= 1  # a connection was killed holding its command
     # Resent on a new connection: each claim (same token) is Acquired, as the
     # scripts answer a retried claim.
     assert answers == [Acquired(takeover=False)] * 8
@@ -441,7 +472,7 @@ def _sync_killed_mid_call(server: harness.Server, *, retries: int) -> tuple[Any,
     try:
         worker = threading.Thread(target=call)
         worker.start()
-        time.sleep(0.3)  # sent, held by the pause
+        _wait_held_by_pause(admin, name)
         assert _kill_clients_named(admin, name) >= 1
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
