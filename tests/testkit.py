@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,67 @@ class ManualClock:
         if type(ms) is not int or ms < 0:
             raise ValueError(f"a manual clock only moves forward by whole ms, got {ms!r}")
         self.now += ms
+
+
+class VirtualHeartbeatTime:
+    """A ``threading`` for ``onceonly._sync`` whose timed Event waits run on a ManualClock.
+
+    ``monkeypatch.setattr(onceonly._sync, "threading", VirtualHeartbeatTime(clock, ms).module)``.
+    A timed wait on an unset event (the heartbeat's wait between beats) moves
+    the clock on by its timeout and returns at once, until the wait would pass
+    ``horizon_ms`` from now: then it sets ``reached`` and blocks, really, until
+    the event is set (the heartbeat stopped). ``waits_ms`` lists every timed wait.
+    """
+
+    def __init__(self, clock: ManualClock, horizon_ms: int) -> None:
+        self.clock = clock
+        self.until = clock.now + horizon_ms
+        self.reached = threading.Event()
+        self.waits_ms: list[int] = []
+        outer = self
+
+        class Event(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                if timeout is None or self.is_set():
+                    return super().wait(timeout)
+                step = round(timeout * 1000)
+                outer.waits_ms.append(step)
+                if outer.clock.now + step > outer.until:
+                    outer.reached.set()
+                    return super().wait()
+                outer.clock.advance(step)
+                return False
+
+        self.module = types.SimpleNamespace(Event=Event, Thread=threading.Thread)
+
+
+class VirtualAsyncHeartbeatTime:
+    """An ``asyncio`` for ``onceonly._async`` whose ``sleep`` runs on a ManualClock.
+
+    ``monkeypatch.setattr(onceonly._async, "asyncio", VirtualAsyncHeartbeatTime(clock, ms))``.
+    A sleep (the heartbeat's wait between beats) moves the clock on by its
+    length and yields once, until it would pass ``horizon_ms`` from now: then it
+    sets ``reached`` (call ``await reached.wait()`` inside the event loop) and
+    sleeps until cancelled. Everything else is the real ``asyncio``.
+    """
+
+    def __init__(self, clock: ManualClock, horizon_ms: int) -> None:
+        self.clock = clock
+        self.until = clock.now + horizon_ms
+        self.reached = asyncio.Event()
+        self.sleeps_ms: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        step = round(seconds * 1000)
+        self.sleeps_ms.append(step)
+        if self.clock.now + step > self.until:
+            self.reached.set()
+            await asyncio.Event().wait()  # until the heartbeat is cancelled
+        self.clock.advance(step)
+        await asyncio.sleep(0)
 
 
 class RedisFarm:

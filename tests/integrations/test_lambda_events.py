@@ -25,6 +25,8 @@ from typing import Any
 import pydantic
 import pytest
 
+import onceonly._async
+import onceonly._sync
 from onceonly import (
     CustomSerializer,
     Event,
@@ -42,7 +44,7 @@ from onceonly import (
 )
 from onceonly.records import Acquired, Found
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
-from testkit import load_event
+from testkit import ManualClock, VirtualAsyncHeartbeatTime, VirtualHeartbeatTime, load_event
 
 HOUR_MS = 3_600_000
 
@@ -999,48 +1001,74 @@ def test_on_in_progress_wait_gives_up_after_its_timeout() -> None:
     assert calls == []
 
 
-# -- heartbeat (real clock: behaviour, not timing) ---------------------------
+# -- heartbeat (virtual time: every beat at its exact instant) ---------------
+#
+# The store runs on a ManualClock and the heartbeat's waits move it (testkit's
+# VirtualHeartbeatTime / VirtualAsyncHeartbeatTime), so a run "more than three
+# leases" long takes no real time, each renewal lands at a known instant, and a
+# slow machine cannot make a beat late.
+
+LEASE_MS = 400
+BEAT_MS = 133  # a third of the lease
+PAST_THREE_LEASES_MS = 1300
+
+
+class _RenewTimes(MemoryStore):
+    """A MemoryStore that notes on its clock when each renew came, and its answer."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.renewals: list[tuple[int, bool]] = []
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        answer = super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewals.append((self.clock.now, answer))
+        return answer
+
+
+def _beats(start: int) -> list[tuple[int, bool]]:
+    """Every renewal due in the run: one per beat, each keeping the claim."""
+    return [(start + BEAT_MS * i, True) for i in range(1, PAST_THREE_LEASES_MS // BEAT_MS + 1)]
 
 
 def _run_with_a_check(
-    heartbeat: bool, caplog: pytest.LogCaptureFixture
-) -> tuple[Any, Any, Record | None, Any]:
-    """Run a job past its 0.4 s lease; claim its key from outside meanwhile.
-
-    With heartbeat the lease is renewed every 133 ms, so the claim holds even
-    if this machine stalls for a quarter of a second.
-    """
-    store = MemoryStore()
-    started, finish = threading.Event(), threading.Event()
+    heartbeat: bool, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any, Record | None, Any, _RenewTimes, int]:
+    """Run a job past three of its 0.4 s leases; claim its key from outside meanwhile."""
+    clock = ManualClock()
+    start = clock.now
+    store = _RenewTimes(clock)
+    virtual = VirtualHeartbeatTime(clock, PAST_THREE_LEASES_MS)
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
     config = IdempotencyConfig(key_prefix="hb", lease_seconds=0.4, heartbeat=heartbeat)
+    seen: list[Any] = []
 
     @idempotent_function(store=store, data="job", config=config)
     def work(job: dict[str, Any]) -> dict[str, Any]:
-        started.set()
-        finish.wait(30)
+        if heartbeat:
+            assert virtual.reached.wait(30)  # the heartbeat has beaten through the run
+        else:
+            clock.advance(PAST_THREE_LEASES_MS)
+        seen.append(
+            store.claim(
+                key_of("hb", {"id": 5}), token=token(), lease_ms=400, ttl_ms=1000, fingerprint=None
+            )
+        )
         return {"done": job["id"]}
 
-    outcome: list[Any] = []
-    worker = threading.Thread(target=lambda: outcome.append(work({"id": 5})))
-    worker.start()
-    try:
-        assert started.wait(30) is True
-        time.sleep(1.3)  # more than three leases
-        seen = store.claim(
-            key_of("hb", {"id": 5}), token=token(), lease_ms=400, ttl_ms=1000, fingerprint=None
-        )
-    finally:
-        finish.set()
-        worker.join()
-    return outcome, seen, store.get(key_of("hb", {"id": 5})), work.stats
+    outcome = [work({"id": 5})]
+    return outcome, seen[0], store.get(key_of("hb", {"id": 5})), work.stats, store, start
 
 
-def test_heartbeat_keeps_the_claim_alive_past_its_lease(caplog: pytest.LogCaptureFixture) -> None:
-    outcome, seen, after, stats = _run_with_a_check(True, caplog)
+def test_heartbeat_keeps_the_claim_alive_past_its_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome, seen, after, stats, store, start = _run_with_a_check(True, monkeypatch)
 
+    # Renewed every third of the lease, on time, all through the run.
+    assert store.renewals == _beats(start)
     assert type(seen) is Found
     assert seen.record.status is Status.IN_PROGRESS
-    assert seen.record.deadline_ms > seen.now_ms
+    assert seen.record.deadline_ms == store.renewals[-1][0] + LEASE_MS
     assert outcome == [{"done": 5}]
     assert after is not None
     assert after.status is Status.COMPLETED
@@ -1048,10 +1076,13 @@ def test_heartbeat_keeps_the_claim_alive_past_its_lease(caplog: pytest.LogCaptur
     assert stats[Event.LEASE_LOST] == 0
 
 
-def test_without_heartbeat_the_claim_is_taken_over(caplog: pytest.LogCaptureFixture) -> None:
+def test_without_heartbeat_the_claim_is_taken_over(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="onceonly"):
-        outcome, seen, after, stats = _run_with_a_check(False, caplog)
+        outcome, seen, after, stats, store, _ = _run_with_a_check(False, monkeypatch)
 
+    assert store.renewals == []
     assert seen == Acquired(takeover=True)
     # The late finisher keeps its result but does not overwrite the new claim.
     assert outcome == [{"done": 5}]
@@ -1061,31 +1092,51 @@ def test_without_heartbeat_the_claim_is_taken_over(caplog: pytest.LogCaptureFixt
     assert any("losing its lease" in r.getMessage() for r in caplog.records)
 
 
-def test_async_heartbeat_keeps_the_claim_alive_past_its_lease() -> None:
-    store = AsyncMemoryStore()
+class _AsyncRenewTimes(AsyncMemoryStore):
+    """An AsyncMemoryStore that notes on its clock when each renew came, and its answer."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.renewals: list[tuple[int, bool]] = []
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        answer = await super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewals.append((self.clock.now, answer))
+        return answer
+
+
+def test_async_heartbeat_keeps_the_claim_alive_past_its_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock()
+    start = clock.now
+    store = _AsyncRenewTimes(clock)
     config = IdempotencyConfig(key_prefix="ahb", lease_seconds=0.4, heartbeat=True)
     key = key_of("ahb", {"id": 6})
 
     async def scenario() -> tuple[Any, Any, Record | None]:
-        started, finish = asyncio.Event(), asyncio.Event()
+        virtual = VirtualAsyncHeartbeatTime(clock, PAST_THREE_LEASES_MS)
+        monkeypatch.setattr(onceonly._async, "asyncio", virtual)
+        seen: list[Any] = []
 
         @idempotent_function(store=store, data="job", config=config)
         async def work(job: dict[str, Any]) -> str:
-            started.set()
-            await finish.wait()
+            await asyncio.wait_for(virtual.reached.wait(), 30)  # beaten through the run
+            seen.append(
+                await store.claim(key, token=token(), lease_ms=400, ttl_ms=1000, fingerprint=None)
+            )
             return "done"
 
-        task = asyncio.ensure_future(work({"id": 6}))
-        await started.wait()
-        await asyncio.sleep(1.3)  # more than three leases
-        seen = await store.claim(key, token=token(), lease_ms=400, ttl_ms=1000, fingerprint=None)
-        finish.set()
-        return await task, seen, await store.get(key)
+        result = await work({"id": 6})
+        return result, seen[0], await store.get(key)
 
     result, seen, after = asyncio.run(scenario())
 
+    assert store.renewals == _beats(start)
     assert result == "done"
     assert type(seen) is Found
     assert seen.record.status is Status.IN_PROGRESS
+    assert seen.record.deadline_ms == store.renewals[-1][0] + LEASE_MS
     assert after is not None
     assert (after.status, after.token) == (Status.COMPLETED, seen.record.token)

@@ -11,8 +11,6 @@ repeatable instants with no sleeping.
 from __future__ import annotations
 
 import asyncio
-import threading
-import types
 from typing import Any
 
 import pytest
@@ -25,40 +23,9 @@ from onceonly import (
 )
 from onceonly.records import Status
 from onceonly.stores import AsyncMemoryStore, MemoryStore
-from testkit import ManualClock
+from testkit import ManualClock, VirtualHeartbeatTime
 
 LONG = 10  # seconds: an upper bound on an event that comes at once when the code is right
-
-
-class _VirtualHeartbeatTime:
-    """A ``threading`` for ``onceonly._sync`` whose timed Event waits run on a ManualClock.
-
-    A timed wait on an unset event moves the clock on by its timeout and
-    returns at once, until the wait would pass ``horizon_ms`` from now: then it
-    sets ``reached`` and blocks, really, until the event is set (the heartbeat
-    stopped).
-    """
-
-    def __init__(self, clock: ManualClock, horizon_ms: int) -> None:
-        self.clock = clock
-        self.until = clock.now + horizon_ms
-        self.reached = threading.Event()
-        self.waits_ms: list[int] = []
-        outer = self
-
-        class Event(threading.Event):
-            def wait(self, timeout: float | None = None) -> bool:
-                if timeout is None or self.is_set():
-                    return super().wait(timeout)
-                step = round(timeout * 1000)
-                outer.waits_ms.append(step)
-                if outer.clock.now + step > outer.until:
-                    outer.reached.set()
-                    return super().wait()
-                outer.clock.advance(step)
-                return False
-
-        self.module = types.SimpleNamespace(Event=Event, Thread=threading.Thread)
 
 
 class _RecordingStore(MemoryStore):
@@ -82,8 +49,8 @@ class _RecordingStore(MemoryStore):
 
 def _run_with_virtual_heartbeat(
     monkeypatch: pytest.MonkeyPatch, store: _RecordingStore, lease_seconds: float, horizon_ms: int
-) -> tuple[str, _VirtualHeartbeatTime]:
-    time = _VirtualHeartbeatTime(store.clock, horizon_ms)
+) -> tuple[str, VirtualHeartbeatTime]:
+    time = VirtualHeartbeatTime(store.clock, horizon_ms)
     monkeypatch.setattr(onceonly._sync, "threading", time.module)
 
     @idempotent_function(
