@@ -44,6 +44,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tokenize
 from collections.abc import Iterator
@@ -374,29 +375,35 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_tests(runs: tuple[Run, ...], timeout: float) -> str:
-    """'pass', 'fail' or 'timeout' (stops at the first run that does not pass)."""
+def run_tests(runs: tuple[Run, ...], timeout: float) -> tuple[str, str]:
+    """('pass' | 'fail' | 'timeout', the output's tail); stops at the first run that fails."""
     for run in runs:
         command = [sys.executable, "-m", "pytest", *PYTEST_ARGS, *run]
-        child = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            code = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return "timeout"
-        finally:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+        with tempfile.TemporaryFile() as output:
+            child = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+            output.seek(0)
+            tail = "\n".join(output.read().decode(errors="replace").splitlines()[-15:])
+        if code is None:
+            return "timeout", tail
         if code != 0:
-            return "fail"
-    return "pass"
+            return "fail", tail
+    return "pass", ""
 
 
 def sample(mutants: list[Mutant], limit: int | None) -> list[Mutant]:
@@ -438,17 +445,17 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
     chosen = sample(every, limit)
     result = Result(name)
     print(f"== {name}: {len(chosen)} of {len(every)} mutants", flush=True)
-    baseline = run_tests(runs, timeout * 3)
+    baseline, tail = run_tests(runs, timeout * 3)
     if baseline != "pass":
-        result.note = f"tests do not pass on the real code ({baseline}); skipped"
-        print(f"   {result.note}", flush=True)
+        result.note = f"(tests do not pass on the real code: {baseline}; skipped)"
+        print(f"   {result.note}\n{tail}", flush=True)
         return result
     stat = path.stat()
     for index, mutant in enumerate(chosen, start=1):
         began = time.monotonic()
         try:
             path.write_text(mutant.apply(source))
-            outcome = run_tests(runs, timeout)
+            outcome, _ = run_tests(runs, timeout)
         finally:
             # No signal may stop the restore half-way.
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
