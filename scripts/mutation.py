@@ -541,11 +541,13 @@ def main(argv: list[str] | None = None) -> int:
     for signum in _SIGNALS:
         signal.signal(signum, _on_signal)
     results: list[Result] = []
+    status = 0
     try:
         for name in names:
             results.append(mutate_module(name, args.max, args.timeout))
     except Interrupted as stop:
         print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
+        status = 130
     finally:
         dirty = subprocess.run(["git", "diff", "--quiet", "--", "src/"], cwd=ROOT).returncode
         if dirty:
@@ -561,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         if survivors:
             text += "\n## Survivors\n\n" + survivors
         args.report.write_text(text)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
