@@ -1,0 +1,570 @@
+"""A mutation-testing pass over the modules that carry onceonly's guarantees (issue 17).
+
+Usage (from the repository root; not part of CI, and slow in full):
+
+    bash scripts/mutation [--module NAME ...] [--max N] [--timeout S] [--report PATH] [--list]
+
+Each mutant is one small, bug-like change to one file under src/ (a comparison
+swapped, ``and``/``or`` swapped, a ``not`` dropped, an integer moved by one, a
+returned boolean flipped, a call statement dropped; in the Redis Lua scripts a
+comparison swapped, a token/status condition dropped, a ``'PX', ttl`` argument
+dropped). The file is rewritten with the mutant, the module's own tests (the
+explicit ``MODULES`` table below) run with ``-x -q -p no:cacheprovider`` under
+``HYPOTHESIS_PROFILE=ci`` and a timeout, and the original bytes are put back
+(try/finally, and SIGINT/SIGTERM/SIGHUP turned into an exception so the finally
+runs). A mutant is killed when a run fails or times out, and survives when
+every run passes. The pass refuses to start on a dirty src/ (``git diff
+--quiet src/``) and checks, per module, that its tests pass on the real code
+first. Output: a table (module, mutants, killed, survived) and each
+survivor's diff; ``--report`` writes the same as markdown.
+
+Why a mutator of our own (built on ``ast`` and ``tokenize``) rather than
+mutmut or cosmic-ray: mutmut 3 copies the tree into ``mutants/`` and
+trampolines every function, which does not fit a src layout whose tests need
+``PYTHONPATH=src:tests``, start real servers (Redis, moto) in subprocesses
+that import onceonly from src/, and run with ``-W error``; cosmic-ray needs
+a session database and a config per module and has no Lua either way. Editing
+the file in place and running plain pytest in a subprocess works with every
+test as it is, the Lua scripts included, and the mutation operators are the
+few that matched the bugs issue 17 is about. Bytecode: the children run with
+``PYTHONDONTWRITEBYTECODE=1`` so no ``.pyc`` of a mutant is ever written (a
+stale one could be read for the next mutant of the same size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import io
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tokenize
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "onceonly"
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-W", "error"]
+
+# One pytest run: test paths, then optional extra arguments (a -k filter).
+Run = tuple[str, ...]
+
+_CORE = "tests/unit/test_surviving_mutants_core.py"
+_DRIVERS = "tests/unit/test_surviving_mutants_drivers.py"
+_BATCH_DEC = "tests/unit/test_surviving_mutants_batch_decorators.py"
+_STORES = "tests/stores/test_surviving_mutants_stores.py"
+_CONTRACT = "tests/stores/test_store_contract.py"
+_REDIS_RUNS: tuple[Run, ...] = (
+    (
+        "tests/stores/test_redis_store.py",
+        "tests/stores/test_redis_native_claim.py",
+        "tests/stores/test_redis_fast_paths.py",
+        "tests/stores/test_redis_encoding_and_acl.py",
+        "tests/stores/test_corrupt_records.py",
+        _STORES,
+    ),
+    (_CONTRACT, "-k", "redis-standalone"),
+)
+_DYNAMODB_RUNS: tuple[Run, ...] = (
+    (
+        "tests/stores/test_dynamodb_store.py",
+        "tests/stores/test_dynamodb_layout.py",
+        "tests/stores/test_dynamodb_many.py",
+        "tests/stores/test_corrupt_records.py",
+        _STORES,
+    ),
+    (_CONTRACT, "-k", "dynamodb"),
+)
+
+# module name -> (file under src/onceonly, the pytest runs that must kill its mutants).
+MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
+    "engine": (
+        "engine.py",
+        (
+            (
+                "tests/unit/test_engine.py",
+                _CORE,
+                "tests/unit/test_wrong_answers.py",
+                "tests/unit/test_replay_messages.py",
+                _DRIVERS,
+            ),
+        ),
+    ),
+    "batch_engine": (
+        "batch_engine.py",
+        (
+            (
+                _BATCH_DEC,
+                "tests/integrations/test_async_and_batch.py",
+                "tests/integrations/test_batch_faults.py",
+                "tests/integrations/test_lambda_keys_and_leases.py",
+            ),
+        ),
+    ),
+    "keys": (
+        "keys.py",
+        (("tests/unit/test_keys.py", "tests/unit/test_input_bounds.py"),),
+    ),
+    "codec": (
+        "codec.py",
+        (
+            (
+                "tests/unit/test_codec.py",
+                _CORE,
+                "tests/stores/test_corrupt_records.py",
+            ),
+        ),
+    ),
+    "records": (
+        "records.py",
+        (
+            (
+                "tests/unit/test_codec.py",
+                "tests/unit/test_engine.py",
+                _CORE,
+                "tests/stores/test_memory_store.py",
+            ),
+        ),
+    ),
+    "_sync": (
+        "_sync.py",
+        (
+            (
+                _DRIVERS,
+                "tests/unit/test_wrong_answers.py",
+                "tests/integrations/test_cancel_and_release.py",
+            ),
+        ),
+    ),
+    "_async": (
+        "_async.py",
+        (
+            (
+                _DRIVERS,
+                "tests/integrations/test_async_and_batch.py",
+                "tests/integrations/test_cancel_and_release.py",
+            ),
+        ),
+    ),
+    "decorators": (
+        "decorators.py",
+        (
+            (
+                _BATCH_DEC,
+                "tests/unit/test_wrong_answers.py",
+                "tests/unit/test_replay_messages.py",
+                "tests/integrations/test_lambda_events.py",
+                "tests/integrations/test_replay_values.py",
+                "tests/integrations/test_lambda_keys_and_leases.py",
+            ),
+        ),
+    ),
+    "batch": (
+        "batch.py",
+        (
+            (
+                _BATCH_DEC,
+                "tests/unit/test_cold_start.py",
+                "tests/integrations/test_async_and_batch.py",
+                "tests/integrations/test_batch_faults.py",
+            ),
+        ),
+    ),
+    "sqlite": (
+        "stores/sqlite.py",
+        (
+            ("tests/stores/test_sqlite_store.py", _STORES),
+            (_CONTRACT, "-k", "sqlite"),
+        ),
+    ),
+    **{
+        f"redis/{name}": (f"stores/redis/{name}.py", _REDIS_RUNS)
+        for name in ("store", "async_store", "async_batch", "common", "scripts", "clients")
+    },
+    **{
+        f"dynamodb/{name}": (f"stores/dynamodb/{name}.py", _DYNAMODB_RUNS)
+        for name in ("store", "async_store", "items", "many")
+    },
+    **{
+        f"lua/{name}": (f"stores/redis/lua/{name}.lua", _REDIS_RUNS)
+        for name in ("_prelude", "claim", "complete", "release", "renew")
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """Replace source[start:end] with text; line is 1-based, for the report."""
+
+    start: int
+    end: int
+    text: str
+    line: int
+    what: str
+
+    def apply(self, source: str) -> str:
+        return source[: self.start] + self.text + source[self.end :]
+
+
+# ---------------------------------------------------------------- Python mutants
+
+_COMPARE_SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "=="}
+
+
+class _Offsets:
+    """Absolute character offsets from (line, column) of tokenize (chars) or ast (UTF-8 bytes)."""
+
+    def __init__(self, source: str) -> None:
+        self.lines = source.splitlines(keepends=True)
+        self.starts = [0]
+        for line in self.lines:
+            self.starts.append(self.starts[-1] + len(line))
+
+    def chars(self, row: int, col: int) -> int:
+        return self.starts[row - 1] + col
+
+    def ast(self, row: int, col_bytes: int) -> int:
+        line = self.lines[row - 1] if row - 1 < len(self.lines) else ""
+        return self.starts[row - 1] + len(line.encode()[:col_bytes].decode(errors="ignore"))
+
+    def node(self, node: ast.AST) -> tuple[int, int]:
+        return (
+            self.ast(node.lineno, node.col_offset),  # type: ignore[attr-defined]
+            self.ast(node.end_lineno, node.end_col_offset),  # type: ignore[attr-defined]
+        )
+
+
+def python_mutants(source: str) -> list[Mutant]:
+    tree = ast.parse(source)
+    off = _Offsets(source)
+    tokens = [
+        (off.chars(*t.start), off.chars(*t.end), t.string)
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type in (tokenize.OP, tokenize.NAME)
+    ]
+    skip_lines = {i + 1 for i, line in enumerate(off.lines) if "pragma: no mutate" in line}
+    # Docstrings, annotations and `if TYPE_CHECKING:` blocks carry no behaviour.
+    quiet: list[tuple[int, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            quiet.append(off.node(node))
+        for ann in ("annotation", "returns"):
+            sub = getattr(node, ann, None)
+            if isinstance(sub, ast.AST):
+                quiet.append(off.node(sub))
+
+    def between(lo: int, hi: int, names: set[str]) -> Iterator[tuple[int, int, str]]:
+        for start, end, string in tokens:
+            if lo <= start and end <= hi and string in names:
+                yield start, end, string
+
+    found: list[Mutant] = []
+
+    def add(start: int, end: int, text: str, line: int, what: str) -> None:
+        if line in skip_lines or any(lo <= start < hi for lo, hi in quiet):
+            return
+        found.append(Mutant(start, end, text, line, what))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for left, right in itertools.pairwise(operands):
+                lo, hi = off.node(left)[1], off.node(right)[0]
+                for start, end, op in between(lo, hi, set(_COMPARE_SWAPS)):
+                    add(
+                        start, end, _COMPARE_SWAPS[op], node.lineno, f"{op} -> {_COMPARE_SWAPS[op]}"
+                    )
+        elif isinstance(node, ast.BoolOp):
+            for left, right in itertools.pairwise(node.values):
+                lo, hi = off.node(left)[1], off.node(right)[0]
+                for start, end, op in between(lo, hi, {"and", "or"}):
+                    other = "or" if op == "and" else "and"
+                    add(start, end, other, node.lineno, f"{op} -> {other}")
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            start = off.node(node)[0]
+            add(start, off.node(node.operand)[0], "", node.lineno, "drop not")
+        elif isinstance(node, ast.Constant) and type(node.value) is int:
+            start, end = off.node(node)
+            for delta in (1, -1):
+                text = repr(node.value + delta)
+                add(start, end, text, node.lineno, f"{node.value} -> {text}")
+        elif isinstance(node, ast.Return) and isinstance(node.value, ast.Constant):
+            if type(node.value.value) is bool:
+                start, end = off.node(node.value)
+                flipped = str(not node.value.value)
+                add(start, end, flipped, node.lineno, f"return {node.value.value} -> {flipped}")
+        elif isinstance(node, ast.Expr):
+            call = node.value.value if isinstance(node.value, ast.Await) else node.value
+            if isinstance(call, ast.Call):
+                start, end = off.node(node)
+                add(start, end, "pass", node.lineno, "drop call statement")
+    good = []
+    for mutant in sorted(found, key=lambda m: (m.start, m.what)):
+        try:
+            compile(mutant.apply(source), "<mutant>", "exec")
+        except SyntaxError:
+            continue
+        good.append(mutant)
+    return good
+
+
+# ---------------------------------------------------------------- Lua mutants
+
+_LUA_CODE = re.compile(r"--.*$|'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"")
+_LUA_COMPARE = re.compile(r"<=|>=|==|~=|<|>")
+_LUA_SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "~=", "~=": "=="}
+# A condition on a token or a status: `holder ~= token`, `status == 'P'`, ...
+_LUA_CONDITION = re.compile(
+    r"\b(?:status|holder|token|kind)\s*(?:==|~=)\s*(?:'[^']*'|[A-Za-z_][\w]*(?:\[\d+\])?)"
+)
+_LUA_PX = re.compile(r",\s*'PX',\s*[A-Za-z_][\w]*")
+
+
+def lua_mutants(source: str) -> list[Mutant]:
+    found: list[Mutant] = []
+    pos = 0
+    for number, line in enumerate(source.splitlines(keepends=True), start=1):
+        # Blank out comments and strings (same length) so operators in them are not taken.
+        code = _LUA_CODE.sub(lambda m: m.group(0)[0] + " " * (len(m.group(0)) - 1), line)
+        for m in _LUA_COMPARE.finditer(code):
+            swap = _LUA_SWAPS[m.group(0)]
+            found.append(Mutant(pos + m.start(), pos + m.end(), swap, number, f"{m[0]} -> {swap}"))
+        for m in _LUA_CONDITION.finditer(line):
+            if code[m.start()] == " ":  # inside a string or comment
+                continue
+            before = code[: m.start()].rstrip()
+            after = code[m.end() :].lstrip()
+            in_or = before.endswith(" or") or after.startswith("or ")
+            text = "false" if in_or else "true"
+            found.append(
+                Mutant(pos + m.start(), pos + m.end(), text, number, f"drop `{m[0]}` ({text})")
+            )
+        for m in _LUA_PX.finditer(line):
+            found.append(Mutant(pos + m.start(), pos + m.end(), "", number, "drop PX argument"))
+        pos += len(line)
+    return sorted(found, key=lambda m: (m.start, m.what))
+
+
+# ---------------------------------------------------------------- running
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
+    env["HYPOTHESIS_PROFILE"] = "ci"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def run_tests(runs: tuple[Run, ...], timeout: float) -> tuple[str, str]:
+    """('pass' | 'fail' | 'timeout', the output's tail); stops at the first run that fails."""
+    for run in runs:
+        command = [sys.executable, "-m", "pytest", *PYTEST_ARGS, *run]
+        with tempfile.TemporaryFile() as output:
+            child = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+            output.seek(0)
+            tail = "\n".join(output.read().decode(errors="replace").splitlines()[-15:])
+        if code is None:
+            return "timeout", tail
+        if code != 0:
+            return "fail", tail
+    return "pass", ""
+
+
+def sample(mutants: list[Mutant], limit: int | None) -> list[Mutant]:
+    """At most limit mutants, spread evenly over the file (deterministic)."""
+    if limit is None or len(mutants) <= limit:
+        return mutants
+    return [mutants[i * len(mutants) // limit] for i in range(limit)]
+
+
+def diff_of(path: Path, source: str, mutant: Mutant) -> str:
+    rel = path.relative_to(ROOT)
+    return "".join(
+        difflib.unified_diff(
+            source.splitlines(keepends=True),
+            mutant.apply(source).splitlines(keepends=True),
+            f"a/{rel}",
+            f"b/{rel}",
+            n=1,
+        )
+    )
+
+
+@dataclasses.dataclass
+class Result:
+    module: str
+    mutants: int = 0
+    killed: int = 0
+    timeouts: int = 0
+    survivors: list[tuple[Mutant, str]] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+
+def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
+    file, runs = MODULES[name]
+    path = SRC / file
+    original = path.read_bytes()
+    source = original.decode()
+    every = lua_mutants(source) if path.suffix == ".lua" else python_mutants(source)
+    chosen = sample(every, limit)
+    result = Result(name)
+    print(f"== {name}: {len(chosen)} of {len(every)} mutants", flush=True)
+    baseline, tail = run_tests(runs, timeout * 3)
+    if baseline != "pass":
+        result.note = f"(tests do not pass on the real code: {baseline}; skipped)"
+        print(f"   {result.note}\n{tail}", flush=True)
+        return result
+    stat = path.stat()
+    for index, mutant in enumerate(chosen, start=1):
+        began = time.monotonic()
+        try:
+            path.write_text(mutant.apply(source))
+            outcome, _ = run_tests(runs, timeout)
+        finally:
+            # No signal may stop the restore half-way.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            try:
+                path.write_bytes(original)
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        result.mutants += 1
+        if outcome == "pass":
+            result.survivors.append((mutant, diff_of(path, source, mutant)))
+        else:
+            result.killed += 1
+            result.timeouts += outcome == "timeout"
+        mark = "SURVIVED" if outcome == "pass" else f"killed ({outcome})"
+        print(
+            f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: {mark}"
+            f" {time.monotonic() - began:.1f}s",
+            flush=True,
+        )
+    return result
+
+
+def table(results: list[Result]) -> str:
+    rows = ["| module | mutants | killed | survived |", "|---|---:|---:|---:|"]
+    for r in results:
+        killed = f"{r.killed} ({r.timeouts} by timeout)" if r.timeouts else str(r.killed)
+        note = f" {r.note}" if r.note else ""
+        rows.append(f"| {r.module}{note} | {r.mutants} | {killed} | {len(r.survivors)} |")
+    return "\n".join(rows)
+
+
+def survivors_text(results: list[Result]) -> str:
+    parts = []
+    for r in results:
+        for mutant, diff in r.survivors:
+            parts.append(
+                f"### {r.module} line {mutant.line}: {mutant.what}\n\n```diff\n{diff}```\n"
+            )
+    return "\n".join(parts)
+
+
+def select(names: list[str] | None) -> list[str]:
+    if not names:
+        return list(MODULES)
+    chosen = []
+    for wanted in names:
+        hits = [m for m in MODULES if m == wanted or m.startswith(wanted.rstrip("/") + "/")]
+        if not hits:
+            raise SystemExit(f"unknown module {wanted!r}; known: {', '.join(MODULES)}")
+        chosen += [m for m in hits if m not in chosen]
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--module",
+        action="append",
+        help="a module of the table (engine, codec, redis/store, lua/claim, ...) or a"
+        " group (redis, dynamodb, lua); repeatable; default: all",
+    )
+    parser.add_argument("--max", type=int, help="at most N mutants per module, spread evenly")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per pytest run")
+    parser.add_argument("--report", type=Path, help="write the table and survivors as markdown")
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    args = parser.parse_args(argv)
+    names = select(args.module)
+
+    if args.list:
+        for name in names:
+            path = SRC / MODULES[name][0]
+            source = path.read_text()
+            every = lua_mutants(source) if path.suffix == ".lua" else python_mutants(source)
+            for mutant in sample(every, args.max):
+                print(f"{name}:{mutant.line}: {mutant.what}")
+        return 0
+
+    if subprocess.run(["git", "diff", "--quiet", "--", "src/"], cwd=ROOT).returncode != 0:
+        print("src/ has uncommitted changes: commit or stash them first", file=sys.stderr)
+        return 2
+
+    for signum in _SIGNALS:
+        signal.signal(signum, _on_signal)
+    results: list[Result] = []
+    status = 0
+    try:
+        for name in names:
+            results.append(mutate_module(name, args.max, args.timeout))
+    except Interrupted as stop:
+        print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
+        status = 130
+    finally:
+        dirty = subprocess.run(["git", "diff", "--quiet", "--", "src/"], cwd=ROOT).returncode
+        if dirty:
+            print("WARNING: src/ differs from git after the pass", file=sys.stderr)
+
+    out = table(results)
+    survivors = survivors_text(results)
+    print("\n" + out)
+    if survivors:
+        print("\n## Survivors\n\n" + survivors)
+    if args.report:
+        text = f"# Mutation pass\n\n{out}\n"
+        if survivors:
+            text += "\n## Survivors\n\n" + survivors
+        args.report.write_text(text)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
