@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -32,7 +33,13 @@ from faultlab.catalog import SCENARIOS, Params  # noqa: E402
 from faultlab.lab import TARGETS  # noqa: E402
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SystemExit unwinds through every lab's finally: servers, moto and workers stop.
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", nargs="*", help="default: all")
     parser.add_argument("--target", nargs="*", help="default: all")
