@@ -170,3 +170,27 @@ def test_dynamodb_claim_whose_holder_ends_and_goes_between_write_and_read_claims
     assert backend.take() == ["PutItem", "GetItem", "PutItem"]
     assert (record := store.get("k")) is not None
     assert record.token == mine
+
+
+# -- Redis: release.lua counts a claim as ended at its deadline, not a millisecond after ----
+
+
+def test_redis_release_by_another_token_finds_a_claim_ended_exactly_at_its_deadline(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.standalone(redis_engine).client()
+    clock = ManualClock()
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=clock)
+    owner, other = new_token(), new_token()
+    claimed = store.claim(
+        "k", token=owner, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+    )
+    assert claimed == Acquired()
+    clock.advance(SHORT_LEASE - 1)
+    # A live claim of another owner: not released.
+    assert store.release("k", token=other) is False
+    clock.advance(1)
+    # At its deadline the claim has ended: nothing live is left to release, and
+    # the script leaves the ended record alone (it is not the caller's).
+    assert store.release("k", token=other) is True
+    assert client.exists(store.full_key("k")) == 1

@@ -81,3 +81,15 @@ def test_a_boolean_deadline_field_is_corrupt(
     assert from_fields(status, token, int(deadline), None, outcome).deadline_ms == int(deadline)
     with pytest.raises(CorruptRecordError, match="a deadline that is not an integer"):
         from_fields(status, token, deadline, None, outcome, store="the test store")
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"), [("P", None), ("C", b"j1")], ids=["in_progress", "completed"]
+)
+def test_a_negative_deadline_field_is_corrupt_and_zero_is_not(
+    status: str, outcome: bytes | None
+) -> None:
+    token = new_token()
+    assert from_fields(status, token, 0, None, outcome).deadline_ms == 0
+    with pytest.raises(CorruptRecordError):
+        from_fields(status, token, -1, None, outcome, store="the test store")
