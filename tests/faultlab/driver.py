@@ -71,6 +71,21 @@ def spread(
     return shards
 
 
+def start_load(
+    target: Target, folder: Path, keys: list[str], *, deliveries: int, workers: int, seed: int,
+    work_ms: int,
+) -> Fleet:  # fmt: skip
+    """Start workers delivering every key ``deliveries`` times, each body working ``work_ms``."""
+    shards = spread(
+        keys,
+        deliveries=deliveries,
+        workers=workers,
+        seed=seed,
+        payload=lambda key, n: {"work_ms": work_ms},
+    )
+    return Fleet(target, folder, shards).start()
+
+
 @dataclass
 class Fleet:
     """Worker processes, one per shard; each can be killed, paused and restarted.

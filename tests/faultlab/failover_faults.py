@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis_harness as harness
-from faultlab.driver import Fleet, concluded, finish, make_keys, spread
+from faultlab.driver import concluded, finish, make_keys, start_load
 from faultlab.lab import Lab
 from faultlab.ledger import Tally, now_ms, read_events
 from faultlab.scenarios import Params, run_id, scenario, wait_for
@@ -125,16 +125,10 @@ def _under_load(
     rng = random.Random(p.seed)
     folder = lab.folder / "ledger"
     keys = make_keys(run_id(), p.keys)
-    shards = spread(
-        keys,
-        deliveries=DELIVERIES,
-        workers=p.workers,
-        seed=p.seed,
-        payload=lambda key, n: {"work_ms": WORK_MS},
-    )
-    total = sum(len(shard) for shard in shards)
+    total = len(keys) * DELIVERIES
     at = rng.uniform(0.1, 0.25)  # the share of deliveries concluded when the kill lands
-    fleet = Fleet(lab.target, folder, shards).start()
+    shape = {"deliveries": DELIVERIES, "workers": p.workers, "seed": p.seed, "work_ms": WORK_MS}
+    fleet = start_load(lab.target, folder, keys, **shape)
     try:
         wait_for(lambda: concluded(folder) >= at * total, "load before the kill", 120)
         old, promoted = kill()

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from faultlab.driver import Fleet, check, concluded, heal, make_keys, spread
+from faultlab.driver import Fleet, check, concluded, heal, make_keys, start_load
 from faultlab.lab import Lab
 from faultlab.ledger import Tally, read_events, tally
 from faultlab.scenarios import Params, run_id, scenario, wait_for
@@ -129,14 +129,8 @@ def heal_cap(lab: Lab, p: Params) -> float:
 
 def load(lab: Lab, p: Params, folder: Path) -> tuple[Fleet, list[str]]:
     keys = make_keys(run_id(), p.keys)
-    shards = spread(
-        keys,
-        deliveries=DELIVERIES,
-        workers=p.workers,
-        seed=p.seed,
-        payload=lambda key, n: {"work_ms": WORK_MS},
-    )
-    return Fleet(lab.target, folder, shards).start(), keys
+    shape = {"deliveries": DELIVERIES, "workers": p.workers, "seed": p.seed, "work_ms": WORK_MS}
+    return start_load(lab.target, folder, keys, **shape), keys
 
 
 def await_share(fleet: Fleet, folder: Path, total: int, share: float) -> int:
