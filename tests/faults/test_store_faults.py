@@ -177,6 +177,7 @@ def test_a_locked_store_fails_closed(locked_store: Any) -> None:
     cause = caught.value.__cause__
     assert type(cause) is sqlite3.OperationalError
     assert str(cause) == "database is locked"
+    assert "held the file for longer than busy_timeout_ms" in str(caught.value)
     assert job.calls == 0
     assert fn.stats[Event.STORE_ERROR] == 1
     # Once the lock is gone the same delivery runs.

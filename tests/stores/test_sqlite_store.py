@@ -9,6 +9,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,60 @@ def test_records_persist_across_store_instances(db: Path, clock: Any) -> None:
         assert second.get(KEY) == Record(Status.COMPLETED, tok, clock.now + 5000, None, OUTCOME)
     finally:
         second.close()
+
+
+@pytest.fixture
+def writer_on_a_new_file(db: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection holding a write lock on a new file, still in rollback mode.
+
+    That is what a process starting beside others on a new file meets: one of
+    them is creating the table while the others switch the file to WAL.
+    """
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE other (x)")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_a_store_opening_while_another_writer_holds_a_new_file_waits_for_it(
+    db: Path, writer_on_a_new_file: sqlite3.Connection, clock: Any
+) -> None:
+    # SQLite refuses the switch to WAL at once here, without its busy timeout;
+    # the store must wait like any other writer (the lock is already held when
+    # the store starts, so only the wait makes this pass).
+    release = threading.Timer(0.2, writer_on_a_new_file.execute, ("COMMIT",))
+    release.start()
+    try:
+        store = SQLiteStore(db, clock=clock)
+    finally:
+        release.join()
+    try:
+        assert store.claim(KEY, token=token(), lease_ms=1000, ttl_ms=1000, fingerprint=None) == (
+            Acquired()
+        )
+    finally:
+        store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+def test_a_new_file_locked_past_the_busy_timeout_is_a_store_error(
+    db: Path, writer_on_a_new_file: sqlite3.Connection
+) -> None:
+    with pytest.raises(
+        IdempotencyStoreError,
+        match=r"database is locked; another connection held the file for longer than "
+        r"busy_timeout_ms \(50 ms\): find what holds it, or raise busy_timeout_ms",
+    ):
+        SQLiteStore(db, busy_timeout_ms=50)
 
 
 def test_tables_on_one_file_are_independent(db: Path, clock: Any) -> None:

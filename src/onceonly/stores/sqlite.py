@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,15 @@ _CLAIM_ATTEMPTS = 8
 # This process's id, kept current across fork() without a getpid() call per
 # operation: connections opened by a parent must never be used by its child.
 _pid = os.getpid()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds a lock."""
+    # sqlite_errorcode is Python 3.11+; the message is the same on 3.10.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _after_fork() -> None:
@@ -211,7 +221,7 @@ class SQLiteStore:
 
     def _setup(self) -> None:
         conn = self._conn()
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._switch_to_wal(conn)
         if str(mode).lower() != "wal":
             raise IdempotencyStoreError(
                 f"SQLite store {self.path}: cannot switch to WAL mode (got {mode!r}); "
@@ -222,6 +232,31 @@ class SQLiteStore:
             "status TEXT NOT NULL, token TEXT NOT NULL, deadline INTEGER NOT NULL, "
             "fingerprint TEXT, outcome BLOB, took_over INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
         )
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> object:
+        """Put the file in WAL mode, waiting up to the busy timeout for other writers.
+
+        Returns:
+            The journal mode SQLite reports afterwards.
+
+        Raises:
+            sqlite3.OperationalError: The file stayed locked for the whole busy
+                timeout, or the switch failed for another reason.
+        """
+        # SQLite answers "database is locked" at once, without its busy handler,
+        # when another connection holds a write lock on a file still in rollback
+        # mode: several processes starting together on a new file race here.
+        # The busy timeout is the wait the user allowed, so spend it retrying.
+        give_up = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.002
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + pause > give_up:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def close(self) -> None:
         """Close every connection this store opened in this process."""
@@ -240,6 +275,12 @@ class SQLiteStore:
             raise self._failure(exc) from exc
 
     def _failure(self, exc: sqlite3.Error) -> IdempotencyStoreError:
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            return IdempotencyStoreError(
+                f"SQLite store {self.path} failed: {exc}; another connection held the file "
+                f"for longer than busy_timeout_ms ({self._busy_timeout_ms} ms): find what "
+                "holds it, or raise busy_timeout_ms"
+            )
         return IdempotencyStoreError(
             f"SQLite store {self.path} failed: {exc}; check that the file and its folder "
             "exist, are writable and on a local disk"
