@@ -275,32 +275,58 @@ def test_cancelling_the_caller_releases_the_claim(
 def test_heartbeat_keeps_a_long_async_claim_alive_past_its_lease(
     redis_farm: RedisFarm, redis_engine: harness.Engine
 ) -> None:
+    # Redis judges leases by its own clock, so this runs in real time; but it
+    # waits on what the server shows, not on fixed sleeps. The function runs
+    # until the server's clock is half a lease past the deadline of its claim,
+    # trying a duplicate every 100 ms. A beat every lease/3 leaves 800 ms of
+    # the 1.2 s lease as the margin for a late beat on a loaded machine.
     port = redis_farm.standalone(redis_engine).port
 
-    async def main() -> tuple[list[Any], str]:
+    async def main() -> tuple[list[Any], list[int], int, str, Any]:
         client = redis.asyncio.Redis(host=harness.HOST, port=port)
         store = AsyncRedisStore(client, prefix=_prefix())
         seen: list[Any] = []
+        deadlines: list[int] = []
+        first: list[int] = []
+
+        async def server_ms() -> int:
+            seconds, micros = await client.time()
+            return int(seconds) * 1000 + int(micros) // 1000
 
         @idempotent_function(
-            store=store, data="job", config=IdempotencyConfig(lease_seconds=0.3, heartbeat=True)
+            store=store, data="job", config=IdempotencyConfig(lease_seconds=1.2, heartbeat=True)
         )
         async def long(job: str) -> str:
-            for _ in range(5):  # 1 s in all, more than three leases
-                await asyncio.sleep(0.2)
-                try:
-                    await long(job)  # a duplicate, while this one runs
-                except IdempotencyAlreadyInProgressError as exc:
-                    seen.append(exc.retry_after_ms > 0)
+            key = long.key_for(job)  # type: ignore[attr-defined]
+            claimed = await store.get(key)
+            assert claimed is not None
+            first.append(claimed.deadline_ms)
+            async with asyncio.timeout(30):
+                while await server_ms() < first[0] + 600:
+                    record = await store.get(key)
+                    assert record is not None
+                    assert record.status is Status.IN_PROGRESS
+                    deadlines.append(record.deadline_ms)
+                    try:
+                        await long(job)  # a duplicate, while this one runs
+                    except IdempotencyAlreadyInProgressError as exc:
+                        seen.append(exc.retry_after_ms > 0)
+                    await asyncio.sleep(0.1)
             return "finished"
 
         result = await long("j")
+        stored = await store.get(long.key_for("j"))  # type: ignore[attr-defined]
         await client.aclose()
-        return seen, result
+        return seen, deadlines, first[0], result, stored
 
-    seen, result = asyncio.run(main())
+    seen, deadlines, first, result, stored = asyncio.run(main())
     assert result == "finished"
-    assert seen == [True] * 5  # the claim was held all along
+    assert len(seen) >= 5
+    assert seen == [True] * len(seen)  # every duplicate found the claim held
+    assert deadlines == sorted(deadlines)
+    assert deadlines[-1] > first + 600  # renewed past where the first lease ended
+    assert stored is not None
+    assert stored.status is Status.COMPLETED
 
 
 # -- decorators pick the async driver ----------------------------------------------------------
