@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 
+import onceonly._sync
 import redis_harness as harness
 from onceonly import IdempotencyConfig, IdempotencyKeyReuseError
 from onceonly.batch import ItemStatus, process_batch, process_batch_async
@@ -26,7 +27,7 @@ from onceonly.records import Status, decode_outcome, new_token
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
 from onceonly.stores.protocol import RenewCall, renew_many, renew_many_async
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
-from testkit import ManualClock, RedisFarm
+from testkit import ManualClock, RedisFarm, VirtualHeartbeatTime
 
 
 class CountingConnection(redis.Connection):
@@ -183,6 +184,50 @@ def test_an_async_heartbeat_batch_keeps_every_claim_until_its_outcome_is_stored(
         assert record.status is Status.COMPLETED
         assert decode_outcome(record.outcome) == item.value
     assert again == [ItemStatus.REPLAYED] * 3
+
+
+class _RenewalsStore(MemoryStore):
+    """A MemoryStore noting when (on its clock) each batch heartbeat beat, and what for."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.beats: list[tuple[int, list[str], list[Any]]] = []
+
+    def renew_many(self, calls: list[RenewCall]) -> list[bool | Exception]:
+        answers = [self.renew(c.key, token=c.token, lease_ms=c.lease_ms) for c in calls]
+        self.beats.append((self.clock.now, [c.key for c in calls], list(answers)))
+        return list(answers)
+
+
+def test_a_batch_heartbeat_renews_every_claim_every_third_of_the_lease_in_virtual_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The heartbeat thread's waits move a ManualClock on (testkit.VirtualHeartbeatTime),
+    # so the beats land at exact instants: the cadence is asserted, not a margin.
+    records = _records([1, 2, 3])
+    keys = _keys(records, HEARTBEAT)
+    clock = ManualClock()
+    start = clock.now
+    store = _RenewalsStore(clock)
+    virtual = VirtualHeartbeatTime(clock, 2700)  # the batch "lasts" 2.7 s: past its 1.5 s lease
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
+
+    def handle(record: dict[str, Any]) -> dict[str, int]:
+        if _order(record) == 3:
+            assert virtual.reached.wait(10)  # until the heartbeat's next wait passes 2.7 s
+        return {"done": _order(record)}
+
+    result = process_batch(records, handle, store=store, config=HEARTBEAT)
+
+    assert [item.status for item in result.items] == [ItemStatus.RUN] * 3
+    assert virtual.waits_ms[:5] == [500] * 5  # a 1.5 s lease is renewed every 500 ms
+    # Every beat renews all three claims (their outcomes are stored together at the end).
+    assert store.beats == [(start + 500 * i, keys, [True] * 3) for i in range(1, 6)]
+    for key in keys:
+        record = store.get(key)
+        assert record is not None
+        assert record.status is Status.COMPLETED
 
 
 def test_redis_renews_many_claims_in_one_round_trip(
