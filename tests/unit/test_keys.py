@@ -400,6 +400,17 @@ def test_dataclass_and_pydantic_payloads_are_selected_as_plain_data() -> None:
     assert whole.key_and_fingerprint(order)[0] == "p:" + sha256_hex(keys.canonical_json(order))
 
 
+def test_json_native_passes_plain_values_and_classes_through_unchanged() -> None:
+    # Only an instance with a model_dump is dumped: a list or string has none,
+    # and a pydantic model class has one that is not bound to any instance.
+    items = [1, "two"]
+    assert keys.json_native(items) is items
+    assert keys.json_native("order-7") == "order-7"
+    assert keys.json_native(Customer) is Customer
+    whole = keys.Keyer("p", "sha256", None, None)
+    assert whole.key_and_fingerprint(items)[0] == "p:" + sha256_hex(b'[1,"two"]')
+
+
 def test_unserializable_payload_raises_from_keyer() -> None:
     keyer = keys.Keyer("p", "sha256", None, None)
     with pytest.raises(IdempotencySerializationError):
