@@ -200,6 +200,22 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
 }
 
 
+# Mutants that change no behaviour a caller can see, each with the reason. Keyed
+# by module, the mutated line's text (stripped) and the mutation, so an entry
+# outlives edits elsewhere in the file; such a mutant is reported as equivalent
+# and not run. A mutant whose line changes drops out of this table and runs again.
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("records", 'return "".join(chunks(value, 0))', "0 -> -1"): (
+        "the indent level argument is read only when the encoder indents, and"
+        " one_shot_encoder refuses encoders that indent"
+    ),
+    ("records", 'return "".join(chunks(value, 0))', "0 -> 1"): (
+        "the indent level argument is read only when the encoder indents, and"
+        " one_shot_encoder refuses encoders that indent"
+    ),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Mutant:
     """Replace source[start:end] with text; line is 1-based, for the report."""
@@ -426,6 +442,12 @@ def diff_of(path: Path, source: str, mutant: Mutant) -> str:
     )
 
 
+def equivalence(name: str, source: str, mutant: Mutant) -> str | None:
+    """Why the mutant is equivalent (see EQUIVALENT), or None."""
+    line = source.splitlines()[mutant.line - 1].strip()
+    return EQUIVALENT.get((name, line, mutant.what))
+
+
 @dataclasses.dataclass
 class Result:
     module: str
@@ -433,7 +455,14 @@ class Result:
     killed: int = 0
     timeouts: int = 0
     survivors: list[tuple[Mutant, str]] = dataclasses.field(default_factory=list)
+    equivalent: list[tuple[Mutant, str, str]] = dataclasses.field(default_factory=list)
     note: str = ""
+
+    @property
+    def score(self) -> str:
+        """Killed among the mutants that are not equivalent, as a percentage."""
+        scored = self.mutants - len(self.equivalent)
+        return f"{100 * self.killed / scored:.1f}%" if scored else "-"
 
 
 def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
@@ -452,6 +481,12 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
         return result
     stat = path.stat()
     for index, mutant in enumerate(chosen, start=1):
+        why = equivalence(name, source, mutant)
+        if why is not None:
+            result.mutants += 1
+            result.equivalent.append((mutant, diff_of(path, source, mutant), why))
+            print(f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: equivalent")
+            continue
         began = time.monotonic()
         try:
             path.write_text(mutant.apply(source))
@@ -480,11 +515,17 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
 
 
 def table(results: list[Result]) -> str:
-    rows = ["| module | mutants | killed | survived |", "|---|---:|---:|---:|"]
+    rows = [
+        "| module | mutants | killed | equivalent | survived | killed of non-equivalent |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         killed = f"{r.killed} ({r.timeouts} by timeout)" if r.timeouts else str(r.killed)
         note = f" {r.note}" if r.note else ""
-        rows.append(f"| {r.module}{note} | {r.mutants} | {killed} | {len(r.survivors)} |")
+        rows.append(
+            f"| {r.module}{note} | {r.mutants} | {killed} | {len(r.equivalent)}"
+            f" | {len(r.survivors)} | {r.score} |"
+        )
     return "\n".join(rows)
 
 
@@ -496,6 +537,14 @@ def survivors_text(results: list[Result]) -> str:
                 f"### {r.module} line {mutant.line}: {mutant.what}\n\n```diff\n{diff}```\n"
             )
     return "\n".join(parts)
+
+
+def equivalents_text(results: list[Result]) -> str:
+    return "\n".join(
+        f"- {r.module} line {mutant.line}, {mutant.what}: {why}"
+        for r in results
+        for mutant, _, why in r.equivalent
+    )
 
 
 def select(names: list[str] | None) -> list[str]:
@@ -531,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             source = path.read_text()
             every = lua_mutants(source) if path.suffix == ".lua" else python_mutants(source)
             for mutant in sample(every, args.max):
-                print(f"{name}:{mutant.line}: {mutant.what}")
+                why = equivalence(name, source, mutant)
+                print(f"{name}:{mutant.line}: {mutant.what}" + (" (equivalent)" if why else ""))
         return 0
 
     if subprocess.run(["git", "diff", "--quiet", "--", "src/"], cwd=ROOT).returncode != 0:
@@ -553,16 +603,16 @@ def main(argv: list[str] | None = None) -> int:
         if dirty:
             print("WARNING: src/ differs from git after the pass", file=sys.stderr)
 
-    out = table(results)
+    text = table(results)
+    equivalents = equivalents_text(results)
     survivors = survivors_text(results)
-    print("\n" + out)
+    if equivalents:
+        text += "\n\n## Equivalent mutants (not run)\n\n" + equivalents
     if survivors:
-        print("\n## Survivors\n\n" + survivors)
+        text += "\n\n## Survivors\n\n" + survivors
+    print("\n" + text)
     if args.report:
-        text = f"# Mutation pass\n\n{out}\n"
-        if survivors:
-            text += "\n## Survivors\n\n" + survivors
-        args.report.write_text(text)
+        args.report.write_text(f"# Mutation pass\n\n{text}\n")
     return status
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from unit_support import START_MS, Clock, make_inv, make_policy
@@ -11,7 +12,15 @@ from onceonly.codec import from_fields
 from onceonly.config import IdempotencyConfig
 from onceonly.engine import Claim, Complete, Execute, Release, Sleep, flow
 from onceonly.errors import CorruptRecordError, IdempotencySerializationError
-from onceonly.records import Acquired, Found, Record, Status, encode_outcome, new_token
+from onceonly.records import (
+    Acquired,
+    Found,
+    Record,
+    Status,
+    encode_outcome,
+    new_token,
+    one_shot_encoder,
+)
 
 # -- the wait backoff is capped at one second ------------------------------------------
 
@@ -93,3 +102,29 @@ def test_a_negative_deadline_field_is_corrupt_and_zero_is_not(
     assert from_fields(status, token, 0, None, outcome).deadline_ms == 0
     with pytest.raises(CorruptRecordError):
         from_fields(status, token, -1, None, outcome, store="the test store")
+
+
+# -- records: where a non-str dict key sits, and encoders that indent ------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"a": 1, "b": {2: "x"}}, "$.<key 1>"),
+        ([0, [1, {None: 0}]], "$[1][1]"),
+        ({"a": [{"ok": 1}, {"b": 2, "c": {3.5: 0}}]}, "$.<key 0>[1].<key 1>"),
+    ],
+)
+def test_a_non_str_key_deep_in_a_result_is_refused_with_its_path(value: object, where: str) -> None:
+    # The path names positions, never the caller's key names.
+    with pytest.raises(IdempotencySerializationError) as caught:
+        encode_outcome(value)
+    assert f"key in a dict at {where}: JSON keeps only str keys" in str(caught.value)
+
+
+def test_an_encoder_that_indents_gets_no_one_shot_twin() -> None:
+    # The one-shot encoder cannot indent: it must leave such an encoder to json.
+    assert one_shot_encoder(json.JSONEncoder(indent=2)) is None
+    plain = one_shot_encoder(json.JSONEncoder(separators=(",", ":")))
+    assert plain is not None
+    assert plain({"a": [1, 2]}) == '{"a":[1,2]}'
