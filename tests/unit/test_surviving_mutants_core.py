@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 
 import pytest
@@ -111,6 +112,7 @@ def test_a_negative_deadline_field_is_corrupt_and_zero_is_not(
     ("value", "where"),
     [
         ({"a": 1, "b": {2: "x"}}, "$.<key 1>"),
+        ({"a": decimal.Decimal("1.5"), "b": {2: "x"}}, "$.<key 1>"),  # the Decimal envelope
         ([0, [1, {None: 0}]], "$[1][1]"),
         ({"a": [{"ok": 1}, {"b": 2, "c": {3.5: 0}}]}, "$.<key 0>[1].<key 1>"),
     ],
