@@ -48,6 +48,42 @@ def _claim(store: RedisStore, key: str, token: str, lease_ms: int = LEASE) -> An
     return store.claim(key, token=token, lease_ms=lease_ms, ttl_ms=TTL, fingerprint=None)
 
 
+class Bracket:
+    """Server times read around something the server did (by one client's TIME).
+
+    A read of a native claim derives its deadline as the server's TIME plus the
+    key's PTTL, and Redis counts PTTL from the instant its command (or MULTI,
+    or script) began: the derived deadline is the key's expiry plus however
+    long the server took between that instant and TIME, never less (to a ms of
+    rounding). So a deadline is checked against the expiry and the server time
+    the read spanned, which no scheduling delay can break, not a fixed margin.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __enter__(self) -> Bracket:
+        self.start = time_ms(self.client.time())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = time_ms(self.client.time())
+
+    @property
+    def span(self) -> int:
+        return self.end - self.start
+
+
+def _expiry(claim: Bracket, lease_ms: int) -> tuple[int, int]:
+    """Where the absolute expiry of a key claimed inside ``claim`` lies."""
+    return claim.start + lease_ms - 1, claim.end + lease_ms + 1
+
+
+def _read_at_expiry(deadline_ms: int, expiry: tuple[int, int], read: Bracket) -> bool:
+    """Whether a deadline read inside ``read`` is the key's expiry (see Bracket)."""
+    return expiry[0] - 1 <= deadline_ms <= expiry[1] + read.span + 1
+
+
 def _calls(*servers: harness.Server) -> collections.Counter[str]:
     """Commands run since the last CONFIG RESETSTAT (scripts' inner calls included)."""
     counts: collections.Counter[str] = collections.Counter()
@@ -189,15 +225,18 @@ def test_a_native_claim_is_seen_in_progress_with_its_time_left(
     prefix = _prefix()
     store = RedisStore(client, prefix=prefix)
     tok = new_token()
-    assert store.claim("k", token=tok, lease_ms=30_000, ttl_ms=TTL, fingerprint="ab") == (
-        Acquired(takeover=False)
-    )
+    with Bracket(client) as claimed:
+        assert store.claim("k", token=tok, lease_ms=30_000, ttl_ms=TTL, fingerprint="ab") == (
+            Acquired(takeover=False)
+        )
+    expiry = _expiry(claimed, 30_000)
     raw = client.get(f"{prefix}:k")
     assert raw == f"o1|P|{tok}|9999999999999999|ab|".encode()
     assert 29_000 < client.pttl(f"{prefix}:k") <= 30_000
 
     # Another claimer: the claim script answers with the real deadline.
-    found = _claim(store, "k", new_token())
+    with Bracket(client) as read:
+        found = _claim(store, "k", new_token())
     assert isinstance(found, Found)
     assert (found.record.status, found.record.token, found.record.fingerprint) == (
         Status.IN_PROGRESS,
@@ -205,20 +244,23 @@ def test_a_native_claim_is_seen_in_progress_with_its_time_left(
         "ab",
     )
     assert 29_000 < found.record.deadline_ms - found.now_ms <= 30_000
+    assert _read_at_expiry(found.record.deadline_ms, expiry, read)
 
     # get: the same deadline (the key's expiry), by the server's clock.
-    record = store.get("k")
+    with Bracket(client) as read:
+        record = store.get("k")
     assert record is not None
     assert (record.status, record.token, record.fingerprint) == (Status.IN_PROGRESS, tok, "ab")
-    assert abs(record.deadline_ms - found.record.deadline_ms) <= 2
+    assert _read_at_expiry(record.deadline_ms, expiry, read)
     assert record.deadline_ms - time_ms(client.time()) > 20_000
 
     # onceonly inspect, through the store's get.
     url = f"redis://127.0.0.1:{server.port}"
-    assert main(["inspect", "--store", url, "--prefix", prefix, "k"]) == 0
+    with Bracket(client) as read:
+        assert main(["inspect", "--store", url, "--prefix", prefix, "k"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "IN_PROGRESS"
-    assert abs(shown["deadline_ms"] - record.deadline_ms) <= 2
+    assert _read_at_expiry(shown["deadline_ms"], expiry, read)
     assert not shown["time_left"].startswith("none")
 
     # The async store's get too.
@@ -229,9 +271,10 @@ def test_a_native_claim_is_seen_in_progress_with_its_time_left(
         finally:
             await aclient.aclose()
 
-    seen = asyncio.run(aget())
+    with Bracket(client) as read:
+        seen = asyncio.run(aget())
     assert seen is not None
-    assert abs(seen.deadline_ms - record.deadline_ms) <= 2
+    assert _read_at_expiry(seen.deadline_ms, expiry, read)
     assert raw == client.get(f"{prefix}:k")  # reading changed nothing
     client.close()
 
@@ -244,13 +287,18 @@ def test_a_native_claim_in_a_cluster_is_read_with_its_real_deadline(
     prefix = _prefix()
     store = RedisStore(client, prefix=prefix)
     tok = new_token()
-    _claim(store, "k", tok, lease_ms=30_000)
-    found = _claim(store, "k", new_token())
+    with Bracket(client) as claimed:
+        _claim(store, "k", tok, lease_ms=30_000)
+    expiry = _expiry(claimed, 30_000)
+    with Bracket(client) as read:
+        found = _claim(store, "k", new_token())
     assert isinstance(found, Found)
     assert 20_000 < found.record.deadline_ms - found.now_ms <= 30_000
-    record = store.get("k")
+    assert _read_at_expiry(found.record.deadline_ms, expiry, read)
+    with Bracket(client) as read:
+        record = store.get("k")
     assert record is not None
-    assert abs(record.deadline_ms - found.record.deadline_ms) <= 2
+    assert _read_at_expiry(record.deadline_ms, expiry, read)
 
     async def aget() -> Record | None:
         aclient = redis.asyncio.RedisCluster(host=harness.HOST, port=cluster.nodes[0].port)
@@ -259,9 +307,10 @@ def test_a_native_claim_in_a_cluster_is_read_with_its_real_deadline(
         finally:
             await aclient.aclose()
 
-    seen = asyncio.run(aget())
+    with Bracket(client) as read:
+        seen = asyncio.run(aget())
     assert seen is not None
-    assert abs(seen.deadline_ms - record.deadline_ms) <= 2
+    assert _read_at_expiry(seen.deadline_ms, expiry, read)
     client.close()
 
 
