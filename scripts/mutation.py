@@ -202,7 +202,8 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
 
 # Mutants that change no behaviour a caller can see, each with the reason. Keyed
 # by module, the mutated line's text (stripped; the n-th of several identical
-# lines gets " #n") and the mutation, so an entry
+# lines gets " #n") and the mutation (" #n" for the n-th of several alike on the
+# line), so an entry
 # outlives edits elsewhere in the file; such a mutant is reported as equivalent
 # and not run. A mutant whose line changes drops out of this table and runs again.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
@@ -213,6 +214,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("records", 'return "".join(chunks(value, 0))', "0 -> 1"): (
         "the indent level argument is read only when the encoder indents, and"
         " one_shot_encoder refuses encoders that indent"
+    ),
+    (
+        "engine",
+        "yield Sleep(max(1, min(delay, decision.retry_after_ms + 1, wait_until - now)))",
+        "1 -> 0 #1",
+    ): (
+        "the floor is never reached: the delay is at least 20, retry_after_ms + 1 at"
+        " least 1, and wait_until - now at least 1 (now >= wait_until raised above)"
     ),
     ("records", "_check_keys(text, value) #3", "drop call statement"): (
         "(the check after the full encoder) reached only when the one-shot encoder failed"
@@ -448,13 +457,23 @@ def diff_of(path: Path, source: str, mutant: Mutant) -> str:
     )
 
 
-def equivalence(name: str, source: str, mutant: Mutant) -> str | None:
-    """Why the mutant is equivalent (see EQUIVALENT), or None."""
-    lines = [line.strip() for line in source.splitlines()[: mutant.line]]
-    # The n-th of several identical lines is keyed "text #n".
-    seen = lines.count(lines[-1])
-    key = lines[-1] if seen == 1 else f"{lines[-1]} #{seen}"
-    return EQUIVALENT.get((name, key, mutant.what))
+def equivalences(name: str, source: str, mutants: list[Mutant]) -> dict[Mutant, str]:
+    """The mutants of ``mutants`` that EQUIVALENT lists, with why."""
+    lines = [line.strip() for line in source.splitlines()]
+    found: dict[Mutant, str] = {}
+    same_what: dict[tuple[int, str], int] = {}
+    for mutant in sorted(mutants, key=lambda m: m.start):
+        text = lines[mutant.line - 1]
+        # The n-th of several identical lines is keyed "text #n", and the n-th
+        # of several identical mutations on one line "what #n".
+        seen = lines[: mutant.line].count(text)
+        line_key = text if seen == 1 else f"{text} #{seen}"
+        n = same_what[mutant.line, mutant.what] = same_what.get((mutant.line, mutant.what), 0) + 1
+        for what in (mutant.what, f"{mutant.what} #{n}"):
+            why = EQUIVALENT.get((name, line_key, what))
+            if why is not None:
+                found[mutant] = why
+    return found
 
 
 @dataclasses.dataclass
@@ -489,8 +508,9 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
         print(f"   {result.note}\n{tail}", flush=True)
         return result
     stat = path.stat()
+    equivalent = equivalences(name, source, every)
     for index, mutant in enumerate(chosen, start=1):
-        why = equivalence(name, source, mutant)
+        why = equivalent.get(mutant)
         if why is not None:
             result.mutants += 1
             result.equivalent.append((mutant, diff_of(path, source, mutant), why))
@@ -588,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
             path = SRC / MODULES[name][0]
             source = path.read_text()
             every = lua_mutants(source) if path.suffix == ".lua" else python_mutants(source)
+            equivalent = equivalences(name, source, every)
             for mutant in sample(every, args.max):
-                why = equivalence(name, source, mutant)
+                why = equivalent.get(mutant)
                 print(f"{name}:{mutant.line}: {mutant.what}" + (" (equivalent)" if why else ""))
         return 0
 

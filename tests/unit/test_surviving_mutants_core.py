@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import json
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 from unit_support import START_MS, Clock, make_inv, make_policy
@@ -12,7 +14,11 @@ from unit_support import START_MS, Clock, make_inv, make_policy
 from onceonly.codec import from_fields
 from onceonly.config import IdempotencyConfig
 from onceonly.engine import Claim, Complete, Execute, Release, Sleep, flow
-from onceonly.errors import CorruptRecordError, IdempotencySerializationError
+from onceonly.errors import (
+    CorruptRecordError,
+    IdempotencySerializationError,
+    IdempotencyStoreError,
+)
 from onceonly.records import (
     Acquired,
     Found,
@@ -130,3 +136,92 @@ def test_an_encoder_that_indents_gets_no_one_shot_twin() -> None:
     plain = one_shot_encoder(json.JSONEncoder(separators=(",", ":")))
     assert plain is not None
     assert plain({"a": [1, 2]}) == '{"a":[1,2]}'
+
+
+# -- engine: a waiter wakes just after the holder's lease ends -------------------------
+
+
+def test_a_waiter_sleeps_until_one_ms_past_the_holders_deadline() -> None:
+    # The deadline is the last instant the claim is held: waking at it would
+    # find the claim still live and cost one more claim round trip.
+    clock = Clock()
+    config = IdempotencyConfig(on_in_progress="wait", wait_timeout_seconds=60)
+    gen = flow(make_policy(config, clock=clock), make_inv())
+    assert next(gen) == Claim()
+    held = Record(Status.IN_PROGRESS, new_token(), START_MS + 5)
+    assert gen.send(Found(held, clock())) == Sleep(6)
+    gen.close()
+
+
+# -- engine: what it logs when the store lets it down ----------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def _run_to_execute() -> Generator[Any, Any, Any]:
+    """A flow that took its claim and now runs the function."""
+    gen = flow(make_policy(), make_inv(key="tests.fn:k1"))
+    assert next(gen) == Claim()
+    assert isinstance(gen.send(Acquired()), Execute)
+    return gen
+
+
+def test_a_failed_release_after_a_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    gen = _run_to_execute()
+    assert gen.throw(ValueError("boom")) == Release()
+    with caplog.at_level("WARNING", logger="onceonly"), pytest.raises(ValueError, match="boom"):
+        gen.throw(IdempotencyStoreError("down"))
+    assert _warnings(caplog) == [
+        "onceonly: tests.fn could not release key tests.fn:k1 after a failure "
+        "(IdempotencyStoreError); it is held until its lease ends"
+    ]
+
+
+def test_a_release_refused_after_a_failure_is_logged_as_a_lost_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gen = _run_to_execute()
+    assert gen.throw(ValueError("boom")) == Release()
+    with caplog.at_level("WARNING", logger="onceonly"), pytest.raises(ValueError, match="boom"):
+        gen.send(False)
+    assert _warnings(caplog) == [
+        "onceonly: tests.fn lost its lease on key tests.fn:k1 before it failed"
+    ]
+
+
+def test_running_unprotected_on_a_store_error_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    gen = flow(make_policy(IdempotencyConfig(on_store_error="run")), make_inv())
+    assert next(gen) == Claim()
+    with caplog.at_level("WARNING", logger="onceonly"):
+        assert gen.throw(IdempotencyStoreError("down")) == Execute(protected=False)
+    assert _warnings(caplog) == [
+        "onceonly: store failed for tests.fn (IdempotencyStoreError); running without "
+        "idempotency because on_store_error='run'"
+    ]
+    gen.close()
+
+
+def test_an_outcome_the_store_failed_to_keep_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    gen = _run_to_execute()
+    assert isinstance(gen.send("done"), Complete)
+    with caplog.at_level("WARNING", logger="onceonly"), pytest.raises(StopIteration) as stop:
+        gen.throw(IdempotencyStoreError("down"))
+    assert stop.value.value == "done"
+    assert _warnings(caplog) == [
+        "onceonly: tests.fn ran but could not store its outcome for key tests.fn:k1 "
+        "(IdempotencyStoreError: down); a retry after the lease will run it again"
+    ]
+
+
+def test_an_outcome_refused_for_a_lost_lease_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    gen = _run_to_execute()
+    assert isinstance(gen.send("done"), Complete)
+    with caplog.at_level("WARNING", logger="onceonly"), pytest.raises(StopIteration) as stop:
+        gen.send(False)
+    assert stop.value.value == "done"
+    assert _warnings(caplog) == [
+        "onceonly: tests.fn finished after losing its lease on key tests.fn:k1; its result "
+        "is returned but not stored (another execution owns the key)"
+    ]
