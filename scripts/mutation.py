@@ -15,8 +15,17 @@ explicit ``MODULES`` table below) run with ``-x -q -p no:cacheprovider`` under
 runs). A mutant is killed when a run fails or times out, and survives when
 every run passes. The pass refuses to start on a dirty src/ (``git diff
 --quiet src/``) and checks, per module, that its tests pass on the real code
-first. Output: a table (module, mutants, killed, survived) and each
-survivor's diff; ``--report`` writes the same as markdown.
+first. Output: a table (module, mutants, killed, equivalent, survived, and
+killed of the non-equivalent ones), the equivalent mutants with why (the
+``EQUIVALENT`` table below; they are not run) and each survivor's diff;
+``--report`` writes the same as markdown.
+
+Which tests run: one pass of the module's tests on the real code under
+pytest-cov (``--cov-context=test``) records which tests execute each line; a
+Python mutant then runs only those tests (a mutant on a line no test executes
+survives without a run, and one on a line executed only at import runs them
+all). ``--no-coverage`` runs every mutant against all of them; Lua mutants
+always do (coverage cannot see inside Redis).
 
 Why a mutator of our own (built on ``ast`` and ``tokenize``) rather than
 mutmut or cosmic-ray: mutmut 3 copies the tree into ``mutants/`` and
@@ -406,35 +415,86 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _pytest(args: list[str], timeout: float, env: dict[str, str]) -> tuple[int | None, str]:
+    """Run pytest in a child; its exit code (None on timeout) and the output's tail."""
+    command = [sys.executable, "-m", "pytest", *args]
+    with tempfile.TemporaryFile() as output:
+        child = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code: int | None = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        output.seek(0)
+        tail = "\n".join(output.read().decode(errors="replace").splitlines()[-15:])
+    return code, tail
+
+
 def run_tests(runs: tuple[Run, ...], timeout: float) -> tuple[str, str]:
     """('pass' | 'fail' | 'timeout', the output's tail); stops at the first run that fails."""
     for run in runs:
-        command = [sys.executable, "-m", "pytest", *PYTEST_ARGS, *run]
-        with tempfile.TemporaryFile() as output:
-            child = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                code = child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                code = None
-            finally:
-                if child.poll() is None:
-                    os.killpg(child.pid, signal.SIGKILL)
-                    child.wait()
-            output.seek(0)
-            tail = "\n".join(output.read().decode(errors="replace").splitlines()[-15:])
+        code, tail = _pytest([*PYTEST_ARGS, *run], timeout, _env())
         if code is None:
             return "timeout", tail
         if code != 0:
             return "fail", tail
     return "pass", ""
+
+
+# pytest's exit codes for "usage error" and "no tests collected": a selection
+# that went wrong, not a mutant caught.
+_NOT_RUN = (4, 5)
+
+
+class Coverage:
+    """Which tests of a set of runs execute each line of src/ (pytest-cov, one context per test).
+
+    Collected once per set of runs, on the real code, which also proves the
+    runs pass there. A mutant then runs only the tests that execute one of its
+    lines: a line no test executes needs no run to survive, and a line run
+    only while modules are imported (no test context) runs the whole set.
+    """
+
+    def __init__(self, runs: tuple[Run, ...], timeout: float, folder: Path) -> None:
+        self.lines: dict[str, dict[int, set[str]]] = {}
+        self.failure = ""
+        import coverage  # here: only the coverage pass needs it
+
+        for index, run in enumerate(runs):
+            data_file = folder / f".coverage.{abs(hash(runs))}.{index}"
+            env = {**_env(), "COVERAGE_FILE": str(data_file)}
+            args = ["-q", "-p", "no:cacheprovider", "-W", "error", "--cov=onceonly"]
+            args += ["--cov-context=test", "--cov-report=", *run]
+            code, tail = _pytest(args, timeout, env)
+            if code != 0:
+                self.failure = f"{'timeout' if code is None else 'fail'}\n{tail}"
+                return
+            data = coverage.CoverageData(str(data_file))
+            data.read()
+            for measured in data.measured_files():
+                by_line = self.lines.setdefault(measured, {})
+                for line, contexts in data.contexts_by_lineno(measured).items():
+                    by_line.setdefault(line, set()).update(c.split("|")[0] for c in contexts)
+
+    def tests_for(self, path: Path, first: int, last: int) -> set[str] | None:
+        """The node ids that run any of lines first..last; None: run every test (import time)."""
+        by_line = self.lines.get(str(path), {})
+        contexts = set().union(*(by_line.get(n, set()) for n in range(first, last + 1)))
+        tests = {c for c in contexts if c}
+        if not tests and "" in contexts:
+            return None
+        return tests
 
 
 def sample(mutants: list[Mutant], limit: int | None) -> list[Mutant]:
@@ -482,6 +542,7 @@ class Result:
     mutants: int = 0
     killed: int = 0
     timeouts: int = 0
+    uncovered: int = 0
     survivors: list[tuple[Mutant, str]] = dataclasses.field(default_factory=list)
     equivalent: list[tuple[Mutant, str, str]] = dataclasses.field(default_factory=list)
     note: str = ""
@@ -493,7 +554,9 @@ class Result:
         return f"{100 * self.killed / scored:.1f}%" if scored else "-"
 
 
-def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
+def mutate_module(
+    name: str, limit: int | None, timeout: float, coverage: dict[tuple[Run, ...], Coverage] | None
+) -> Result:
     file, runs = MODULES[name]
     path = SRC / file
     original = path.read_bytes()
@@ -502,10 +565,18 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
     chosen = sample(every, limit)
     result = Result(name)
     print(f"== {name}: {len(chosen)} of {len(every)} mutants", flush=True)
-    baseline, tail = run_tests(runs, timeout * 3)
-    if baseline != "pass":
-        result.note = f"(tests do not pass on the real code: {baseline}; skipped)"
-        print(f"   {result.note}\n{tail}", flush=True)
+    covered: Coverage | None = None
+    if path.suffix == ".py" and coverage is not None:
+        covered = coverage.get(runs)
+        if covered is None:
+            covered = coverage[runs] = Coverage(runs, timeout * 5, Path(tempfile.mkdtemp()))
+        failure = covered.failure
+    else:
+        baseline, tail = run_tests(runs, timeout * 3)
+        failure = "" if baseline == "pass" else f"{baseline}\n{tail}"
+    if failure:
+        result.note = "(tests do not pass on the real code; skipped)"
+        print(f"   {result.note}\n{failure}", flush=True)
         return result
     stat = path.stat()
     equivalent = equivalences(name, source, every)
@@ -517,9 +588,28 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
             print(f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: equivalent")
             continue
         began = time.monotonic()
+        tests = None
+        if covered is not None:
+            last = mutant.line + source.count("\n", mutant.start, mutant.end)
+            tests = covered.tests_for(path, mutant.line, last)
+        if tests is not None and not tests:
+            result.mutants += 1
+            result.uncovered += 1
+            result.survivors.append((mutant, diff_of(path, source, mutant)))
+            print(
+                f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}:"
+                " SURVIVED (no test runs it)"
+            )
+            continue
         try:
             path.write_text(mutant.apply(source))
-            outcome, _ = run_tests(runs, timeout)
+            outcome = ""
+            if tests is not None:
+                code, _ = _pytest([*PYTEST_ARGS, *sorted(tests)], timeout, _env())
+                if code not in _NOT_RUN:
+                    outcome = "timeout" if code is None else "fail" if code else "pass"
+            if not outcome:
+                outcome, _ = run_tests(runs, timeout)
         finally:
             # No signal may stop the restore half-way.
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -535,6 +625,8 @@ def mutate_module(name: str, limit: int | None, timeout: float) -> Result:
             result.killed += 1
             result.timeouts += outcome == "timeout"
         mark = "SURVIVED" if outcome == "pass" else f"killed ({outcome})"
+        if tests is not None:
+            mark += f" [{len(tests)} tests]"
         print(
             f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: {mark}"
             f" {time.monotonic() - began:.1f}s",
@@ -600,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds per pytest run")
     parser.add_argument("--report", type=Path, help="write the table and survivors as markdown")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument(
+        "--no-coverage",
+        action="store_true",
+        help="run every mutant against all of its module's tests, not only those that run its"
+        " lines",
+    )
     args = parser.parse_args(argv)
     names = select(args.module)
 
@@ -620,11 +718,18 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in _SIGNALS:
         signal.signal(signum, _on_signal)
+    coverage: dict[tuple[Run, ...], Coverage] | None = None if args.no_coverage else {}
+    if coverage is not None:
+        try:
+            import pytest_cov  # noqa: F401 - only to say what is missing
+        except ImportError:
+            print("pytest-cov is missing: pip install pytest-cov, or pass --no-coverage")
+            return 2
     results: list[Result] = []
     status = 0
     try:
         for name in names:
-            results.append(mutate_module(name, args.max, args.timeout))
+            results.append(mutate_module(name, args.max, args.timeout, coverage))
     except Interrupted as stop:
         print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
         status = 130
