@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import secrets
 import sqlite3
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -528,3 +530,94 @@ def test_found_carries_the_stores_clock(sqlite_store: SQLiteStore, clock: Any) -
     clock.advance(123)
     result = sqlite_store.claim(KEY, token=token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
     assert result == Found(Record(Status.IN_PROGRESS, tok, clock.now - 123 + 1000), clock.now)
+
+
+# -- defaults and bounds (mutation survivors, issue 17) ---------------------------------
+
+
+def test_by_default_every_512th_write_sweeps_the_next_256_keys(db: Path, clock: Any) -> None:
+    # The documented defaults of purge_every and purge_batch, seen in the file.
+    SQLiteStore(db, clock=clock).close()  # the table
+    for i in range(300):
+        raw_insert(db, {"key": f"a{i:03d}", "deadline": clock.now - 1})
+    store = SQLiteStore(db, clock=clock)
+    try:
+        tok = token()
+        store.claim("z-live", token=tok, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+        for _ in range(510):  # writes 2 to 511
+            assert store.renew("z-live", token=tok, lease_ms=60_000) is True
+        assert len(raw_rows(db)) == 301  # no sweep yet
+        assert store.renew("z-live", token=tok, lease_ms=60_000) is True  # write 512
+        # The sweep looked at the first 256 keys (all expired) and deleted them.
+        assert [r[0] for r in raw_rows(db)] == [f"a{i:03d}" for i in range(256, 300)] + ["z-live"]
+    finally:
+        store.close()
+
+
+def test_by_default_a_writer_waits_ten_seconds_and_checkpoints_every_4000_pages(
+    sqlite_store: SQLiteStore,
+) -> None:
+    conn = sqlite_store._conn()  # the store's own connection: its pragmas
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (4000,)
+    assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+
+
+class _FlipClock:
+    """A clock that reads a claim's holder as live, then as ended, call after call."""
+
+    def __init__(self, now: int, later: int) -> None:
+        self.times = (now, later)
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return self.times[(self.calls - 1) % 2]
+
+
+def test_a_claim_gives_up_after_eight_holders_that_end_as_they_are_read(
+    db: Path, clock: Any
+) -> None:
+    # Each round the claim finds the key held, then reads the holder ended: as
+    # if another writer took and dropped it in between. After 8 rounds it stops.
+    holder = SQLiteStore(db, clock=clock)
+    holder.claim(KEY, token=token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
+    holder.close()
+    flip = _FlipClock(clock.now, clock.now + 5000)
+    store = SQLiteStore(db, clock=flip)
+    try:
+        with pytest.raises(
+            IdempotencyStoreError, match=r"key svc.handler:77 changed hands 8 times during one"
+        ):
+            store.claim(KEY, token=token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
+        assert flip.calls == 16  # two readings of the clock per round
+    finally:
+        store.close()
+
+
+def test_a_forked_child_opens_its_own_connection(sqlite_store: SQLiteStore) -> None:
+    # A connection must never cross a fork: the child's first call opens another.
+    parent = sqlite_store._conn()
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, without pytest's teardown
+        try:
+            fresh = sqlite_store._conn() is not parent
+            tok = token()
+            ran = sqlite_store.claim(KEY, token=tok, lease_ms=1000, ttl_ms=1000, fingerprint=None)
+            os.write(write, b"ok" if fresh and ran == Acquired() else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        answer = os.read(read, 16)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"ok"
+    assert sqlite_store._conn() is parent  # the parent keeps its own
+    record = sqlite_store.get(KEY)
+    assert record is not None
+    assert record.status is Status.IN_PROGRESS

@@ -49,12 +49,11 @@ _pid = os.getpid()
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    """Whether SQLite refused because another connection holds a lock."""
-    # sqlite_errorcode is Python 3.11+; the message is the same on 3.10.
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
-    return "locked" in str(exc) or "busy" in str(exc)
+    """Whether SQLite refused because another connection holds a lock (SQLITE_BUSY)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; 3.10 has the message only
+    if code is None:
+        return str(exc).startswith("database is locked")
+    return code & 0xFF == 5  # SQLITE_BUSY and its extended codes
 
 
 def _after_fork() -> None:
