@@ -50,7 +50,7 @@ _pid = os.getpid()
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite refused because another connection holds a lock (SQLITE_BUSY)."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; 3.10 has the message only
+    code: int | None = getattr(exc, "sqlite_errorcode", None)  # 3.11+; 3.10: the message only
     if code is None:
         return str(exc).startswith("database is locked")
     return code & 0xFF == 5  # SQLITE_BUSY and its extended codes
