@@ -49,7 +49,8 @@ class VirtualHeartbeatTime:
     A timed wait on an unset event (the heartbeat's wait between beats) moves
     the clock on by its timeout and returns at once, until the wait would pass
     ``horizon_ms`` from now: then it sets ``reached`` and blocks, really, until
-    the event is set (the heartbeat stopped). ``waits_ms`` lists every timed wait.
+    the event is set (the heartbeat stopped). ``waits_ms`` lists every timed
+    wait in whole ms, ``waits_s`` each timeout exactly as it was asked for.
     """
 
     def __init__(self, clock: ManualClock, horizon_ms: int) -> None:
@@ -57,6 +58,7 @@ class VirtualHeartbeatTime:
         self.until = clock.now + horizon_ms
         self.reached = threading.Event()
         self.waits_ms: list[int] = []
+        self.waits_s: list[float] = []
         outer = self
 
         class Event(threading.Event):
@@ -65,6 +67,7 @@ class VirtualHeartbeatTime:
                     return super().wait(timeout)
                 step = round(timeout * 1000)
                 outer.waits_ms.append(step)
+                outer.waits_s.append(timeout)
                 if outer.clock.now + step > outer.until:
                     outer.reached.set()
                     return super().wait()

@@ -11,6 +11,7 @@ repeatable instants with no sleeping.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -82,6 +83,7 @@ def test_sync_heartbeat_renews_every_third_of_the_lease(monkeypatch: pytest.Monk
 
     assert result == "done j"
     assert time.waits_ms[0] == 100  # a 300 ms lease is renewed every 100 ms
+    assert time.waits_s[0] == 0.1  # exactly: 100 ms in seconds
     # Over a body of 1000 ms: ten renewals, one per 100 ms, each keeping the claim.
     assert store.renewals == [(start + 100 * i, True) for i in range(1, 11)]
 
@@ -90,15 +92,20 @@ def test_sync_heartbeat_renews_every_third_of_the_lease(monkeypatch: pytest.Monk
 
 
 def test_sync_heartbeat_tries_again_after_a_failed_renewal(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = ManualClock()
     start = clock.now
     store = _RecordingStore(clock, fail_first=1)
 
-    result, _ = _run_with_virtual_heartbeat(monkeypatch, store, 0.3, horizon_ms=400)
+    with caplog.at_level("WARNING", logger="onceonly"):
+        result, _ = _run_with_virtual_heartbeat(monkeypatch, store, 0.3, horizon_ms=400)
 
     assert result == "done j"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert re.fullmatch(
+        r"onceonly: heartbeat for key \S+ failed \(renew refused \(test\)\)", warning
+    )
     # The first renewal fails; the next beat (still inside the lease) renews it.
     assert store.renewals == [
         (start + 100, "error"),
