@@ -71,17 +71,22 @@ _DRIVERS = "tests/unit/test_surviving_mutants_drivers.py"
 _BATCH_DEC = "tests/unit/test_surviving_mutants_batch_decorators.py"
 _STORES = "tests/stores/test_surviving_mutants_stores.py"
 _CONTRACT = "tests/stores/test_store_contract.py"
-_REDIS_RUNS: tuple[Run, ...] = (
-    (
-        "tests/stores/test_redis_store.py",
-        "tests/stores/test_redis_native_claim.py",
-        "tests/stores/test_redis_fast_paths.py",
-        "tests/stores/test_redis_encoding_and_acl.py",
-        "tests/stores/test_corrupt_records.py",
-        _STORES,
-    ),
-    (_CONTRACT, "-k", "redis-standalone"),
+_REDIS_FILES: Run = (
+    "tests/stores/test_redis_store.py",
+    "tests/stores/test_redis_native_claim.py",
+    "tests/stores/test_redis_fast_paths.py",
+    "tests/stores/test_redis_encoding_and_acl.py",
+    "tests/stores/test_redis_clients.py",
+    "tests/stores/test_redis_event_loops.py",
+    "tests/stores/test_corrupt_records.py",
+    "tests/faults/test_redis_reply_loss.py",
+    "tests/faults/test_redis_faults.py",
+    _STORES,
 )
+_REDIS_RUNS: tuple[Run, ...] = (_REDIS_FILES, (_CONTRACT, "-k", "redis"))
+# Lua mutants run every test (coverage cannot see into Redis): the standalone
+# contract first, because it is fast and catches most of them.
+_LUA_RUNS: tuple[Run, ...] = ((_CONTRACT, "-k", "redis-standalone"), _REDIS_FILES)
 _DYNAMODB_RUNS: tuple[Run, ...] = (
     (
         "tests/stores/test_dynamodb_store.py",
@@ -205,10 +210,8 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
         f"dynamodb/{name}": (f"stores/dynamodb/{name}.py", _DYNAMODB_RUNS)
         for name in ("store", "async_store", "items", "many")
     },
-    # Lua mutants run every test (coverage cannot see into Redis): the contract
-    # first, because it is fast and catches most of them.
     **{
-        f"lua/{name}": (f"stores/redis/lua/{name}.lua", _REDIS_RUNS[::-1])
+        f"lua/{name}": (f"stores/redis/lua/{name}.lua", _LUA_RUNS)
         for name in ("_prelude", "claim", "complete", "release", "renew")
     },
 }
