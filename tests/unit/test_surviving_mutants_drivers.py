@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import onceonly._async
 import onceonly._sync
 from onceonly import (
     IdempotencyConfig,
@@ -233,3 +234,86 @@ def test_async_release_after_a_cancellation_survives_a_second_cancellation() -> 
     assert record is None  # the release went through
     assert again == "done j"  # and the next call runs at once
     assert runs == 2
+
+
+# -- waiting for another execution's claim: the drivers sleep what the engine asks --------
+
+
+class _VirtualTime:
+    """A ``time`` for ``onceonly._sync`` whose sleep moves a ManualClock on at once."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.sleeps_s: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps_s.append(seconds)
+        self.clock.advance(round(seconds * 1000))
+
+
+class _VirtualAsyncio:
+    """An ``asyncio`` for ``onceonly._async`` whose sleep moves a ManualClock on at once."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.sleeps_s: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps_s.append(seconds)
+        self.clock.advance(round(seconds * 1000))
+        await asyncio.sleep(0)
+
+
+# The holder's claim ends 100 ms after the waiter first finds it: the waiter
+# sleeps 20, 40, then 41 ms (one past the deadline), and takes the key over.
+_WAITED_S = [0.02, 0.04, 0.041]
+_WAIT = IdempotencyConfig(on_in_progress="wait", wait_timeout_seconds=10, lease_seconds=60)
+
+
+def test_a_sync_waiter_sleeps_what_the_engine_asks_then_takes_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    virtual = _VirtualTime(clock)
+    monkeypatch.setattr(onceonly._sync, "time", virtual)
+
+    @idempotent_function(store=store, data="job", config=_WAIT)
+    def work(job: str) -> str:
+        return f"done {job}"
+
+    key = work.key_for("j")  # type: ignore[attr-defined]
+    store.claim(key, token="0" * 32, lease_ms=100, ttl_ms=100, fingerprint=None)
+
+    assert work("j") == "done j"
+    assert virtual.sleeps_s == _WAITED_S
+    record = store.get(key)
+    assert record is not None
+    assert record.status is Status.COMPLETED
+
+
+def test_an_async_waiter_sleeps_what_the_engine_asks_then_takes_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock()
+    store = AsyncMemoryStore(clock=clock)
+    virtual = _VirtualAsyncio(clock)
+    monkeypatch.setattr(onceonly._async, "asyncio", virtual)
+
+    @idempotent_function(store=store, data="job", config=_WAIT)
+    async def work(job: str) -> str:
+        return f"done {job}"
+
+    async def main() -> tuple[str, Any]:
+        key = work.key_for("j")  # type: ignore[attr-defined]
+        await store.claim(key, token="0" * 32, lease_ms=100, ttl_ms=100, fingerprint=None)
+        return await work("j"), await store.get(key)
+
+    result, record = asyncio.run(main())
+    assert result == "done j"
+    assert virtual.sleeps_s == _WAITED_S
+    assert record is not None
+    assert record.status is Status.COMPLETED
