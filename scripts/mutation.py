@@ -240,6 +240,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "the floor is never reached: the delay is at least 20, retry_after_ms + 1 at"
         " least 1, and wait_until - now at least 1 (now >= wait_until raised above)"
     ),
+    ("_sync", "return False #3", "return False -> True"): (
+        "(in _BatchHeartbeat._beat, once halted) _halt sets the flag and then the stop"
+        " event, so the heartbeat's loop ends whatever this beat answers"
+    ),
     ("records", "_check_keys(text, value) #3", "drop call statement"): (
         "(the check after the full encoder) reached only when the one-shot encoder failed"
         " and the full one did not; both are json's C encoder, the full one with its"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -187,25 +188,35 @@ def test_an_async_heartbeat_batch_keeps_every_claim_until_its_outcome_is_stored(
 
 
 class _RenewalsStore(MemoryStore):
-    """A MemoryStore noting when (on its clock) each batch heartbeat beat, and what for."""
+    """A MemoryStore noting when (on its clock) each batch heartbeat beat, and what for.
 
-    def __init__(self, clock: ManualClock) -> None:
+    With ``stall_at=n``, the n-th beat first moves the clock past every lease,
+    as if the process had stalled: its renewals all find their claims ended.
+    """
+
+    def __init__(self, clock: ManualClock, stall_at: int = 0) -> None:
         super().__init__(clock=clock)
         self.clock = clock
+        self.stall_at = stall_at
         self.beats: list[tuple[int, list[str], list[Any]]] = []
+        self.stalled = threading.Event()
 
     def renew_many(self, calls: list[RenewCall]) -> list[bool | Exception]:
+        if len(self.beats) + 1 == self.stall_at:
+            self.clock.advance(60_000)
+            self.stalled.set()
         answers = [self.renew(c.key, token=c.token, lease_ms=c.lease_ms) for c in calls]
         self.beats.append((self.clock.now, [c.key for c in calls], list(answers)))
         return list(answers)
 
 
+@pytest.mark.parametrize("orders", [[1], [1, 2, 3]], ids=["one-record", "three-records"])
 def test_a_batch_heartbeat_renews_every_claim_every_third_of_the_lease_in_virtual_time(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, orders: list[int]
 ) -> None:
     # The heartbeat thread's waits move a ManualClock on (testkit.VirtualHeartbeatTime),
     # so the beats land at exact instants: the cadence is asserted, not a margin.
-    records = _records([1, 2, 3])
+    records = _records(orders)
     keys = _keys(records, HEARTBEAT)
     clock = ManualClock()
     start = clock.now
@@ -214,20 +225,54 @@ def test_a_batch_heartbeat_renews_every_claim_every_third_of_the_lease_in_virtua
     monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
 
     def handle(record: dict[str, Any]) -> dict[str, int]:
-        if _order(record) == 3:
+        if _order(record) == orders[-1]:
             assert virtual.reached.wait(10)  # until the heartbeat's next wait passes 2.7 s
         return {"done": _order(record)}
 
     result = process_batch(records, handle, store=store, config=HEARTBEAT)
 
-    assert [item.status for item in result.items] == [ItemStatus.RUN] * 3
+    assert [item.status for item in result.items] == [ItemStatus.RUN] * len(orders)
     assert virtual.waits_ms[:5] == [500] * 5  # a 1.5 s lease is renewed every 500 ms
-    # Every beat renews all three claims (their outcomes are stored together at the end).
-    assert store.beats == [(start + 500 * i, keys, [True] * 3) for i in range(1, 6)]
+    # Every beat renews every claim (their outcomes are stored together at the end).
+    assert store.beats == [(start + 500 * i, keys, [True] * len(orders)) for i in range(1, 6)]
     for key in keys:
         record = store.get(key)
         assert record is not None
         assert record.status is Status.COMPLETED
+
+
+def test_a_batch_heartbeat_stops_once_every_claim_is_found_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _records([1, 2])
+    keys = _keys(records, HEARTBEAT)
+    clock = ManualClock()
+    start = clock.now
+    store = _RenewalsStore(clock, stall_at=3)
+    virtual = VirtualHeartbeatTime(clock, 60_000)
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
+
+    def handle(record: dict[str, Any]) -> dict[str, int]:
+        if _order(record) == 2:
+            assert store.stalled.wait(10)
+            # A heartbeat that went on beating would reach the horizon at once
+            # (its waits take no real time); one that stopped never does.
+            assert not virtual.reached.wait(0.5)
+        return {"done": _order(record)}
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        result = process_batch(records, handle, store=store, config=HEARTBEAT)
+
+    assert store.beats == [
+        (start + 500, keys, [True, True]),
+        (start + 1000, keys, [True, True]),
+        (start + 60_000 + 1500, keys, [False, False]),  # the last beat
+    ]
+    lost = [r.getMessage() for r in caplog.records if "heartbeat found the lease" in r.message]
+    assert lost == [f"onceonly: heartbeat found the lease on key {key} lost" for key in keys]
+    # The claims were lost: the handler's results are handed back, not stored.
+    assert [item.value for item in result.items] == [{"done": 1}, {"done": 2}]
+    assert [store.get(key) for key in keys] == [None, None]
 
 
 def test_redis_renews_many_claims_in_one_round_trip(
