@@ -317,3 +317,91 @@ def test_an_async_waiter_sleeps_what_the_engine_asks_then_takes_over(
     assert virtual.sleeps_s == _WAITED_S
     assert record is not None
     assert record.status is Status.COMPLETED
+
+
+# -- a claim still in flight when its caller is cancelled ------------------------------
+
+
+class _GatedClaimStore(AsyncMemoryStore):
+    """An AsyncMemoryStore whose claim waits for ``claim_gate`` (then raises, with
+    ``fail``) and whose release waits for ``release_gate``."""
+
+    def __init__(self, clock: ManualClock, *, fail: bool = False) -> None:
+        super().__init__(clock=clock)
+        self.fail = fail
+        self.claiming = asyncio.Event()
+        self.claim_gate = asyncio.Event()
+        self.claimed = asyncio.Event()
+        self.releasing = asyncio.Event()
+        self.release_gate = asyncio.Event()
+        self.released: list[bool] = []
+
+    async def claim(self, key: str, **kwargs: Any) -> Any:
+        self.claiming.set()
+        await self.claim_gate.wait()
+        try:
+            if self.fail:
+                raise IdempotencyStoreError("claim failed (test)")
+            return await super().claim(key, **kwargs)
+        finally:
+            self.claimed.set()
+
+    async def release(self, key: str, *, token: str) -> bool:
+        self.releasing.set()
+        await self.release_gate.wait()
+        answer = await super().release(key, token=token)
+        self.released.append(answer)
+        return answer
+
+
+async def _cancel_while_claiming(store: _GatedClaimStore) -> tuple[Any, list[Any]]:
+    """Cancel a call whose claim is in flight, then let the claim land; the loop's errors."""
+    errors: list[Any] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+
+    @idempotent_function(store=store, data="job", config=IdempotencyConfig(lease_seconds=60))
+    async def work(job: str) -> str:
+        return f"done {job}"
+
+    call = asyncio.ensure_future(work("j"))
+    await asyncio.wait_for(store.claiming.wait(), LONG)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    store.claim_gate.set()
+    await asyncio.wait_for(store.claimed.wait(), LONG)
+    return work, errors
+
+
+def test_a_claim_that_fails_after_its_caller_was_cancelled_gives_nothing_back() -> None:
+    async def main() -> tuple[list[Any], list[bool]]:
+        store = _GatedClaimStore(ManualClock(), fail=True)
+        _, errors = await _cancel_while_claiming(store)
+        for _ in range(5):  # let the done callbacks run
+            await asyncio.sleep(0)
+        return errors, store.released
+
+    errors, released = asyncio.run(main())
+    assert errors == []  # nothing raised in a callback
+    assert released == []  # and nothing to release
+
+
+def test_the_give_back_of_a_claim_is_kept_referenced_until_it_is_done() -> None:
+    # A task only the event loop knows of may be garbage-collected mid-flight:
+    # the release is held in a module set while it runs, and dropped after.
+    async def main() -> tuple[list[Any], int, list[bool], int, Any]:
+        store = _GatedClaimStore(ManualClock())
+        work, errors = await _cancel_while_claiming(store)
+        await asyncio.wait_for(store.releasing.wait(), LONG)
+        held = len(onceonly._async._giving_back)
+        store.release_gate.set()
+        while not store.released:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the task's done callbacks
+        record = await store.get(work.key_for("j"))
+        return errors, held, store.released, len(onceonly._async._giving_back), record
+
+    errors, held, released, after, record = asyncio.run(main())
+    assert errors == []
+    assert (held, released, after) == (1, [True], 0)
+    assert record is None  # the key was given back
