@@ -23,9 +23,10 @@ killed of the non-equivalent ones), the equivalent mutants with why (the
 Which tests run: one pass of the module's tests on the real code under
 pytest-cov (``--cov-context=test``) records which tests execute each line; a
 Python mutant then runs only those tests (a mutant on a line no test executes
-survives without a run, and one on a line executed only at import runs them
-all). ``--no-coverage`` runs every mutant against all of them; Lua mutants
-always do (coverage cannot see inside Redis).
+survives without a run, and one on a line also executed outside a test, at
+import or in a subprocess a test started, runs them all). ``--no-coverage``
+runs every mutant against all of them; Lua mutants always do (coverage cannot
+see inside Redis).
 
 Why a mutator of our own (built on ``ast`` and ``tokenize``) rather than
 mutmut or cosmic-ray: mutmut 3 copies the tree into ``mutants/`` and
@@ -483,11 +484,15 @@ class Coverage:
         self.failure = ""
         import coverage  # here: only the coverage pass needs it
 
+        # Subprocesses the tests start (workers, servers' clients, spawned
+        # processes) are measured too; their lines carry no test context.
+        config = folder / "coveragerc"
+        config.write_text("[run]\npatch = subprocess\n")
         for index, run in enumerate(runs):
             data_file = folder / f".coverage.{abs(hash(runs))}.{index}"
             env = {**_env(), "COVERAGE_FILE": str(data_file)}
             args = ["-q", "-p", "no:cacheprovider", "-W", "error", "--cov=onceonly"]
-            args += ["--cov-context=test", "--cov-report=", *run]
+            args += ["--cov-context=test", "--cov-report=", f"--cov-config={config}", *run]
             code, tail = _pytest(args, timeout, env)
             if code != 0:
                 self.failure = f"{'timeout' if code is None else 'fail'}\n{tail}"
@@ -500,13 +505,16 @@ class Coverage:
                     by_line.setdefault(line, set()).update(c.split("|")[0] for c in contexts)
 
     def tests_for(self, path: Path, first: int, last: int) -> set[str] | None:
-        """The node ids that run any of lines first..last; None: run every test (import time)."""
+        """The node ids that run any of lines first..last; None: run every test.
+
+        Every test runs for a line also run outside any test's context: at
+        import, or in a subprocess a test started (which test is not known).
+        """
         by_line = self.lines.get(str(path), {})
         contexts = set().union(*(by_line.get(n, set()) for n in range(first, last + 1)))
-        tests = {c for c in contexts if c}
-        if not tests and "" in contexts:
+        if "" in contexts:
             return None
-        return tests
+        return contexts
 
 
 def sample(mutants: list[Mutant], limit: int | None) -> list[Mutant]:
