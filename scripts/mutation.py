@@ -245,6 +245,33 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "(in _BatchHeartbeat._beat, once halted) _halt sets the flag and then the stop"
         " event, so the heartbeat's loop ends whatever this beat answers"
     ),
+    ("sqlite", 'return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]', "0 -> -1"): (
+        "the row has one column: [-1] is [0]"
+    ),
+    ("sqlite", "return Acquired(takeover=rows[0][0] == 1)", "0 -> -1 #1"): (
+        "RETURNING gives one row for the one key: rows[-1] is rows[0]"
+    ),
+    ("sqlite", "return Acquired(takeover=rows[0][0] == 1)", "0 -> -1 #2"): (
+        "the row has one column: [-1] is [0]"
+    ),
+    ("sqlite", "give_up = time.monotonic() + self._busy_timeout_ms / 1000", "1000 -> 1001"): (
+        "timing only: gives up 0.1% of the busy timeout sooner; no outcome differs"
+    ),
+    ("sqlite", "give_up = time.monotonic() + self._busy_timeout_ms / 1000", "1000 -> 999"): (
+        "timing only: gives up 0.1% of the busy timeout later; no outcome differs"
+    ),
+    ("sqlite", "if not _is_busy(exc) or time.monotonic() + pause > give_up:", "> -> >="): (
+        "timing only: the last retry's cut-off at the exact instant of the timeout"
+    ),
+    ("sqlite", "time.sleep(pause)", "drop call statement"): (
+        "timing only: retries without pausing until the busy timeout; the same outcome"
+    ),
+    ("sqlite", "pause = min(pause * 2, 0.05)", "2 -> 1"): (
+        "timing only: the retries' pauses grow slower; the same outcome"
+    ),
+    ("sqlite", "pause = min(pause * 2, 0.05)", "2 -> 3"): (
+        "timing only: the retries' pauses grow faster; the same outcome"
+    ),
     ("records", "_check_keys(text, value) #3", "drop call statement"): (
         "(the check after the full encoder) reached only when the one-shot encoder failed"
         " and the full one did not; both are json's C encoder, the full one with its"

@@ -621,3 +621,19 @@ def test_a_forked_child_opens_its_own_connection(sqlite_store: SQLiteStore) -> N
     record = sqlite_store.get(KEY)
     assert record is not None
     assert record.status is Status.IN_PROGRESS
+
+
+def test_close_closes_the_connections_the_store_opened(sqlite_store: SQLiteStore) -> None:
+    conn = sqlite_store._conn()
+    sqlite_store.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        conn.execute("SELECT 1")
+
+
+def test_a_failure_other_than_a_lock_says_to_check_the_file(tmp_path: Path) -> None:
+    with pytest.raises(IdempotencyStoreError) as caught:
+        SQLiteStore(tmp_path / "no" / "db.sqlite3")
+    assert str(caught.value) == (
+        f"SQLite store {tmp_path / 'no' / 'db.sqlite3'} failed: unable to open database file; "
+        "check that the file and its folder exist, are writable and on a local disk"
+    )

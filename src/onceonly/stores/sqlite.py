@@ -183,9 +183,9 @@ class SQLiteStore:
     # -- connections -------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        # The busy timeout is set by the first of the pragmas below.
         conn = sqlite3.connect(
             self.path,
-            timeout=self._busy_timeout_ms / 1000,
             isolation_level=None,  # autocommit: each statement is its own transaction
             check_same_thread=False,
         )
