@@ -92,6 +92,7 @@ class VirtualAsyncHeartbeatTime:
         self.until = clock.now + horizon_ms
         self.reached = asyncio.Event()
         self.sleeps_ms: list[int] = []
+        self.sleeps_s: list[float] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(asyncio, name)
@@ -99,6 +100,7 @@ class VirtualAsyncHeartbeatTime:
     async def sleep(self, seconds: float) -> None:
         step = round(seconds * 1000)
         self.sleeps_ms.append(step)
+        self.sleeps_s.append(seconds)
         if self.clock.now + step > self.until:
             self.reached.set()
             await asyncio.Event().wait()  # until the heartbeat is cancelled

@@ -23,9 +23,10 @@ from onceonly import (
     IdempotencyStoreError,
     idempotent_function,
 )
-from onceonly.records import Status
+from onceonly.engine import Invocation
+from onceonly.records import Status, new_token
 from onceonly.stores import AsyncMemoryStore, MemoryStore
-from testkit import ManualClock, VirtualHeartbeatTime
+from testkit import ManualClock, VirtualAsyncHeartbeatTime, VirtualHeartbeatTime
 
 LONG = 10  # seconds: an upper bound on an event that comes at once when the code is right
 
@@ -405,3 +406,117 @@ def test_the_give_back_of_a_claim_is_kept_referenced_until_it_is_done() -> None:
     assert errors == []
     assert (held, released, after) == (1, [True], 0)
     assert record is None  # the key was given back
+
+
+# -- one renewal of an async heartbeat --------------------------------------------------
+
+
+class _AsyncRenewals(AsyncMemoryStore):
+    """An AsyncMemoryStore noting each renewal's lease."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.leases: list[int] = []
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        self.leases.append(lease_ms)
+        return await super().renew(key, token=token, lease_ms=lease_ms)
+
+
+@pytest.mark.parametrize(("left_ms", "renewed"), [(-5, []), (0, []), (1, [1]), (2, [2])])
+def test_an_async_beat_renews_only_to_the_invocations_end(
+    left_ms: int, renewed: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # With the invocation's end (a Lambda deadline) ``left_ms`` away, a beat
+    # renews to it; at or past it the heartbeat stops without a renewal.
+    clock = ManualClock()
+    store = _AsyncRenewals(clock)
+    inv = Invocation("k", None, new_token(), 60_000, 60_000, deadline_ms=clock.now + left_ms)
+
+    async def main() -> bool:
+        await store.claim("k", token=inv.token, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+        return await onceonly._async._renew_one(store, inv, clock)()
+
+    with caplog.at_level("DEBUG", logger="onceonly"):
+        assert asyncio.run(main()) is (renewed != [])
+    assert store.leases == renewed
+    stopped = [
+        r.getMessage() for r in caplog.records if "stops at the invocation's end" in r.message
+    ]
+    assert stopped == (
+        [] if renewed else ["onceonly: heartbeat for key k stops at the invocation's end"]
+    )
+
+
+def test_an_async_beat_that_finds_the_lease_lost_says_so_and_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    store = _AsyncRenewals(clock)
+    inv = Invocation("k", None, new_token(), 60_000, 60_000)
+
+    async def main() -> bool:
+        # Another execution holds the key: this invocation's claim is gone.
+        await store.claim("k", token=new_token(), lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+        return await onceonly._async._renew_one(store, inv, clock)()
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        assert asyncio.run(main()) is False
+    assert store.leases == [60_000]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "onceonly: heartbeat found the lease on key k lost"
+    ]
+
+
+def test_async_heartbeat_renews_every_third_of_the_lease_and_logs_a_failed_renewal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    start = clock.now
+    store = _AsyncRenewalTimes(clock, fail_first=1)
+
+    async def main() -> tuple[str, Any, VirtualAsyncHeartbeatTime]:
+        virtual = VirtualAsyncHeartbeatTime(clock, 500)
+        monkeypatch.setattr(onceonly._async, "asyncio", virtual)
+
+        @idempotent_function(
+            store=store, data="job", config=IdempotencyConfig(lease_seconds=0.3, heartbeat=True)
+        )
+        async def long(job: str) -> str:
+            await asyncio.wait_for(virtual.reached.wait(), LONG)
+            return f"done {job}"
+
+        result = await long("j")
+        return result, await store.get(long.key_for("j")), virtual  # type: ignore[attr-defined]
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        result, record, virtual = asyncio.run(main())
+    assert result == "done j"
+    assert virtual.sleeps_s[0] == 0.1  # exactly: a 300 ms lease renewed every 100 ms
+    # The first renewal fails and is logged; the next beats renew it.
+    assert store.renewals == [(start + 100 * i, i > 1) for i in range(1, 6)]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert re.fullmatch(
+        r"onceonly: heartbeat for key \S+ failed \(renew refused \(test\)\)", warning
+    )
+    assert record is not None
+    assert record.status is Status.COMPLETED
+
+
+class _AsyncRenewalTimes(AsyncMemoryStore):
+    """An AsyncMemoryStore noting when (on its clock) each renewal came and whether it
+    held; the first ``fail_first`` raise IdempotencyStoreError instead."""
+
+    def __init__(self, clock: ManualClock, fail_first: int) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.fail_first = fail_first
+        self.renewals: list[tuple[int, bool]] = []
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        if len(self.renewals) < self.fail_first:
+            self.renewals.append((self.clock.now, False))
+            raise IdempotencyStoreError("renew refused (test)")
+        answer = await super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewals.append((self.clock.now, answer))
+        return answer
