@@ -575,15 +575,17 @@ class _FlipClock:
         return self.times[(self.calls - 1) % 2]
 
 
+@pytest.mark.parametrize("later_ms", [1000, 5000], ids=["at-its-deadline", "past-it"])
 def test_a_claim_gives_up_after_eight_holders_that_end_as_they_are_read(
-    db: Path, clock: Any
+    db: Path, clock: Any, later_ms: int
 ) -> None:
-    # Each round the claim finds the key held, then reads the holder ended: as
-    # if another writer took and dropped it in between. After 8 rounds it stops.
+    # Each round the claim finds the key held, then reads the holder ended (its
+    # deadline is its last held instant): as if another writer took and dropped
+    # it in between. After 8 rounds it stops.
     holder = SQLiteStore(db, clock=clock)
     holder.claim(KEY, token=token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
     holder.close()
-    flip = _FlipClock(clock.now, clock.now + 5000)
+    flip = _FlipClock(clock.now, clock.now + later_ms)
     store = SQLiteStore(db, clock=flip)
     try:
         with pytest.raises(
@@ -637,3 +639,15 @@ def test_a_failure_other_than_a_lock_says_to_check_the_file(tmp_path: Path) -> N
         f"SQLite store {tmp_path / 'no' / 'db.sqlite3'} failed: unable to open database file; "
         "check that the file and its folder exist, are writable and on a local disk"
     )
+
+
+def test_a_release_counts_as_a_write_for_the_sweep(db: Path, clock: Any) -> None:
+    store = SQLiteStore(db, clock=clock, purge_every=2)
+    try:
+        tok = token()
+        store.claim("k", token=tok, lease_ms=1000, ttl_ms=1000, fingerprint=None)  # write 1
+        raw_insert(db, {"key": "expired", "deadline": clock.now - 1})
+        assert store.release("k", token=tok) is True  # write 2: the sweep runs
+        assert raw_rows(db) == []
+    finally:
+        store.close()
