@@ -651,3 +651,22 @@ def test_a_release_counts_as_a_write_for_the_sweep(db: Path, clock: Any) -> None
         assert raw_rows(db) == []
     finally:
         store.close()
+
+
+def test_each_sweep_step_goes_on_after_the_last_key_it_looked_at(db: Path, clock: Any) -> None:
+    # Five live rows, then an expired one: two keys per step, the third step reaches it.
+    SQLiteStore(db, clock=clock).close()  # the table
+    for i in range(6):
+        raw_insert(db, {"key": f"a{i}", "deadline": clock.now + (-1 if i == 5 else 60_000)})
+    store = SQLiteStore(db, clock=clock, purge_every=1, purge_batch=2)
+    try:
+        tok = token()
+        store.claim("z", token=tok, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+        left = [len(raw_rows(db))]
+        for _ in range(2):
+            assert store.renew("z", token=tok, lease_ms=60_000) is True
+            left.append(len(raw_rows(db)))
+        assert left == [7, 7, 6]  # a0-a1, a2-a3, then a4-a5: a5 goes
+        assert "a5" not in [r[0] for r in raw_rows(db)]
+    finally:
+        store.close()
