@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 
+import onceonly._async
 import onceonly._sync
 import redis_harness as harness
 from onceonly import IdempotencyConfig, IdempotencyKeyReuseError
@@ -28,7 +29,7 @@ from onceonly.records import Status, decode_outcome, new_token
 from onceonly.stores import AsyncMemoryStore, AsyncSQLiteStore, MemoryStore, SQLiteStore
 from onceonly.stores.protocol import RenewCall, renew_many, renew_many_async
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
-from testkit import ManualClock, RedisFarm, VirtualHeartbeatTime
+from testkit import ManualClock, RedisFarm, VirtualAsyncHeartbeatTime, VirtualHeartbeatTime
 
 
 class CountingConnection(redis.Connection):
@@ -539,3 +540,118 @@ def test_a_failed_release_after_the_outcomes_are_stored_does_not_fail_the_batch(
     assert "could not release 1 claim" in caplog.text
     again = process_batch([{"id": 0}, {"id": 1}], handle, store=store, config=config)
     assert [item.status for item in again.items] == [ItemStatus.REPLAYED, ItemStatus.REPLAYED]
+
+
+class _AsyncRenewalsStore(AsyncMemoryStore):
+    """An AsyncMemoryStore noting when (on its clock) each renewal came and how it went.
+
+    With ``stall_at=n`` the n-th renewal first moves the clock past every lease;
+    with ``broken=True`` every renewal raises a RuntimeError (not a store error).
+    """
+
+    def __init__(self, clock: ManualClock, stall_at: int = 0, broken: bool = False) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.stall_at = stall_at
+        self.broken = broken
+        self.renewals: list[tuple[int, str, bool]] = []
+
+    async def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        if self.broken:
+            raise RuntimeError("renew broke (test)")
+        if len(self.renewals) + 1 == self.stall_at:
+            self.clock.advance(60_000)
+        answer = await super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewals.append((self.clock.now, key, answer))
+        return answer
+
+
+def _run_async_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    store: _AsyncRenewalsStore,
+    records: list[dict[str, Any]],
+    horizon_ms: int,
+    wait_for_horizon: bool,
+) -> tuple[Any, VirtualAsyncHeartbeatTime]:
+    """process_batch_async with the heartbeat in virtual time; the last record waits for
+    the heartbeat to reach the horizon (or, without wait_for_horizon, yields a while)."""
+
+    async def main() -> tuple[Any, VirtualAsyncHeartbeatTime]:
+        virtual = VirtualAsyncHeartbeatTime(store.clock, horizon_ms)
+        monkeypatch.setattr(onceonly._async, "asyncio", virtual)
+        last = _order(records[-1])
+
+        async def handle(record: dict[str, Any]) -> dict[str, int]:
+            if _order(record) == last:
+                if wait_for_horizon:
+                    await asyncio.wait_for(virtual.reached.wait(), 10)
+                else:
+                    for _ in range(50):  # a heartbeat still beating would reach the horizon
+                        await asyncio.sleep(0)
+            return {"done": _order(record)}
+
+        return await process_batch_async(records, handle, store=store, config=HEARTBEAT), virtual
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("orders", [[1], [1, 2, 3]], ids=["one-record", "three-records"])
+def test_an_async_batch_heartbeat_renews_every_claim_every_third_of_the_lease_in_virtual_time(
+    monkeypatch: pytest.MonkeyPatch, orders: list[int]
+) -> None:
+    records = _records(orders)
+    keys = _keys(records, HEARTBEAT)
+    clock = ManualClock()
+    start = clock.now
+    store = _AsyncRenewalsStore(clock)
+
+    result, virtual = _run_async_batch(monkeypatch, store, records, 2700, wait_for_horizon=True)
+
+    assert [item.status for item in result.items] == [ItemStatus.RUN] * len(orders)
+    assert virtual.sleeps_s[:5] == [0.5] * 5  # a 1.5 s lease is renewed every 500 ms
+    assert store.renewals == [(start + 500 * i, key, True) for i in range(1, 6) for key in keys]
+    for key in keys:
+        record = asyncio.run(store.get(key))
+        assert record is not None
+        assert record.status is Status.COMPLETED
+
+
+def test_an_async_batch_heartbeat_stops_once_every_claim_is_found_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _records([1, 2])
+    keys = _keys(records, HEARTBEAT)
+    clock = ManualClock()
+    start = clock.now
+    store = _AsyncRenewalsStore(clock, stall_at=5)  # the third beat's first renewal
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        result, virtual = _run_async_batch(
+            monkeypatch, store, records, 600_000, wait_for_horizon=False
+        )
+
+    assert not virtual.reached.is_set()  # it stopped beating
+    late = start + 60_000 + 1500
+    assert store.renewals == [
+        *((start + 500, key, True) for key in keys),
+        *((start + 1000, key, True) for key in keys),
+        *((late, key, False) for key in keys),
+    ]
+    lost = [r.getMessage() for r in caplog.records if "heartbeat found the lease" in r.message]
+    assert lost == [f"onceonly: heartbeat found the lease on key {key} lost" for key in keys]
+    assert [item.value for item in result.items] == [{"done": 1}, {"done": 2}]
+
+
+def test_an_async_batch_heartbeat_that_breaks_is_logged_and_the_batch_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _records([1, 2])
+    store = _AsyncRenewalsStore(ManualClock(), broken=True)
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        result, _ = _run_async_batch(monkeypatch, store, records, 600_000, wait_for_horizon=False)
+
+    assert [item.status for item in result.items] == [ItemStatus.RUN] * 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "onceonly: heartbeat of a batch failed (RuntimeError)"
+    ]
