@@ -272,6 +272,9 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("sqlite", "pause = min(pause * 2, 0.05)", "2 -> 3"): (
         "timing only: the retries' pauses grow faster; the same outcome"
     ),
+    ("_async", "if not task.cancelled():", "drop not"): (
+        "on a cancelled task exception() raises CancelledError, which the next line raises anyway"
+    ),
     ("records", "_check_keys(text, value) #3", "drop call statement"): (
         "(the check after the full encoder) reached only when the one-shot encoder failed"
         " and the full one did not; both are json's C encoder, the full one with its"

@@ -264,6 +264,7 @@ def test_a_batch_heartbeat_stops_once_every_claim_is_found_lost(
     with caplog.at_level("WARNING", logger="onceonly"):
         result = process_batch(records, handle, store=store, config=HEARTBEAT)
 
+    assert virtual.waits_ms == [500] * 3  # no wait after the third beat: it stopped
     assert store.beats == [
         (start + 500, keys, [True, True]),
         (start + 1000, keys, [True, True]),
@@ -631,6 +632,7 @@ def test_an_async_batch_heartbeat_stops_once_every_claim_is_found_lost(
         )
 
     assert not virtual.reached.is_set()  # it stopped beating
+    assert virtual.sleeps_s == [0.5] * 3  # after its third beat
     late = start + 60_000 + 1500
     assert store.renewals == [
         *((start + 500, key, True) for key in keys),
