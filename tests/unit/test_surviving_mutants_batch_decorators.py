@@ -17,9 +17,15 @@ import pytest
 
 from onceonly import IdempotencyConfig, idempotent, idempotent_function
 from onceonly.batch import ItemStatus, process_batch
-from onceonly.errors import CorruptRecordError, IdempotencyStoreError, OnceOnlyWarning
+from onceonly.errors import (
+    CorruptRecordError,
+    IdempotencyConfigError,
+    IdempotencyStoreError,
+    OnceOnlyWarning,
+)
 from onceonly.records import ClaimResult, Status
 from onceonly.stores import MemoryStore
+from onceonly.testing import disabled
 from testkit import ManualClock
 
 CONFIG = IdempotencyConfig(event_key_jmespath="from_json(body).order", key_prefix="sqs")
@@ -253,3 +259,43 @@ def test_a_positional_only_data_parameter_is_not_taken_from_kwargs() -> None:
     assert f({"id": 1}) == 1  # the same payload: replayed
     assert f({"id": 2}, event={"id": 1}) == 2  # another payload: runs
     assert len(calls) == 2
+
+
+# -- process_batch's own arguments ----------------------------------------------------------
+
+
+_BATCH = IdempotencyConfig(key_prefix="b", event_key_jmespath="id")
+
+
+def _echo(record: dict[str, Any]) -> dict[str, Any]:
+    return record
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "100"])
+def test_a_batch_refuses_a_lease_that_is_not_a_positive_integer(bad: Any) -> None:
+    with pytest.raises(IdempotencyConfigError, match=r"lease_ms must be a positive integer, got"):
+        process_batch([{"id": 1}], _echo, store=MemoryStore(), config=_BATCH, lease_ms=bad)
+
+
+def test_a_batch_takes_a_lease_of_one_ms() -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    (probe,) = process_batch([{"id": 1}], _echo, store=MemoryStore(), config=_BATCH).items
+    seen: list[Any] = []
+
+    def handler(record: dict[str, Any]) -> None:
+        seen.append(store.get(probe.key))  # type: ignore[arg-type]
+
+    process_batch([{"id": 1}], handler, store=store, config=_BATCH, lease_ms=1)
+    assert seen[0] is not None
+    assert seen[0].deadline_ms == clock.now + 1  # claimed for exactly 1 ms
+
+
+def test_a_switched_off_batch_warns_at_the_callers_line() -> None:
+    with disabled(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = process_batch([{"id": 1}], _echo, store=MemoryStore(), config=_BATCH)
+    assert [item.status for item in result.items] == [ItemStatus.RUN]
+    (warning,) = [w for w in caught if issubclass(w.category, OnceOnlyWarning)]
+    assert warning.filename == __file__
+    assert "idempotency is switched off" in str(warning.message)
