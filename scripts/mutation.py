@@ -82,6 +82,7 @@ _REDIS_FILES: Run = (
     "tests/stores/test_corrupt_records.py",
     "tests/faults/test_redis_reply_loss.py",
     "tests/faults/test_redis_faults.py",
+    "tests/compat/test_powertools_records_redis.py",
     _STORES,
 )
 _REDIS_RUNS: tuple[Run, ...] = (_REDIS_FILES, (_CONTRACT, "-k", "redis"))

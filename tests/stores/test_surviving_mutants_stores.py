@@ -194,3 +194,23 @@ def test_redis_release_by_another_token_finds_a_claim_ended_exactly_at_its_deadl
     # the script leaves the ended record alone (it is not the caller's).
     assert store.release("k", token=other) is True
     assert client.exists(store.full_key("k")) == 1
+
+
+# -- Redis: only an in-progress record's deadline can be the key-expiry marker ------------
+
+
+def test_redis_a_completed_record_keeps_a_marker_like_deadline_as_written(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    # The native claim writes the marker 9999999999999999 in an IN_PROGRESS
+    # record, meaning "ends with the key". A COMPLETED record (written by hand,
+    # or a future writer) with that deadline means that deadline: the scripts
+    # must not read it from the key's expiry.
+    client = redis_farm.standalone(redis_engine).client()
+    # With a clock of its own the store claims through the claim script (no native SET).
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    tok = new_token()
+    client.set(store.full_key("k"), f"o1|C|{tok}|9999999999999999||j1".encode(), px=60_000)
+    found = store.claim("k", token=new_token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
+    assert isinstance(found, Found)
+    assert found.record == Record(Status.COMPLETED, tok, 9_999_999_999_999_999, None, b"j1")
