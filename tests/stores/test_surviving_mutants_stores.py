@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
@@ -214,3 +217,26 @@ def test_redis_a_completed_record_keeps_a_marker_like_deadline_as_written(
     found = store.claim("k", token=new_token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
     assert isinstance(found, Found)
     assert found.record == Record(Status.COMPLETED, tok, 9_999_999_999_999_999, None, b"j1")
+
+
+# -- Redis: a Powertools record's times may be zero ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"status": "COMPLETED", "expiration": 0, "data": "1"},
+        {"status": "INPROGRESS", "expiration": 4_000_000_000, "in_progress_expiration": 0},
+    ],
+    ids=["expiration-0", "in-progress-expiration-0"],
+)
+def test_redis_a_powertools_record_with_a_zero_time_has_ended(
+    value: dict[str, Any], redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    # Zero is a whole number in range (the epoch): the record is one, and long over.
+    client = redis_farm.standalone(redis_engine).client()
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    client.set(store.full_key("k"), json.dumps(value).encode(), px=60_000)
+    assert store.claim("k", token=new_token(), lease_ms=1000, ttl_ms=1000, fingerprint=None) == (
+        Acquired(takeover=value["status"] == "INPROGRESS")
+    )
