@@ -214,7 +214,8 @@ def batch_flow(
     for index, inv in enumerate(invocations):
         if inv is not None and inv.key not in first:
             first[inv.key] = index
-    claimed = [invocations[i] for i in first.values()]
+    claimed_at = list(first.values())
+    claimed = [invocations[i] for i in claimed_at]
     assert all(inv is not None for inv in claimed)
     unprotected = False
     try:
@@ -226,13 +227,14 @@ def batch_flow(
         if policy.config.on_store_error is not StoreErrorPolicy.RUN:
             raise
         logger.warning("onceonly: store failed for batch %s; running unprotected", policy.name)
-        answers, unprotected = [], True
+        # Nothing was claimed: every record runs unprotected, below.
+        claimed_at, answers, unprotected = [], [], True
 
     by_key: dict[str, ItemResult] = {}
     # What a later record of each key meets: the store's record, or this batch's own claim.
     holders: dict[str, Found] = {}
     to_run: list[int] = []
-    for index, answer in zip(first.values(), answers, strict=True):
+    for index, answer in zip(claimed_at, answers, strict=True):
         inv = invocations[index]
         assert inv is not None
         if isinstance(answer, BaseException):

@@ -9,6 +9,7 @@ a ManualClock (never moved: no lease runs out by itself here).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from onceonly import IdempotencyConfig, idempotent, idempotent_function
-from onceonly.batch import ItemStatus, process_batch
+from onceonly.batch import ItemStatus, process_batch, process_batch_async
 from onceonly.errors import (
     CorruptRecordError,
     IdempotencyConfigError,
@@ -24,7 +25,7 @@ from onceonly.errors import (
     OnceOnlyWarning,
 )
 from onceonly.records import ClaimResult, Status
-from onceonly.stores import MemoryStore
+from onceonly.stores import AsyncMemoryStore, MemoryStore
 from onceonly.testing import disabled
 from testkit import ManualClock
 
@@ -299,3 +300,49 @@ def test_a_switched_off_batch_warns_at_the_callers_line() -> None:
     (warning,) = [w for w in caught if issubclass(w.category, OnceOnlyWarning)]
     assert warning.filename == __file__
     assert "idempotency is switched off" in str(warning.message)
+
+
+class _DownStore(MemoryStore):
+    """A MemoryStore whose claims fail as an unreachable store's do."""
+
+    def claim(self, key: str, **kwargs: Any) -> Any:
+        raise IdempotencyStoreError("store down (test)")
+
+
+def test_a_batch_that_runs_unprotected_on_a_store_error_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = IdempotencyConfig(key_prefix="b", event_key_jmespath="id", on_store_error="run")
+    with caplog.at_level("WARNING", logger="onceonly"):
+        result = process_batch([{"id": 1}, {"id": 2}], _echo, store=_DownStore(), config=config)
+    # Every record ran, unprotected (a defect this test found: the batch raised
+    # a ValueError here instead).
+    assert [(item.status, item.value) for item in result.items] == [
+        (ItemStatus.RUN, {"id": 1}),
+        (ItemStatus.RUN, {"id": 2}),
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "onceonly: store failed for batch _echo; running unprotected"
+    ]
+
+
+class _AsyncDownStore(AsyncMemoryStore):
+    """An AsyncMemoryStore whose claims fail as an unreachable store's do."""
+
+    async def claim(self, key: str, **kwargs: Any) -> Any:
+        raise IdempotencyStoreError("store down (test)")
+
+
+def test_an_async_batch_runs_unprotected_on_a_store_error_when_told_to() -> None:
+    config = IdempotencyConfig(key_prefix="b", event_key_jmespath="id", on_store_error="run")
+
+    async def handler(record: dict[str, Any]) -> dict[str, Any]:
+        return record
+
+    result = asyncio.run(
+        process_batch_async([{"id": 1}, {"id": 2}], handler, store=_AsyncDownStore(), config=config)
+    )
+    assert [(item.status, item.value) for item in result.items] == [
+        (ItemStatus.RUN, {"id": 1}),
+        (ItemStatus.RUN, {"id": 2}),
+    ]
