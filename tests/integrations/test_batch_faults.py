@@ -657,3 +657,19 @@ def test_an_async_batch_heartbeat_that_breaks_is_logged_and_the_batch_goes_on(
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "onceonly: heartbeat of a batch failed (RuntimeError)"
     ]
+
+
+def test_a_batch_heartbeat_over_a_lease_under_3_ms_beats_every_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = _records([1])
+    clock = ManualClock()
+    store = _RenewalsStore(clock)
+    virtual = VirtualHeartbeatTime(clock, 1)  # one beat, then the horizon
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
+
+    def handle(record: dict[str, Any]) -> None:
+        assert virtual.reached.wait(10)
+
+    process_batch(records, handle, store=store, config=HEARTBEAT, lease_ms=2)
+    assert virtual.waits_s[:2] == [0.001, 0.001]  # a third of 2 ms is 0: one ms at least

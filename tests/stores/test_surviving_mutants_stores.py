@@ -240,3 +240,25 @@ def test_redis_a_powertools_record_with_a_zero_time_has_ended(
     assert store.claim("k", token=new_token(), lease_ms=1000, ttl_ms=1000, fingerprint=None) == (
         Acquired(takeover=value["status"] == "INPROGRESS")
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "deadline_ms"),
+    [
+        ({"status": "COMPLETED", "expiration": 10**12, "data": "1"}, 10**15),
+        (
+            {"status": "INPROGRESS", "expiration": 10**12, "in_progress_expiration": 10**15},
+            10**15,
+        ),
+    ],
+    ids=["expiration-at-its-limit", "in-progress-expiration-at-its-limit"],
+)
+def test_redis_a_powertools_record_at_the_limits_of_its_times_is_a_record(
+    value: dict[str, Any], deadline_ms: int, redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.standalone(redis_engine).client()
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+    client.set(store.full_key("k"), json.dumps(value).encode(), px=60_000)
+    found = store.claim("k", token=new_token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
+    assert isinstance(found, Found)
+    assert found.record.deadline_ms == deadline_ms
