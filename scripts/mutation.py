@@ -292,22 +292,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "a batch's own claim, as a later record of its key meets it: only its token"
         " and fingerprint are read (the deadline and now never are)"
     ),
-    (
-        "batch_engine",
-        "return Found(Record(Status.IN_PROGRESS, inv.token, 0, inv.fingerprint), 0)",
-        "1 -> 0",
-    ): (
-        "a batch's own claim, as a later record of its key meets it: only its token"
-        " and fingerprint are read (the deadline and now never are)"
-    ),
-    (
-        "batch_engine",
-        "return Found(Record(Status.IN_PROGRESS, inv.token, 0, inv.fingerprint), 0)",
-        "1 -> 2",
-    ): (
-        "a batch's own claim, as a later record of its key meets it: only its token"
-        " and fingerprint are read (the deadline and now never are)"
-    ),
     ("records", "_check_keys(text, value) #3", "drop call statement"): (
         "(the check after the full encoder) reached only when the one-shot encoder failed"
         " and the full one did not; both are json's C encoder, the full one with its"
