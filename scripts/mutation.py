@@ -634,8 +634,43 @@ class Result:
         return f"{100 * self.killed / scored:.1f}%" if scored else "-"
 
 
+# A survivor as a report names it: the original line and the mutated one
+# (stripped, from its diff) and the mutation.
+Named = tuple[str, str, str]
+
+
+def survivors_named(reports: list[Path]) -> dict[str, set[Named]]:
+    """The survivors the reports list, per module, by what their diffs show."""
+    found: dict[str, set[Named]] = {}
+    heading = re.compile(r"^### (\S+) line \d+: (.+)$")
+    for report in reports:
+        lines = report.read_text().splitlines()
+        for i, line in enumerate(lines):
+            match = heading.match(line)
+            if match is None:
+                continue
+            diff = itertools.takewhile(lambda text: not text.startswith("### "), lines[i + 1 :])
+            body = [d for d in diff if d[:1] in "-+" and d[:3] not in ("---", "+++")]
+            old = next((d[1:].strip() for d in body if d.startswith("-")), "")
+            new = next((d[1:].strip() for d in body if d.startswith("+")), "")
+            found.setdefault(match[1], set()).add((old, new, match[2]))
+    return found
+
+
+def named(source: str, mutant: Mutant) -> Named:
+    """How a report would name the mutant (see survivors_named)."""
+    line = mutant.line - 1
+    old = source.splitlines()[line].strip()
+    new = mutant.apply(source).splitlines()[line].strip()
+    return old, new, mutant.what
+
+
 def mutate_module(
-    name: str, limit: int | None, timeout: float, coverage: dict[tuple[Run, ...], Coverage] | None
+    name: str,
+    limit: int | None,
+    timeout: float,
+    coverage: dict[tuple[Run, ...], Coverage] | None,
+    only: set[Named] | None = None,
 ) -> Result:
     file, runs = MODULES[name]
     path = SRC / file
@@ -643,6 +678,8 @@ def mutate_module(
     source = original.decode()
     every = lua_mutants(source) if path.suffix == ".lua" else python_mutants(source)
     chosen = sample(every, limit)
+    if only is not None:
+        chosen = [m for m in chosen if named(source, m) in only]
     result = Result(name)
     print(f"== {name}: {len(chosen)} of {len(every)} mutants", flush=True)
     covered: Coverage | None = None
@@ -773,6 +810,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write the table and survivors as markdown")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument(
+        "--recheck",
+        type=Path,
+        nargs="+",
+        metavar="REPORT",
+        help="run only the survivors these reports list (found again by their diffs, so"
+        " edits elsewhere in the file do not matter)",
+    )
+    parser.add_argument(
         "--no-coverage",
         action="store_true",
         help="run every mutant against all of its module's tests, not only those that run its"
@@ -780,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = select(args.module)
+    recheck = survivors_named(args.recheck) if args.recheck else None
+    if recheck is not None:
+        names = [name for name in names if name in recheck]
 
     if args.list:
         for name in names:
@@ -809,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         for name in names:
-            results.append(mutate_module(name, args.max, args.timeout, coverage))
+            only = None if recheck is None else recheck[name]
+            results.append(mutate_module(name, args.max, args.timeout, coverage, only))
     except Interrupted as stop:
         print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
         status = 130
