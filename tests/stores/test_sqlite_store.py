@@ -670,3 +670,11 @@ def test_each_sweep_step_goes_on_after_the_last_key_it_looked_at(db: Path, clock
         assert "a5" not in [r[0] for r in raw_rows(db)]
     finally:
         store.close()
+
+
+def test_the_async_store_runs_at_most_8_threads_by_default(db: Path) -> None:
+    store = AsyncSQLiteStore(db)
+    try:
+        assert store.max_workers == 8
+    finally:
+        store.close()
