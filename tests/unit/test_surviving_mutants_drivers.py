@@ -11,6 +11,7 @@ repeatable instants with no sleeping.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from typing import Any
 
@@ -520,3 +521,33 @@ class _AsyncRenewalTimes(AsyncMemoryStore):
         answer = await super().renew(key, token=token, lease_ms=lease_ms)
         self.renewals.append((self.clock.now, answer))
         return answer
+
+
+# -- a batch's settling writes: their failure is retrieved when the batch is cancelled ------
+
+
+def test_a_settling_write_that_fails_after_a_cancellation_leaves_no_unretrieved_error() -> None:
+    # The caller gets the cancellation; the write's own error must not surface
+    # later as asyncio's "Task exception was never retrieved".
+    async def main() -> list[Any]:
+        errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        gate = asyncio.Event()
+
+        async def failing_write() -> None:
+            await gate.wait()
+            raise IdempotencyStoreError("write failed (test)")
+
+        settling = asyncio.ensure_future(onceonly._async._settled(failing_write()))
+        await asyncio.sleep(0)  # the write is under way
+        settling.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await settling
+        del settling
+        gc.collect()  # a task's unretrieved error is reported when the task goes
+        await asyncio.sleep(0)
+        return errors
+
+    assert asyncio.run(main()) == []
