@@ -297,6 +297,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "a batch's own claim, as a later record of its key meets it: only its token"
         " and fingerprint are read (the deadline and now never are)"
     ),
+    ("_async", "self._halt() #2", "drop call statement"): (
+        "(in _BatchHeartbeat.end) every way out of a batch's records passes a"
+        " CompleteMany or ReleaseMany step, whose follow() has halted the heartbeat"
+    ),
+    ("_async", "await asyncio.wait(self._ended)", "drop call statement"): (
+        "the halted heartbeat has ended by then: the outcome or release writes since"
+        " the halt are gathered, which lets the loop finish its cancellation first"
+    ),
     ("records", "_check_keys(text, value) #3", "drop call statement"): (
         "(the check after the full encoder) reached only when the one-shot encoder failed"
         " and the full one did not; both are json's C encoder, the full one with its"

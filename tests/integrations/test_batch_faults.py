@@ -673,3 +673,33 @@ def test_a_batch_heartbeat_over_a_lease_under_3_ms_beats_every_millisecond(
 
     process_batch(records, handle, store=store, config=HEARTBEAT, lease_ms=2)
     assert virtual.waits_s[:2] == [0.001, 0.001]  # a third of 2 ms is 0: one ms at least
+
+
+class _SlowCompleteStore(_AsyncRenewalsStore):
+    """Its complete yields to the event loop a while before it stores the outcome."""
+
+    async def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return await super().complete(key, token=token, outcome=outcome, ttl_ms=ttl_ms)
+
+
+def test_an_async_batch_heartbeat_stops_before_the_outcomes_are_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The records run without yielding, so the heartbeat has not beaten yet when
+    # the outcomes are stored; it must stop then, not beat on while they land.
+    store = _SlowCompleteStore(ManualClock())
+
+    async def main() -> Any:
+        virtual = VirtualAsyncHeartbeatTime(store.clock, 600_000)
+        monkeypatch.setattr(onceonly._async, "asyncio", virtual)
+
+        async def handle(record: dict[str, Any]) -> dict[str, int]:
+            return {"done": _order(record)}
+
+        return await process_batch_async(_records([1, 2]), handle, store=store, config=HEARTBEAT)
+
+    result = asyncio.run(main())
+    assert [item.status for item in result.items] == [ItemStatus.RUN] * 2
+    assert store.renewals == []
