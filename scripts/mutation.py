@@ -178,6 +178,8 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
         (
             (
                 _BATCH_DEC,
+                _STORES,
+                "tests/integrations/test_async_and_batch.py",
                 "tests/unit/test_wrong_answers.py",
                 "tests/unit/test_replay_messages.py",
                 "tests/integrations/test_lambda_events.py",

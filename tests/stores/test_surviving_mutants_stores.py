@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
+from onceonly import IdempotencyConfig, OnceOnlyWarning, idempotent_function
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import RenewCall
@@ -262,3 +264,24 @@ def test_redis_a_powertools_record_at_the_limits_of_its_times_is_a_record(
     found = store.claim("k", token=new_token(), lease_ms=1000, ttl_ms=1000, fingerprint=None)
     assert isinstance(found, Found)
     assert found.record.deadline_ms == deadline_ms
+
+
+# -- Redis Cluster: the hash-tag warning points at the decorated function ------------------
+
+
+def test_redis_cluster_a_hash_tag_key_prefix_warns_where_the_function_is_decorated(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.cluster(redis_engine).client()
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @idempotent_function(store=store, data="order", config=IdempotencyConfig(key_prefix="{o}"))
+        def charge(order: dict[str, Any]) -> int:
+            return 1
+
+    (warning,) = [w for w in caught if issubclass(w.category, OnceOnlyWarning)]
+    assert "makes a Redis Cluster hash tag {o}" in str(warning.message)
+    assert warning.filename == __file__
+    client.close()

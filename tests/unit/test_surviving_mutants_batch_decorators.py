@@ -346,3 +346,59 @@ def test_an_async_batch_runs_unprotected_on_a_store_error_when_told_to() -> None
         (ItemStatus.RUN, {"id": 1}),
         (ItemStatus.RUN, {"id": 2}),
     ]
+
+
+# -- warnings point at the caller's line, and say no more than they must --------------------
+
+
+def _one_warning(caught: list[warnings.WarningMessage]) -> warnings.WarningMessage:
+    (warning,) = [w for w in caught if issubclass(w.category, OnceOnlyWarning)]
+    return warning
+
+
+def test_a_call_without_a_key_warns_at_the_callers_line() -> None:
+    @idempotent_function(
+        store=MemoryStore(), data="order", config=IdempotencyConfig(event_key_jmespath="id")
+    )
+    def charge(order: dict[str, Any]) -> int:
+        return 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert charge({"no_id": 1}) == 1
+    warning = _one_warning(caught)
+    assert "no idempotency key in the payload" in str(warning.message)
+    assert warning.filename == __file__
+
+
+def test_a_switched_off_function_warns_at_the_callers_line() -> None:
+    @idempotent_function(store=MemoryStore(), data="order")
+    def charge(order: dict[str, Any]) -> int:
+        return 1
+
+    with disabled(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert charge({"id": 1}) == 1
+    warning = _one_warning(caught)
+    assert "idempotency is switched off" in str(warning.message)
+    assert warning.filename == __file__
+
+
+class _OddContext:
+    """A Lambda context whose remaining time is not an int at all."""
+
+    def get_remaining_time_in_millis(self) -> Any:
+        return "x" * 50
+
+
+def test_a_handlers_odd_remaining_time_warns_at_the_callers_line_and_shows_20_chars() -> None:
+    @idempotent(store=MemoryStore(), config=IdempotencyConfig(event_key_jmespath="id"))
+    def handler(event: dict[str, Any], context: Any) -> int:
+        return 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert handler({"id": 1}, _OddContext()) == 1
+    warning = _one_warning(caught)
+    assert f"gave str {'x' * 20!r}, not an int" in str(warning.message)
+    assert warning.filename == __file__
