@@ -24,6 +24,7 @@ from onceonly.errors import (
     IdempotencyStoreError,
     OnceOnlyWarning,
 )
+from onceonly.metrics import Event
 from onceonly.records import ClaimResult, Status
 from onceonly.stores import AsyncMemoryStore, MemoryStore
 from onceonly.testing import disabled
@@ -402,3 +403,76 @@ def test_a_handlers_odd_remaining_time_warns_at_the_callers_line_and_shows_20_ch
     warning = _one_warning(caught)
     assert f"gave str {'x' * 20!r}, not an int" in str(warning.message)
     assert warning.filename == __file__
+
+
+def test_a_switched_off_call_is_counted_unprotected() -> None:
+    @idempotent_function(store=MemoryStore(), data="order")
+    def charge(order: dict[str, Any]) -> int:
+        return 1
+
+    with disabled(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", OnceOnlyWarning)
+        charge({"id": 1})
+        charge({"id": 1})
+    assert charge.stats[Event.UNPROTECTED] == 2  # type: ignore[attr-defined]
+
+
+# -- a handler's Lambda context ends with the handler -------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_function_called_after_a_handler_returned_does_not_take_its_context(
+    kind: str,
+) -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    config = IdempotencyConfig(event_key_jmespath="id", lease_seconds=60)
+    held: list[Any] = []
+
+    @idempotent_function(store=store, data="order", config=config)
+    def charge(order: dict[str, Any]) -> None:
+        held.append(store.get(str(charge.key_for(order))))  # type: ignore[attr-defined]
+
+    if kind == "sync":
+
+        @idempotent(store=store, config=config)
+        def handler(event: dict[str, Any], context: Any) -> None:
+            charge({"id": "inside"})
+
+        handler({"id": 1}, Context(5000))
+        charge({"id": "after"})
+    else:
+
+        @idempotent(store=AsyncMemoryStore(clock=clock), config=config)
+        async def ahandler(event: dict[str, Any], context: Any) -> None:
+            charge({"id": "inside"})
+
+        async def main() -> None:
+            await ahandler({"id": 1}, Context(5000))
+            charge({"id": "after"})  # the same task: the same context variables
+
+        asyncio.run(main())
+    # Inside the handler a claim leases the context's 5 s; after it, lease_seconds.
+    assert [record.deadline_ms for record in held] == [clock.now + 5000, clock.now + 60_000]
+
+
+def test_a_decorated_function_keeps_its_name_doc_and_wrapped_function() -> None:
+    def charge(order: dict[str, Any]) -> int:
+        """Charge an order."""
+        return 1
+
+    wrapped = idempotent_function(store=MemoryStore(), data="order")(charge)
+    assert (wrapped.__name__, wrapped.__doc__) == ("charge", "Charge an order.")
+    assert wrapped.__wrapped__ is charge  # type: ignore[attr-defined]
+
+
+def test_idempotent_refuses_unknown_arguments_and_a_missing_store() -> None:
+    missing = r"idempotent\(\) missing 1 required keyword-only argument: 'store'"
+    with pytest.raises(TypeError, match=missing):
+        idempotent()  # type: ignore[call-overload]
+    unknown = r"idempotent\(\) got an unexpected keyword argument 'colour'"
+    with pytest.raises(TypeError, match=unknown):
+        idempotent(store=MemoryStore(), colour="red")  # type: ignore[call-overload]
+    powertools = r"takes store=, not Powertools' persistence_store="
+    with pytest.raises(IdempotencyConfigError, match=powertools):
+        idempotent(persistence_store=MemoryStore())  # type: ignore[call-overload]
