@@ -476,3 +476,16 @@ def test_idempotent_refuses_unknown_arguments_and_a_missing_store() -> None:
     powertools = r"takes store=, not Powertools' persistence_store="
     with pytest.raises(IdempotencyConfigError, match=powertools):
         idempotent(persistence_store=MemoryStore())  # type: ignore[call-overload]
+
+
+def test_a_data_name_that_is_no_parameter_lists_the_parameters() -> None:
+    def charge(order: dict[str, Any], *, retry: bool = False) -> int:
+        return 1
+
+    def ping() -> int:
+        return 1
+
+    with pytest.raises(IdempotencyConfigError, match=r"\(parameters: order, retry\)$"):
+        idempotent_function(store=MemoryStore(), data="event")(charge)
+    with pytest.raises(IdempotencyConfigError, match=r"\(parameters: none\)$"):
+        idempotent_function(store=MemoryStore(), data="event")(ping)
