@@ -275,6 +275,10 @@ def test_a_batch_heartbeat_stops_once_every_claim_is_found_lost(
     # The claims were lost: the handler's results are handed back, not stored.
     assert [item.value for item in result.items] == [{"done": 1}, {"done": 2}]
     assert [store.get(key) for key in keys] == [None, None]
+    unstored = [r.getMessage() for r in caplog.records if "could not store" in r.message]
+    assert [message.split(" could not")[1] for message in unstored] == [
+        f" store the outcome of key {key} (lease lost)" for key in keys
+    ]
 
 
 def test_redis_renews_many_claims_in_one_round_trip(
