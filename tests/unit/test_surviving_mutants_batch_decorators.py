@@ -489,3 +489,30 @@ def test_a_data_name_that_is_no_parameter_lists_the_parameters() -> None:
         idempotent_function(store=MemoryStore(), data="event")(charge)
     with pytest.raises(IdempotencyConfigError, match=r"\(parameters: none\)$"):
         idempotent_function(store=MemoryStore(), data="event")(ping)
+
+
+class _FailingReleases(MemoryStore):
+    """A MemoryStore whose releases each fail, the first as a store error."""
+
+    def release_many(self, calls: Any) -> list[Any]:
+        return [
+            IdempotencyStoreError("down (test)") if i == 0 else CorruptRecordError("bad (test)")
+            for i, _ in enumerate(calls)
+        ]
+
+
+def test_failed_releases_of_a_batch_are_logged_once_with_the_first_failures_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def fails(record: dict[str, Any]) -> None:
+        raise ValueError("handler failed (test)")
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        records = [{"id": 1}, {"id": 2}]
+        result = process_batch(records, fails, store=_FailingReleases(), config=_BATCH)
+    assert [item.status for item in result.items] == [ItemStatus.FAILED] * 2
+    (message,) = [r.getMessage() for r in caplog.records if "could not release" in r.message]
+    assert message.endswith(
+        " could not release 2 claim(s) of a batch (IdempotencyStoreError); "
+        "they are held until their lease ends"
+    )
