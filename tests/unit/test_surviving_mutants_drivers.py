@@ -551,3 +551,49 @@ def test_a_settling_write_that_fails_after_a_cancellation_leaves_no_unretrieved_
         return errors
 
     assert asyncio.run(main()) == []
+
+
+class _SyncRenewals(MemoryStore):
+    """A MemoryStore noting each renewal's lease."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.leases: list[int] = []
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        self.leases.append(lease_ms)
+        return super().renew(key, token=token, lease_ms=lease_ms)
+
+
+@pytest.mark.parametrize(("left_ms", "renewed"), [(-5, []), (0, []), (1, [1]), (2, [2])])
+def test_a_sync_beat_renews_only_to_the_invocations_end(
+    left_ms: int, renewed: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    store = _SyncRenewals(clock)
+    inv = Invocation("k", None, new_token(), 60_000, 60_000, deadline_ms=clock.now + left_ms)
+    store.claim("k", token=inv.token, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+
+    with caplog.at_level("DEBUG", logger="onceonly"):
+        assert onceonly._sync._renew_one(store, inv, clock)() is (renewed != [])
+    assert store.leases == renewed
+    end = "onceonly: heartbeat for key k stops at the invocation's end"
+    assert [r.getMessage() for r in caplog.records if r.getMessage() == end] == (
+        [] if renewed else [end]
+    )
+
+
+def test_a_sync_beat_that_finds_the_lease_lost_says_so_and_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    store = _SyncRenewals(clock)
+    inv = Invocation("k", None, new_token(), 60_000, 60_000)
+    store.claim("k", token=new_token(), lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        assert onceonly._sync._renew_one(store, inv, clock)() is False
+    assert store.leases == [60_000]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "onceonly: heartbeat found the lease on key k lost"
+    ]
