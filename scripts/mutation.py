@@ -221,21 +221,26 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
 }
 
 
+# Reasons that serve several entries below.
+_ONE_COLUMN = "the row has one column: [-1] is [0]"
+_INDENT_UNREAD = (
+    "the indent level argument is read only when the encoder indents, and"
+    " one_shot_encoder refuses encoders that indent"
+)
+_OWN_CLAIM_UNREAD = (
+    "a batch's own claim, as a later record of its key meets it: only its token"
+    " and fingerprint are read (the deadline and now never are)"
+)
+
 # Mutants that change no behaviour a caller can see, each with the reason. Keyed
 # by module, the mutated line's text (stripped; the n-th of several identical
 # lines gets " #n") and the mutation (" #n" for the n-th of several alike on the
-# line), so an entry
-# outlives edits elsewhere in the file; such a mutant is reported as equivalent
-# and not run. A mutant whose line changes drops out of this table and runs again.
+# line), so an entry outlives edits elsewhere in the file; such a mutant is
+# reported as equivalent and not run. A mutant whose line changes drops out of
+# this table and runs again.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
-    ("records", 'return "".join(chunks(value, 0))', "0 -> -1"): (
-        "the indent level argument is read only when the encoder indents, and"
-        " one_shot_encoder refuses encoders that indent"
-    ),
-    ("records", 'return "".join(chunks(value, 0))', "0 -> 1"): (
-        "the indent level argument is read only when the encoder indents, and"
-        " one_shot_encoder refuses encoders that indent"
-    ),
+    ("records", 'return "".join(chunks(value, 0))', "0 -> -1"): _INDENT_UNREAD,
+    ("records", 'return "".join(chunks(value, 0))', "0 -> 1"): _INDENT_UNREAD,
     (
         "engine",
         "yield Sleep(max(1, min(delay, decision.retry_after_ms + 1, wait_until - now)))",
@@ -249,19 +254,17 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " event, so the heartbeat's loop ends whatever this beat answers"
     ),
     ("sqlite", 'return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]', "0 -> -1"): (
-        "the row has one column: [-1] is [0]"
+        _ONE_COLUMN
     ),
     ("sqlite", "return Acquired(takeover=rows[0][0] == 1)", "0 -> -1 #1"): (
         "RETURNING gives one row for the one key: rows[-1] is rows[0]"
     ),
-    ("sqlite", "return Acquired(takeover=rows[0][0] == 1)", "0 -> -1 #2"): (
-        "the row has one column: [-1] is [0]"
-    ),
+    ("sqlite", "return Acquired(takeover=rows[0][0] == 1)", "0 -> -1 #2"): (_ONE_COLUMN),
     (
         "sqlite",
         'lambda: int(self._conn().execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])',
         "0 -> -1",
-    ): "the row has one column: [-1] is [0]",
+    ): _ONE_COLUMN,
     ("sqlite", "give_up = time.monotonic() + self._busy_timeout_ms / 1000", "1000 -> 1001"): (
         "timing only: gives up 0.1% of the busy timeout sooner; no outcome differs"
     ),
@@ -287,18 +290,12 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "batch_engine",
         "return Found(Record(Status.IN_PROGRESS, inv.token, 0, inv.fingerprint), 0)",
         "0 -> -1",
-    ): (
-        "a batch's own claim, as a later record of its key meets it: only its token"
-        " and fingerprint are read (the deadline and now never are)"
-    ),
+    ): _OWN_CLAIM_UNREAD,
     (
         "batch_engine",
         "return Found(Record(Status.IN_PROGRESS, inv.token, 0, inv.fingerprint), 0)",
         "0 -> 1",
-    ): (
-        "a batch's own claim, as a later record of its key meets it: only its token"
-        " and fingerprint are read (the deadline and now never are)"
-    ),
+    ): _OWN_CLAIM_UNREAD,
     ("_async", "self._halt() #2", "drop call statement"): (
         "(in _BatchHeartbeat.end) every way out of a batch's records passes a"
         " CompleteMany or ReleaseMany step, whose follow() has halted the heartbeat"
