@@ -222,6 +222,10 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
 
 
 # Reasons that serve several entries below.
+_END_HALT_GUARD = (
+    "(in _BatchHeartbeat.end) every way out of a batch's records passes a"
+    " CompleteMany or ReleaseMany step, whose follow() has halted the heartbeat"
+)
 _ONE_COLUMN = "the row has one column: [-1] is [0]"
 _INDENT_UNREAD = (
     "the indent level argument is read only when the encoder indents, and"
@@ -296,10 +300,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "return Found(Record(Status.IN_PROGRESS, inv.token, 0, inv.fingerprint), 0)",
         "0 -> 1",
     ): _OWN_CLAIM_UNREAD,
-    ("_async", "self._halt() #2", "drop call statement"): (
-        "(in _BatchHeartbeat.end) every way out of a batch's records passes a"
-        " CompleteMany or ReleaseMany step, whose follow() has halted the heartbeat"
-    ),
+    ("_async", "self._halt() #2", "drop call statement"): _END_HALT_GUARD,
+    ("_sync", "self._halt() #2", "drop call statement"): _END_HALT_GUARD,
     ("_async", "await asyncio.wait(self._ended)", "drop call statement"): (
         "the halted heartbeat has ended by then: the outcome or release writes since"
         " the halt are gathered, which lets the loop finish its cancellation first"

@@ -679,6 +679,91 @@ def test_a_batch_heartbeat_over_a_lease_under_3_ms_beats_every_millisecond(
     assert virtual.waits_s[:2] == [0.001, 0.001]  # a third of 2 ms is 0: one ms at least
 
 
+class _WatchedHeartbeatStore(_RenewalsStore):
+    """Notes the heartbeat's thread at its first beat, and whether that thread had
+    ended when the outcomes came to be stored (it is given ``LONG`` seconds to end)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.thread: threading.Thread | None = None
+        self.beating_when_stored: list[bool] = []
+
+    def renew_many(self, calls: list[RenewCall]) -> list[bool | Exception]:
+        self.thread = threading.current_thread()
+        return super().renew_many(calls)
+
+    def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        assert self.thread is not None
+        self.thread.join(LONG)
+        self.beating_when_stored.append(self.thread.is_alive())
+        return super().complete(key, token=token, outcome=outcome, ttl_ms=ttl_ms)
+
+
+LONG = 10  # seconds: an upper bound on what comes at once when the code is right
+
+
+def test_a_batch_heartbeat_stops_before_the_outcomes_are_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The heartbeat beats in virtual time until its next wait would pass the
+    # horizon, and waits there. Once the records have run it must stop: its
+    # thread ends before the outcomes are stored, not when the batch returns.
+    clock = ManualClock()
+    store = _WatchedHeartbeatStore(clock)
+    virtual = VirtualHeartbeatTime(clock, 1200)
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
+
+    def handle(record: dict[str, Any]) -> dict[str, int]:
+        if _order(record) == 2:
+            assert virtual.reached.wait(LONG)
+        return {"done": _order(record)}
+
+    result = process_batch(_records([1, 2]), handle, store=store, config=HEARTBEAT)
+
+    assert [item.status for item in result.items] == [ItemStatus.RUN] * 2
+    assert len(store.beats) == 2  # at 500 and 1000 ms
+    assert store.beating_when_stored == [False, False]
+
+
+class _SlowRenewStore(MemoryStore):
+    """A MemoryStore whose renewals each take 0.2 s of real time; ``renewing`` is set
+    when the first starts, ``renewed`` when one has finished."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.renewing = threading.Event()
+        self.renewed = threading.Event()
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        self.renewing.set()
+        time.sleep(0.2)
+        answer = super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewed.set()
+        return answer
+
+
+def test_a_batch_returns_only_after_its_heartbeat_thread_has_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A renewal is in flight when the records end. The outcomes are stored
+    # without waiting for it (it is fenced by the records' state), but the
+    # batch does not return and leave a thread of its own still talking to
+    # the store: process_batch waits for the heartbeat to end.
+    clock = ManualClock()
+    store = _SlowRenewStore(clock)
+    virtual = VirtualHeartbeatTime(clock, 600_000)
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
+
+    def handle(record: dict[str, Any]) -> dict[str, int]:
+        assert store.renewing.wait(LONG)
+        return {"done": _order(record)}
+
+    result = process_batch(_records([1]), handle, store=store, config=HEARTBEAT)
+
+    assert store.renewed.is_set()
+    assert [item.status for item in result.items] == [ItemStatus.RUN]
+
+
 class _SlowCompleteStore(_AsyncRenewalsStore):
     """Its complete yields to the event loop a while before it stores the outcome."""
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -158,6 +160,49 @@ def test_async_heartbeat_tries_again_after_a_failed_renewal() -> None:
     assert result == "done j"
     assert renewals[:2] == ["error", True]
     assert record.status is Status.COMPLETED
+
+
+# -- the sync heartbeat has ended before the outcome is stored -------------------------------
+
+
+class _SlowRenewStore(MemoryStore):
+    """Its renewals each take 0.2 s of real time; ``complete`` notes whether one had ended."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.clock = clock
+        self.renewing = threading.Event()
+        self.renewed = threading.Event()
+        self.renewed_before_complete: list[bool] = []
+
+    def renew(self, key: str, *, token: str, lease_ms: int) -> bool:
+        self.renewing.set()
+        time.sleep(0.2)
+        answer = super().renew(key, token=token, lease_ms=lease_ms)
+        self.renewed.set()
+        return answer
+
+    def complete(self, key: str, *, token: str, outcome: bytes, ttl_ms: int) -> bool:
+        self.renewed_before_complete.append(self.renewed.is_set())
+        return super().complete(key, token=token, outcome=outcome, ttl_ms=ttl_ms)
+
+
+def test_sync_heartbeat_ends_before_the_outcome_is_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A renewal is in flight when the function returns: the driver stops the
+    # heartbeat and waits for its thread, so no renewal runs beside the complete.
+    store = _SlowRenewStore(ManualClock())
+    virtual = VirtualHeartbeatTime(store.clock, 600_000)
+    monkeypatch.setattr(onceonly._sync, "threading", virtual.module)
+
+    @idempotent_function(
+        store=store, data="job", config=IdempotencyConfig(lease_seconds=0.3, heartbeat=True)
+    )
+    def work(job: str) -> str:
+        assert store.renewing.wait(LONG)
+        return f"done {job}"
+
+    assert work("j") == "done j"
+    assert store.renewed_before_complete == [True]
 
 
 # -- mutant 3: a BaseException in the function still releases the claim (sync) -------------
