@@ -481,6 +481,35 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+# The coverage pass's pytest plugin. coverage.py hands its configuration to
+# the subprocesses a test starts in COVERAGE_PROCESS_CONFIG (base64 JSON, with
+# patch = subprocess); the plugin puts the running test's node id in it as the
+# static context, so each subprocess's lines count for the test that started it.
+_TEST_NAME_PLUGIN = """
+import base64
+import json
+import os
+
+import pytest
+
+VAR = "COVERAGE_PROCESS_CONFIG"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = os.environ.get(VAR)
+    if before is not None:
+        config = json.loads(base64.b64decode(before))
+        config["context"] = item.nodeid
+        os.environ[VAR] = base64.b64encode(json.dumps(config).encode()).decode()
+    try:
+        return (yield)
+    finally:
+        if before is not None:
+            os.environ[VAR] = before
+"""
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
@@ -545,14 +574,18 @@ class Coverage:
         self.failure = ""
         import coverage  # here: only the coverage pass needs it
 
-        # Subprocesses the tests start (workers, servers' clients, spawned
-        # processes) are measured too; their lines carry no test context.
+        # Subprocesses the tests start (workers, spawned processes) are
+        # measured too, under the name of the test that started them (the
+        # plugin above).
         config = folder / "coveragerc"
         config.write_text("[run]\npatch = subprocess\n")
+        (folder / "mutation_test_name.py").write_text(_TEST_NAME_PLUGIN)
         for index, run in enumerate(runs):
             data_file = folder / f".coverage.{abs(hash(runs))}.{index}"
             env = {**_env(), "COVERAGE_FILE": str(data_file)}
-            args = ["-q", "-p", "no:cacheprovider", "-W", "error", "--cov=onceonly"]
+            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(folder)])
+            args = ["-q", "-p", "no:cacheprovider", "-p", "mutation_test_name", "-W", "error"]
+            args += ["--cov=onceonly"]
             args += ["--cov-context=test", "--cov-report=", f"--cov-config={config}", *run]
             code, tail = _pytest(args, timeout, env)
             if code != 0:
@@ -568,8 +601,8 @@ class Coverage:
     def tests_for(self, path: Path, first: int, last: int) -> set[str] | None:
         """The node ids that run any of lines first..last; None: run every test.
 
-        Every test runs for a line also run outside any test's context: at
-        import, or in a subprocess a test started (which test is not known).
+        Every test runs for a line also run outside any test's context (at
+        import); a line run in a subprocess counts for the test that started it.
         """
         by_line = self.lines.get(str(path), {})
         contexts = set().union(*(by_line.get(n, set()) for n in range(first, last + 1)))
