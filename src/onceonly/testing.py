@@ -299,7 +299,9 @@ async def aassert_one_record(
 
     Args:
         store: Any async store (``AsyncMemoryStore``, ``AsyncDynamoDBStore``...).
-        key, status, result: As for :func:`assert_one_record`.
+        key: As for :func:`assert_one_record`.
+        status: As for :func:`assert_one_record`.
+        result: As for :func:`assert_one_record`.
 
     Returns:
         The record.

@@ -113,8 +113,17 @@ class StreamConsumer(ConsumerBase):
     Args:
         client: A sync redis-py client: ``redis.Redis``, ``redis.RedisCluster``
             or a Sentinel master. Its ``socket_timeout`` must exceed ``block_ms``.
-        stream, group, consumer, batch_size, block_ms, min_idle_ms, max_deliveries,
-        dead_letter_stream, dedup_ttl_seconds, event_id_field, same_slot,
+        stream: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        group: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        consumer: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        batch_size: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        block_ms: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        min_idle_ms: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        max_deliveries: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        dead_letter_stream: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        dedup_ttl_seconds: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        event_id_field: See :class:`~onceonly.streams.config.ConsumerConfig`.
+        same_slot: See :class:`~onceonly.streams.config.ConsumerConfig`.
         start_id: See :class:`~onceonly.streams.config.ConsumerConfig`.
         handler: ``handler(entry) -> Effects | None``. An exception leaves the
             entry pending (FAILED) and is kept, as ``Type: message``, for its

@@ -54,9 +54,12 @@ class AsyncRedisStore(RedisBase):
         client: A ``redis.asyncio.Redis``, ``redis.asyncio.RedisCluster`` or an
             asyncio Sentinel master client (any ``decode_responses`` and
             ``encoding``, as for ``RedisStore``).
-        prefix, wait_replicas, wait_timeout_ms, wait_aof, clock: As for
-            ``RedisStore``. ``wait_aof`` is checked against the server on the
+        prefix: As for ``RedisStore``.
+        wait_replicas: As for ``RedisStore``.
+        wait_timeout_ms: As for ``RedisStore``.
+        wait_aof: As for ``RedisStore``; checked against the server on the
             first call (a constructor cannot await).
+        clock: As for ``RedisStore``.
         pipelining: Send the script calls of one event-loop turn together
             (default True). False sends each call on its own.
 

@@ -141,7 +141,10 @@ class RedisStore(RedisBase):
             url: ``redis://[user:password@]host:port/db``, ``rediss://...``
                 (TLS), or ``redis+sentinel://[user:password@]host:port[,host:port]/service[/db]``.
             cluster: Use ``RedisCluster`` (the URL names any one node).
-            prefix, wait_replicas, wait_timeout_ms, wait_aof: As for the constructor.
+            prefix: As for the constructor.
+            wait_replicas: As for the constructor.
+            wait_timeout_ms: As for the constructor.
+            wait_aof: As for the constructor.
             **client_options: Passed to redis-py, e.g. ``ssl_ca_certs``,
                 ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``,
                 ``username``, ``password``, ``socket_timeout`` (default 5 s),
