@@ -1,6 +1,6 @@
 """onceonly.testing with a Lambda handler, on MemoryStore and on DynamoDB through moto's server.
 
-The first test is the README's "Testing your handlers" example, run on both
+The first test is the "Testing your handlers" example of docs/testing.md, run on both
 stores.
 """
 
