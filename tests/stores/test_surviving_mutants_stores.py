@@ -13,7 +13,7 @@ import pytest
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
-from onceonly import IdempotencyConfig, OnceOnlyWarning, idempotent_function
+from onceonly import IdempotencyConfig, IdempotencyStoreError, OnceOnlyWarning, idempotent_function
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import RenewCall
@@ -100,6 +100,7 @@ class OldBackend:
         self.table = moto_server.fresh_table(moto_server.shared_client)
         self.names: list[str] = []
         self.before_get: Any = None
+        self.before_every: dict[str, Any] = {}  # operation name -> hook run ahead of each
         events = self.client.meta.events
         events.register("provide-client-params.dynamodb.*", self._strip)
         events.register("before-call.dynamodb.*", self._record)
@@ -109,6 +110,8 @@ class OldBackend:
 
     def _record(self, model: Any, **_: Any) -> None:
         self.names.append(model.name)
+        if model.name in self.before_every:
+            self.before_every[model.name]()
         if model.name == "GetItem" and self.before_get is not None:
             hook, self.before_get = self.before_get, None
             hook()
@@ -175,6 +178,30 @@ def test_dynamodb_claim_whose_holder_ends_and_goes_between_write_and_read_claims
     assert backend.take() == ["PutItem", "GetItem", "PutItem"]
     assert (record := store.get("k")) is not None
     assert record.token == mine
+
+
+def test_dynamodb_claim_gives_up_after_eight_holders_that_go_between_write_and_read(
+    moto_server: MotoServer,
+) -> None:
+    backend, store, clock = _old_backend_store(moto_server)
+    key = {"id": {"S": "k"}}
+
+    def a_live_holder_arrives() -> None:
+        item = dict(key, status={"S": "P"}, token={"S": new_token()})
+        item["deadline"] = {"N": str(clock() + 60_000)}
+        moto_server.shared_client.put_item(TableName=backend.table, Item=item)
+
+    def it_goes() -> None:
+        moto_server.shared_client.delete_item(TableName=backend.table, Key=key)
+
+    store.claim("warm", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    backend.take()  # the first claim's DescribeTable and PutItem
+    # Before each PutItem a live holder takes the key; before each GetItem it
+    # goes, so every read finds the key free and the claim tries again.
+    backend.before_every = {"PutItem": a_live_holder_arrives, "GetItem": it_goes}
+    with pytest.raises(IdempotencyStoreError, match="changed hands 8 times during one claim"):
+        store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert backend.take() == ["PutItem", "GetItem"] * 8
 
 
 # -- Redis: release.lua counts a claim as ended at its deadline, not a millisecond after ----
