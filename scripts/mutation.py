@@ -23,8 +23,10 @@ killed of the non-equivalent ones), the equivalent mutants with why (the
 Which tests run: one pass of the module's tests on the real code under
 pytest-cov (``--cov-context=test``) records which tests execute each line; a
 Python mutant then runs only those tests (a mutant on a line no test executes
-survives without a run, and one on a line also executed outside a test, at
-import or in a subprocess a test started, runs them all). ``--no-coverage``
+survives without a run; a subprocess's lines count for the test that
+started it; a line run only at import, a default value or a constant, runs
+the tests that run where it is read: the function's body, or the lines that
+load the name; when that is not known, all of them). ``--no-coverage``
 runs every mutant against all of them; Lua mutants always do (coverage cannot
 see inside Redis).
 
@@ -57,7 +59,7 @@ import sys
 import tempfile
 import time
 import tokenize
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -610,11 +612,69 @@ class Coverage:
         Every test runs for a line also run outside any test's context (at
         import); a line run in a subprocess counts for the test that started it.
         """
+        return self._tests_for(path, range(first, last + 1), depth=0)
+
+    def _tests_for(self, path: Path, lines: Iterable[int], depth: int) -> set[str] | None:
         by_line = self.lines.get(str(path), {})
-        contexts = set().union(*(by_line.get(n, set()) for n in range(first, last + 1)))
-        if "" in contexts:
+        contexts: set[str] = set().union(*(by_line.get(n, set()) for n in lines))
+        if "" not in contexts:
+            return contexts
+        contexts.discard("")
+        # A line run at import: a signature's default or a constant. The tests
+        # that see the change are those that run where it is read (the body
+        # of that function, or the lines that load that name), if those lines
+        # are themselves run by tests, within a few such steps.
+        users = _import_time_users(path, lines) if depth < 3 else None
+        if users is None:
             return None
+        for user_path, user_lines in users:
+            found = self._tests_for(user_path, user_lines, depth + 1)
+            if found is None:
+                return None
+            contexts |= found
         return contexts
+
+
+def _import_time_users(path: Path, lines: Iterable[int]) -> list[tuple[Path, list[int]]] | None:
+    """Where a change to ``lines`` (run at import) is read; None when unknown.
+
+    A function's signature (a default value): that function's body. An
+    assignment at module or class level: every line of src/ that loads one of
+    the names it assigns (as a name or as an attribute).
+    """
+    wanted = list(lines)
+    first, last = wanted[0], wanted[-1]
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            header_end = node.body[0].lineno - 1
+            if node.lineno <= first and last <= header_end:
+                body = list(range(node.body[0].lineno, (node.end_lineno or header_end) + 1))
+                return [(path, body)]
+    scopes: list[ast.Module | ast.ClassDef] = [tree]
+    scopes += [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    for scope in scopes:
+        for stmt in scope.body:
+            if not isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                continue
+            if not (stmt.lineno <= first and last <= (stmt.end_lineno or stmt.lineno)):
+                continue
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            if not names:
+                return None
+            return [(source, _loads(source, names)) for source in sorted(SRC.rglob("*.py"))]
+    return None
+
+
+def _loads(path: Path, names: set[str]) -> list[int]:
+    """The lines of ``path`` that load any of ``names``, as a name or an attribute."""
+    found: list[int] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        loaded = isinstance(node, ast.Name) and node.id in names and isinstance(node.ctx, ast.Load)
+        if loaded or (isinstance(node, ast.Attribute) and node.attr in names):
+            found.append(node.lineno)
+    return found
 
 
 def sample(mutants: list[Mutant], limit: int | None) -> list[Mutant]:
