@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
@@ -17,7 +19,7 @@ from onceonly import IdempotencyConfig, IdempotencyStoreError, OnceOnlyWarning, 
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import RenewCall
-from onceonly.stores.redis import RedisStore
+from onceonly.stores.redis import AsyncRedisStore, RedisStore
 from onceonly.stores.sqlite import SQLiteStore
 from testkit import ManualClock, RedisFarm
 
@@ -312,3 +314,42 @@ def test_redis_cluster_a_hash_tag_key_prefix_warns_where_the_function_is_decorat
     assert "makes a Redis Cluster hash tag {o}" in str(warning.message)
     assert warning.filename == __file__
     client.close()
+
+
+# -- the documented defaults of the store options ---------------------------------------
+
+
+def test_dynamodb_store_allows_one_second_of_clock_skew_by_default(
+    moto_server: MotoServer,
+) -> None:
+    clock = ManualClock()
+    table = moto_server.fresh_table(moto_server.shared_client)
+    store = DynamoDBStore(table, client=moto_server.shared_client, clock=clock)
+    holder = new_token()
+    store.claim("k", token=holder, lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    clock.advance(5_000 + 999)  # the lease has passed, but not the 1 s allowance
+    found = store.claim("k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None)
+    assert type(found) is Found
+    assert found.record.token == holder
+    clock.advance(1)
+    assert store.claim(
+        "k", token=new_token(), lease_ms=5_000, ttl_ms=60_000, fingerprint=None
+    ) == Acquired(takeover=True)
+
+
+def test_redis_stores_wait_at_most_one_second_by_default(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    server = redis_farm.standalone(redis_engine)
+    url = f"redis://{harness.HOST}:{server.port}"
+    sync_stores = [RedisStore(server.client(), wait_replicas=1)]
+    sync_stores.append(RedisStore.from_url(url, wait_replicas=1))
+    async_stores = [AsyncRedisStore(redis.asyncio.Redis(host=harness.HOST, port=server.port))]
+    async_stores.append(AsyncRedisStore.from_url(url, wait_replicas=1))
+    try:
+        assert [s.wait_timeout_ms for s in sync_stores + async_stores] == [1000] * 4
+    finally:
+        for store in sync_stores:
+            store.client.close()
+        for store in async_stores:
+            asyncio.run(store.client.aclose())
