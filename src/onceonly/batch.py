@@ -27,6 +27,7 @@ from .config import IdempotencyConfig
 from .decorators import _Guard
 from .engine import Invocation
 from .errors import IdempotencyConfigError
+from .metrics import Stats
 
 __all__ = [
     "BatchResult",
@@ -45,10 +46,13 @@ def _prepare(
     config: IdempotencyConfig | None,
     output_serializer: Any,
     lease_ms: int | None,
+    stats: Stats | None,
 ) -> tuple[Any, list[Any], list[Invocation | None]]:
     if lease_ms is not None and (type(lease_ms) is not int or lease_ms <= 0):
         raise IdempotencyConfigError(f"lease_ms must be a positive integer, got {lease_ms!r}")
-    guard = _Guard(handler, store, config, output_serializer)
+    if stats is not None and not isinstance(stats, Stats):
+        raise IdempotencyConfigError(f"stats must be a onceonly Stats, got {type(stats).__name__}")
+    guard = _Guard(handler, store, config, output_serializer, stats=stats)
     items = list(records)
     if guard.switched_off(stacklevel=4, count=False):
         # Switched off: every record runs unprotected (batch_flow counts each).
@@ -65,6 +69,7 @@ def process_batch(
     config: IdempotencyConfig | None = None,
     output_serializer: Any = None,
     lease_ms: int | None = None,
+    stats: Stats | None = None,
 ) -> BatchResult:
     """Run ``handler(record)`` once per idempotency key over a batch of records.
 
@@ -78,6 +83,9 @@ def process_batch(
             time); ``config.lease_seconds`` by default. Every claim is taken
             before the first record runs, so it must cover the whole batch,
             unless ``config.heartbeat`` renews them (every third of it).
+        stats: Counters to add the batch's events to (one per record: executed,
+            replayed, released...), e.g. one ``Stats`` shared by every batch of
+            a Lambda, with its ``on_event`` callbacks; a new one by default.
 
     Returns:
         Every record's outcome; ``.batch_item_failures()`` is Lambda's response.
@@ -86,14 +94,15 @@ def process_batch(
         every record runs, unprotected, with a warning.
 
     Raises:
-        IdempotencyConfigError: Bad options, or an async store or handler.
+        IdempotencyConfigError: Bad options (``lease_ms``, ``stats`` not a
+            ``Stats``), or an async store or handler.
         IdempotencySerializationError: A record cannot be made canonical JSON.
         IdempotencyStoreError: The claims failed (fail closed; nothing ran).
         KeyboardInterrupt: From the handler, after the outcomes of the records
             that finished are stored and the other claims released.
     """
     guard, items, invocations = _prepare(
-        handler, records, store, config, output_serializer, lease_ms
+        handler, records, store, config, output_serializer, lease_ms, stats
     )
     if guard.is_async:
         raise IdempotencyConfigError("process_batch takes a sync handler: use process_batch_async")
@@ -108,6 +117,7 @@ async def process_batch_async(
     config: IdempotencyConfig | None = None,
     output_serializer: Any = None,
     lease_ms: int | None = None,
+    stats: Stats | None = None,
 ) -> BatchResult:
     """The asyncio twin of :func:`process_batch`: an async handler and an async store.
 
@@ -118,7 +128,7 @@ async def process_batch_async(
     those writes) before the cancellation reaches the caller.
     """
     guard, items, invocations = _prepare(
-        handler, records, store, config, output_serializer, lease_ms
+        handler, records, store, config, output_serializer, lease_ms, stats
     )
     if not guard.is_async:
         raise IdempotencyConfigError("process_batch_async takes an async handler")

@@ -24,13 +24,15 @@ from .engine import (
     Replay,
     Run,
     decide,
+    elapsed_ms,
     encode_result,
     in_progress_error,
     key_reuse_error,
     replay,
+    started_at,
 )
 from .errors import IdempotencyStoreError
-from .metrics import Event
+from .metrics import Event, log_extra
 from .records import ClaimResult, Found, Record, Status
 from .stores.protocol import RenewCall
 
@@ -189,7 +191,11 @@ def still_held(held: Sequence[Invocation], answers: Sequence[bool | Exception]) 
         if answer is True:
             kept.append(inv)
         else:
-            logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
+            logger.warning(
+                "onceonly: heartbeat found the lease on key %s lost",
+                inv.key,
+                extra=log_extra(None, inv.key, Event.LEASE_LOST.value),
+            )
     return kept
 
 
@@ -209,7 +215,6 @@ def batch_flow(
             after the outcomes of the records that finished are stored and
             every other claim of the batch is released.
     """
-    stats = policy.stats
     first: dict[str, int] = {}  # key -> index of its first record
     for index, inv in enumerate(invocations):
         if inv is not None and inv.key not in first:
@@ -223,10 +228,14 @@ def batch_flow(
             (yield ClaimMany(claimed)) if claimed else []  # type: ignore[arg-type]
         )
     except IdempotencyStoreError:
-        stats.add(Event.STORE_ERROR)
+        policy.count(Event.STORE_ERROR)
         if policy.config.on_store_error is not StoreErrorPolicy.RUN:
             raise
-        logger.warning("onceonly: store failed for batch %s; running unprotected", policy.name)
+        logger.warning(
+            "onceonly: store failed for batch %s; running unprotected",
+            policy.name,
+            extra=policy.log_extra(None, Event.UNPROTECTED.value),
+        )
         # Nothing was claimed: every record runs unprotected, below.
         claimed_at, answers, unprotected = [], [], True
 
@@ -238,7 +247,7 @@ def batch_flow(
         inv = invocations[index]
         assert inv is not None
         if isinstance(answer, BaseException):
-            stats.add(Event.STORE_ERROR)
+            policy.count(Event.STORE_ERROR, inv.key)
             by_key[inv.key] = ItemResult(
                 records[index], ItemStatus.FAILED, error=answer, key=inv.key
             )
@@ -246,7 +255,7 @@ def batch_flow(
         decision = decide(answer, inv.fingerprint)
         if isinstance(decision, Run):
             if decision.takeover:
-                stats.add(Event.TAKEOVER)
+                policy.count(Event.TAKEOVER, inv.key)
             to_run.append(index)
             holders[inv.key] = _own_claim(inv)
         else:
@@ -268,11 +277,13 @@ def batch_flow(
     for position, index in enumerate(to_run):
         inv = invocations[index]
         assert inv is not None
+        started = started_at(policy)
         try:
             value = yield RunItem(index, renew, heartbeat_ms)
+            ran_ms = elapsed_ms(started)
             outcome = encode_result(policy, value)
         except Exception as exc:  # one record's failure is that record's alone
-            stats.add(Event.RELEASED)
+            policy.count(Event.RELEASED, inv.key, elapsed_ms(started))
             to_release.append(inv)
             ran[inv.key] = ItemResult(records[index], ItemStatus.FAILED, error=exc, key=inv.key)
             continue
@@ -281,7 +292,7 @@ def batch_flow(
             pending = [invocations[i] for i in to_run[position:]] + to_release
             yield from _settle_interrupted(policy, finished, [p for p in pending if p is not None])
             raise
-        stats.add(Event.EXECUTED)
+        policy.count(Event.EXECUTED, inv.key, ran_ms)
         finished.append((inv, outcome))
         ran[inv.key] = ItemResult(records[index], ItemStatus.RUN, value=value, key=inv.key)
     if finished:
@@ -300,7 +311,25 @@ def batch_flow(
         else:
             head, holder = by_key[inv.key], holders.get(inv.key)
             items.append(_repeated(policy, record, inv, head, holder, inv.key in ran))
+    for index, item in enumerate(items):
+        if item.status is ItemStatus.FAILED:
+            _log_failed(policy, index, item)
     return BatchResult(items)
+
+
+def _log_failed(policy: Policy, index: int, item: ItemResult) -> None:
+    """One WARNING for a failed record: its position and its exception's type, not its text.
+
+    The exception's message may quote the record; the caller has the exception
+    itself in ``ItemResult.error``.
+    """
+    logger.warning(
+        "onceonly: %s: record %d of the batch failed (%s)",
+        policy.name,
+        index,
+        type(item.error).__name__,
+        extra=policy.log_extra(item.key, ItemStatus.FAILED.value),
+    )
 
 
 def _own_claim(inv: Invocation) -> Found:
@@ -313,7 +342,7 @@ def _met(
 ) -> ItemResult:
     """The outcome of a record whose key is held by a stored record."""
     if isinstance(decision, Replay):
-        policy.stats.add(Event.REPLAYED)
+        policy.count(Event.REPLAYED, inv.key)
         return _replayed(policy, record, inv.key, decision)
     if isinstance(decision, Mismatch):
         error = key_reuse_error(policy, inv)
@@ -366,14 +395,14 @@ def _store_outcomes(
         if answer is True:
             continue
         # The work is done and its result is returned either way (as for one call).
-        policy.stats.add(
-            Event.STORE_ERROR if isinstance(answer, BaseException) else Event.LEASE_LOST
-        )
+        event = Event.STORE_ERROR if isinstance(answer, BaseException) else Event.LEASE_LOST
+        policy.count(event, inv.key)
         logger.warning(
             "onceonly: %s could not store the outcome of key %s (%s)",
             policy.name,
             inv.key,
             type(answer).__name__ if isinstance(answer, BaseException) else "lease lost",
+            extra=policy.log_extra(inv.key, event.value),
         )
 
 
@@ -410,20 +439,21 @@ def _release_quietly(policy: Policy, held: list[Invocation]) -> Generator[BatchS
         answers = [exc] * len(held)
     failed = [a for a in answers if isinstance(a, BaseException)]
     if failed:
-        policy.stats.add(Event.STORE_ERROR)
+        policy.count(Event.STORE_ERROR)
         logger.warning(
             "onceonly: %s could not release %d claim(s) of a batch (%s); "
             "they are held until their lease ends",
             policy.name,
             len(failed),
             type(failed[0]).__name__,
+            extra=policy.log_extra(None, Event.STORE_ERROR.value),
         )
 
 
 def _run_unprotected(
     policy: Policy, record: Any, index: int
 ) -> Generator[BatchStep, Any, ItemResult]:
-    policy.stats.add(Event.UNPROTECTED)
+    policy.count(Event.UNPROTECTED)
     try:
         value = yield RunItem(index)
     except Exception as exc:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from . import _sync
 from .cache import LocalCache
 from .config import IdempotencyConfig
-from .engine import Invocation, Policy, flow
+from .engine import Invocation, Policy, flow, store_kind
 from .errors import (
     IdempotencyConfigError,
     IdempotencyKeyError,
@@ -125,6 +125,7 @@ class _Guard:
         config: IdempotencyConfig | None,
         output_serializer: Any,
         naming: Naming | None = None,
+        stats: Stats | None = None,
     ) -> None:
         if not callable(func):
             raise IdempotencyConfigError(f"can only decorate a callable, got {func!r}")
@@ -152,7 +153,7 @@ class _Guard:
         check_key_prefix = getattr(store, "check_key_prefix", None)
         if config.key_prefix is not None and callable(check_key_prefix):
             check_key_prefix(config.key_prefix, stacklevel=3)
-        self.stats = Stats()
+        self.stats = Stats() if stats is None else stats
         # The config is frozen: its derived figures are read once, not per call.
         self.lease_ms = config.lease_ms
         self.ttl_ms = config.ttl_ms
@@ -165,6 +166,7 @@ class _Guard:
             cache=LocalCache(config.local_cache_max_items) if config.use_local_cache else None,
             clock=wall_ms,
             max_outcome_bytes=_outcome_limit(store),
+            store=store_kind(store),
         )
 
     def invocation(
@@ -178,7 +180,7 @@ class _Guard:
         key, fingerprint = self.keyer.key_and_fingerprint(payload, key_material)
         if key is None:
             if self.config.raise_on_no_idempotency_key:
-                self.stats.add(Event.UNPROTECTED)
+                self.policy.count(Event.UNPROTECTED)
                 raise IdempotencyKeyError(
                     f"{self.name}: no idempotency key in the payload "
                     f"(event_key_jmespath={self.config.event_key_jmespath!r} selected nothing)"
@@ -190,7 +192,7 @@ class _Guard:
                 OnceOnlyWarning,
                 stacklevel=4,
             )
-            self.stats.add(Event.UNPROTECTED)
+            self.policy.count(Event.UNPROTECTED)
             return None
         # Positional: a NamedTuple built from keywords costs more, on every call.
         return Invocation(
@@ -249,7 +251,7 @@ class _Guard:
             stacklevel=stacklevel,
         )
         if count:  # a batch counts each of its records itself
-            self.stats.add(Event.UNPROTECTED)
+            self.policy.count(Event.UNPROTECTED)
         return True
 
     def call(

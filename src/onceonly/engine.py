@@ -10,6 +10,7 @@ out, so every decision lives here once. The shape follows httpx's
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from .errors import (
     IdempotencySerializationError,
     IdempotencyStoreError,
 )
-from .metrics import Event, Stats
+from .metrics import Event, Stats, log_extra
 from .records import Acquired, ClaimResult, Record, Status, decode_outcome, encode_outcome
 from .serializers import Serializer
 from .stores.protocol import ClaimCall, CompleteCall, ReleaseCall
@@ -45,6 +46,7 @@ __all__ = [
     "claim_call",
     "complete_call",
     "decide",
+    "elapsed_ms",
     "encode_result",
     "flow",
     "in_progress_error",
@@ -52,6 +54,8 @@ __all__ = [
     "release_call",
     "renewal_lease_ms",
     "replay",
+    "started_at",
+    "store_kind",
 ]
 
 logger = logging.getLogger("onceonly")
@@ -205,6 +209,7 @@ class Policy:
         clock: Wall-clock milliseconds (for the cache and wait budgets).
         max_outcome_bytes: The largest outcome its store can hold (None: no
             limit), checked before the function's claim is completed.
+        store: Its store's class name, for events and log records.
     """
 
     name: str
@@ -214,6 +219,30 @@ class Policy:
     cache: LocalCache | None
     clock: Callable[[], int]
     max_outcome_bytes: int | None = None
+    store: str | None = None
+
+    def count(self, event: Event, key: str | None = None, duration_ms: float | None = None) -> None:
+        """Count an event of this function's (with its key, when it has one)."""
+        self.stats.add(event, self.name, key, self.store, duration_ms)
+
+    def log_extra(self, key: str | None, outcome: str) -> dict[str, Any]:
+        """The ``extra`` fields of a log record about this function's key."""
+        return log_extra(self.name, key, outcome, self.store)
+
+
+def store_kind(store: Any) -> str:
+    """The class name of a store, as events and log records name it."""
+    return type(store).__name__
+
+
+def started_at(policy: Policy) -> float | None:
+    """A start time when a callback listens to the policy's events (else no clock read)."""
+    return time.perf_counter() if policy.stats.listening else None
+
+
+def elapsed_ms(started: float | None) -> float | None:
+    """Milliseconds since ``started`` (from :func:`started_at`), or None."""
+    return None if started is None else round((time.perf_counter() - started) * 1000, 3)
 
 
 def claim_call(inv: Invocation) -> ClaimCall:
@@ -317,7 +346,7 @@ def encode_result(policy: Policy, value: Any) -> bytes:
 
 def key_reuse_error(policy: Policy, inv: Invocation) -> Exception:
     """The error for a key taken by another payload; counts it."""
-    policy.stats.add(Event.KEY_REUSE)
+    policy.count(Event.KEY_REUSE, inv.key)
     return IdempotencyKeyReuseError(
         f"{policy.name}: key {inv.key} was used before with a different payload "
         "(payload_validation_jmespath); use a new key for a new request"
@@ -326,7 +355,7 @@ def key_reuse_error(policy: Policy, inv: Invocation) -> Exception:
 
 def in_progress_error(policy: Policy, inv: Invocation, retry_after_ms: int) -> Exception:
     """The error for a key held by a live claim elsewhere; counts it."""
-    policy.stats.add(Event.IN_PROGRESS)
+    policy.count(Event.IN_PROGRESS, inv.key)
     return IdempotencyAlreadyInProgressError(
         f"{policy.name}: another execution holds key {inv.key} for {retry_after_ms} ms more; "
         "retry later, or set on_in_progress='wait'",
@@ -335,24 +364,30 @@ def in_progress_error(policy: Policy, inv: Invocation, retry_after_ms: int) -> E
     )
 
 
-def _release_after_failure(policy: Policy, inv: Invocation) -> Generator[Step, Any, None]:
-    policy.stats.add(Event.RELEASED)
+def _release_after_failure(
+    policy: Policy, inv: Invocation, ran_ms: float | None
+) -> Generator[Step, Any, None]:
+    policy.count(Event.RELEASED, inv.key, ran_ms)
     try:
         released = yield RELEASE
     except IdempotencyStoreError as exc:
-        policy.stats.add(Event.STORE_ERROR)
+        policy.count(Event.STORE_ERROR, inv.key)
         logger.warning(
             "onceonly: %s could not release key %s after a failure (%s); "
             "it is held until its lease ends",
             policy.name,
             inv.key,
             type(exc).__name__,
+            extra=policy.log_extra(inv.key, Event.STORE_ERROR.value),
         )
         return
     if released is not True:
-        policy.stats.add(Event.LEASE_LOST)
+        policy.count(Event.LEASE_LOST, inv.key)
         logger.warning(
-            "onceonly: %s lost its lease on key %s before it failed", policy.name, inv.key
+            "onceonly: %s lost its lease on key %s before it failed",
+            policy.name,
+            inv.key,
+            extra=policy.log_extra(inv.key, Event.LEASE_LOST.value),
         )
 
 
@@ -374,12 +409,13 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
         BaseException: Whatever the function raised, after the claim is released.
     """
     config, stats, cache = policy.config, policy.stats, policy.cache
+    name, key, store = policy.name, inv.key, policy.store
     if cache is not None:
         cached = cache.get(inv.key, policy.clock())
         if cached is not None and (
             inv.fingerprint is None or cached.fingerprint == inv.fingerprint
         ):
-            stats.add(Event.CACHE_HIT)
+            stats.add(Event.CACHE_HIT, name, key, store)
             return replay(policy, cached, inv.key)
 
     wait_until: int | None = None
@@ -388,7 +424,7 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
         try:
             result = yield CLAIM
         except IdempotencyStoreError as exc:
-            stats.add(Event.STORE_ERROR)
+            stats.add(Event.STORE_ERROR, name, key, store)
             if config.on_store_error is not StoreErrorPolicy.RUN or isinstance(
                 exc, CorruptRecordError
             ):
@@ -398,14 +434,15 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
                 "because on_store_error='run'",
                 policy.name,
                 type(exc).__name__,
+                extra=policy.log_extra(key, Event.UNPROTECTED.value),
             )
-            stats.add(Event.UNPROTECTED)
+            stats.add(Event.UNPROTECTED, name, key, store)
             return (yield Execute(protected=False))
         decision = decide(result, inv.fingerprint)
         if isinstance(decision, Run):
             break
         if isinstance(decision, Replay):
-            stats.add(Event.REPLAYED)
+            stats.add(Event.REPLAYED, name, key, store)
             value = replay(policy, decision.record, inv.key)
             # Cached only once it replays: a corrupt record must not outlive its purge here.
             if cache is not None:
@@ -422,36 +459,38 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
         if now >= wait_until:
             raise in_progress_error(policy, inv, decision.retry_after_ms)
         # Wake no later than the other lease's end, so an orphan is taken over promptly.
-        stats.add(Event.WAITED)
+        stats.add(Event.WAITED, name, key, store)
         yield Sleep(max(1, min(delay, decision.retry_after_ms + 1, wait_until - now)))
         delay = min(delay * 2, _WAIT_MAX_MS)
 
     if decision.takeover:
-        stats.add(Event.TAKEOVER)
+        stats.add(Event.TAKEOVER, name, key, store)
     execute = (
         Execute(protected=True, heartbeat_ms=max(1, inv.lease_ms // 3))
         if config.heartbeat
         else _EXECUTE
     )
+    started = started_at(policy)
     try:
         value = yield execute
     except GeneratorExit:
         raise
     except BaseException:
-        yield from _release_after_failure(policy, inv)
+        yield from _release_after_failure(policy, inv, elapsed_ms(started))
         raise
+    ran_ms = elapsed_ms(started)
     try:
         outcome = encode_result(policy, value)
     except IdempotencySerializationError:
-        yield from _release_after_failure(policy, inv)
+        yield from _release_after_failure(policy, inv, ran_ms)
         raise
-    stats.add(Event.EXECUTED)
+    stats.add(Event.EXECUTED, name, key, store, ran_ms)
     try:
         completed = yield Complete(outcome)
     except IdempotencyStoreError as exc:
         # The work is done: hand the result back. The claim stays until its
         # lease ends, so a duplicate meanwhile is told "in progress".
-        stats.add(Event.STORE_ERROR)
+        stats.add(Event.STORE_ERROR, name, key, store)
         logger.warning(
             "onceonly: %s ran but could not store its outcome for key %s (%s: %s); "
             "a retry after the lease will run it again",
@@ -459,15 +498,17 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
             inv.key,
             type(exc).__name__,
             exc,
+            extra=policy.log_extra(key, Event.STORE_ERROR.value),
         )
         return value
     if completed is not True:
-        stats.add(Event.LEASE_LOST)
+        stats.add(Event.LEASE_LOST, name, key, store)
         logger.warning(
             "onceonly: %s finished after losing its lease on key %s; "
             "its result is returned but not stored (another execution owns the key)",
             policy.name,
             inv.key,
+            extra=policy.log_extra(key, Event.LEASE_LOST.value),
         )
     elif cache is not None:
         cache.put(

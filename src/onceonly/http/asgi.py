@@ -420,12 +420,13 @@ class IdempotencyMiddleware:
                 result = await _async.drive(steps, gate.store, inv, run.call)
             except NotStored:
                 # Released by the engine: the response goes out as it is, and live after.
-                gate.stats.add(Event.NOT_STORED)
+                gate.policy.count(Event.NOT_STORED, inv.key)
                 await run.flush(gate.fresh_headers([], stored=False))
             except IdempotencySerializationError:
                 if not run.complete:
                     raise
-                gate.stats.add(Event.NOT_STORED)  # over the store's limit: released, delivered
+                # Over the store's limit: released, and delivered.
+                gate.policy.count(Event.NOT_STORED, inv.key)
                 await run.flush(gate.fresh_headers([], stored=False))
             except Exception as exc:
                 problem = None if exc is run.app_error else gate.problem_for(exc)
@@ -439,7 +440,7 @@ class IdempotencyMiddleware:
                     await _send_whole(send, result.status, headers, payload)
                     return
                 if not note.stored:
-                    gate.stats.add(Event.NOT_STORED)
+                    gate.policy.count(Event.NOT_STORED, inv.key)
                 await run.flush(gate.fresh_headers([], note.stored))
             await run.finish()
         finally:

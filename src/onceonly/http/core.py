@@ -23,7 +23,7 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..engine import Complete, Invocation, Policy, Step, flow
+from ..engine import Complete, Invocation, Policy, Step, flow, store_kind
 from ..errors import (
     CorruptRecordError,
     IdempotencyAlreadyInProgressError,
@@ -287,6 +287,7 @@ class Gate:
             cache=None,
             clock=wall_ms,
             max_outcome_bytes=limit if type(limit) is int else None,
+            store=store_kind(store),
         )
         self.lease_ms = config.engine.lease_ms
         self.ttl_ms = config.engine.ttl_ms
@@ -301,7 +302,7 @@ class Gate:
         values = [value for name, value in head.headers if name == config.header]
         if not values:
             if config.required:
-                self.stats.add(Event.BAD_KEY)
+                self.policy.count(Event.BAD_KEY)
                 return problem(
                     ProblemType.KEY_MISSING,
                     f"{head.method} {head.path} needs an {config.header} header (a unique "
@@ -310,7 +311,7 @@ class Gate:
             return Pass("no key")
         key = parse_key(values)
         if isinstance(key, ProblemType):
-            self.stats.add(Event.BAD_KEY)
+            self.policy.count(Event.BAD_KEY)
             return problem(
                 key,
                 f"send one {config.header} of 1 to {MAX_KEY_LENGTH} visible ASCII characters, "

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._sync import drive
+from ..engine import Invocation
 from ..errors import IdempotencyConfigError
 from ..metrics import Event
 from .config import HttpConfig
@@ -237,8 +238,13 @@ class IdempotencyMiddleware:
         except NotStored as exc:
             if not call.unstored or call.response is None:
                 raise
-            logger.debug("onceonly: %s response not stored (%s)", method, exc.reason)
-            return self._fresh(gate, call.response, False)
+            logger.debug(
+                "onceonly: %s response not stored (%s)",
+                method,
+                exc.reason,
+                extra=gate.policy.log_extra(inv.key, Event.NOT_STORED.value),
+            )
+            return self._fresh(gate, call.response, False, inv)
         except Exception as exc:
             problem = gate.problem_for(exc)
             if problem is None:
@@ -247,7 +253,7 @@ class IdempotencyMiddleware:
         if result.replayed:
             return _replay(*gate.replay_headers(result, head), result.status)
         assert call.response is not None
-        return self._fresh(gate, call.response, note.stored)
+        return self._fresh(gate, call.response, note.stored, inv)
 
     def _body(self, request: HttpRequest, gate: Gate, head: RequestHead) -> bytes | Problem:
         """``request.body`` read now (so POST and FILES parse from it), or a 413."""
@@ -281,9 +287,11 @@ class IdempotencyMiddleware:
                 "sets request.urlconf"
             )
 
-    def _fresh(self, gate: Gate, response: HttpResponseBase, stored: bool) -> HttpResponseBase:
+    def _fresh(
+        self, gate: Gate, response: HttpResponseBase, stored: bool, inv: Invocation
+    ) -> HttpResponseBase:
         if not stored:
-            gate.stats.add(Event.NOT_STORED)
+            gate.policy.count(Event.NOT_STORED, inv.key)
         for name, value in gate.fresh_headers([], stored):
             response[name] = value
         return response

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._sync import drive
+from ..engine import Invocation
 from ..errors import IdempotencyConfigError
 from ..metrics import Event, Stats
 from .config import HttpConfig
@@ -346,8 +347,13 @@ class IdempotencyMiddleware:
         except NotStored as exc:
             if not run.unstored:
                 raise  # an inner app's own NotStored: not ours to deliver
-            logger.debug("onceonly: %s response not stored (%s)", method, exc.reason)
-            return self._send_fresh(gate, run, False, start_response)
+            logger.debug(
+                "onceonly: %s response not stored (%s)",
+                method,
+                exc.reason,
+                extra=gate.policy.log_extra(inv.key, Event.NOT_STORED.value),
+            )
+            return self._send_fresh(gate, run, False, start_response, inv)
         except Exception as exc:
             problem = gate.problem_for(exc)
             if problem is None:
@@ -357,14 +363,19 @@ class IdempotencyMiddleware:
             replay_headers, replay_body = gate.replay_headers(response, head)
             start_response(status_line(response.status), replay_headers)
             return [replay_body]
-        return self._send_fresh(gate, run, note.stored, start_response)
+        return self._send_fresh(gate, run, note.stored, start_response, inv)
 
     def _send_fresh(
-        self, gate: Gate, run: _Run, stored: bool, start_response: StartResponse
+        self,
+        gate: Gate,
+        run: _Run,
+        stored: bool,
+        start_response: StartResponse,
+        inv: Invocation,
     ) -> Iterable[bytes]:
         """Send the app's own response (every header it set), live if it was cut off."""
         if not stored:
-            gate.stats.add(Event.NOT_STORED)
+            gate.policy.count(Event.NOT_STORED, inv.key)
         assert run.status is not None
         try:
             # No exc_info: for the server this is the first and only start, and
