@@ -32,6 +32,7 @@ from .engine import (
     renewal_lease_ms,
 )
 from .errors import IdempotencyStoreError
+from .metrics import Event, log_extra
 from .records import Acquired
 from .stores.protocol import (
     AsyncStore,
@@ -106,7 +107,11 @@ def _renew_one(
             return False
         if await store.renew(inv.key, token=inv.token, lease_ms=lease_ms) is True:
             return True
-        logger.warning("onceonly: heartbeat found the lease on key %s lost", inv.key)
+        logger.warning(
+            "onceonly: heartbeat found the lease on key %s lost",
+            inv.key,
+            extra=log_extra(None, inv.key, Event.LEASE_LOST.value),
+        )
         return False
 
     return beat
