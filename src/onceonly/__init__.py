@@ -27,7 +27,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .config import IdempotencyConfig, InProgressPolicy, StoreErrorPolicy
     from .decorators import idempotent, idempotent_function
-    from .metrics import Event, Stats
+    from .metrics import Event, Stats, StatsEvent
     from .records import Record, Status
     from .serializers import (
         CustomSerializer,
@@ -57,6 +57,7 @@ __all__ = [
     "PydanticSerializer",
     "Record",
     "Stats",
+    "StatsEvent",
     "Status",
     "StoreErrorPolicy",
     "__version__",
@@ -73,6 +74,7 @@ _LAZY = {
     "idempotent_function": "decorators",
     "Event": "metrics",
     "Stats": "metrics",
+    "StatsEvent": "metrics",
     "Record": "records",
     "Status": "records",
     "CustomSerializer": "serializers",
