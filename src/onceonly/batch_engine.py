@@ -280,10 +280,10 @@ def batch_flow(
         started = started_at(policy)
         try:
             value = yield RunItem(index, renew, heartbeat_ms)
-            ran_ms = elapsed_ms(started)
+            ran_ms = elapsed_ms(policy, started)
             outcome = encode_result(policy, value)
         except Exception as exc:  # one record's failure is that record's alone
-            policy.count(Event.RELEASED, inv.key, elapsed_ms(started))
+            policy.count(Event.RELEASED, inv.key, elapsed_ms(policy, started))
             to_release.append(inv)
             ran[inv.key] = ItemResult(records[index], ItemStatus.FAILED, error=exc, key=inv.key)
             continue

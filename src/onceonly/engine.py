@@ -10,7 +10,6 @@ out, so every decision lives here once. The shape follows httpx's
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -221,7 +220,7 @@ class Policy:
     max_outcome_bytes: int | None = None
     store: str | None = None
 
-    def count(self, event: Event, key: str | None = None, duration_ms: float | None = None) -> None:
+    def count(self, event: Event, key: str | None = None, duration_ms: int | None = None) -> None:
         """Count an event of this function's (with its key, when it has one)."""
         self.stats.add(event, self.name, key, self.store, duration_ms)
 
@@ -235,14 +234,14 @@ def store_kind(store: Any) -> str:
     return type(store).__name__
 
 
-def started_at(policy: Policy) -> float | None:
-    """A start time when a callback listens to the policy's events (else no clock read)."""
-    return time.perf_counter() if policy.stats.listening else None
+def started_at(policy: Policy) -> int | None:
+    """The policy's clock when a callback listens to its events (else no clock read)."""
+    return policy.clock() if policy.stats.listening else None
 
 
-def elapsed_ms(started: float | None) -> float | None:
-    """Milliseconds since ``started`` (from :func:`started_at`), or None."""
-    return None if started is None else round((time.perf_counter() - started) * 1000, 3)
+def elapsed_ms(policy: Policy, started: int | None) -> int | None:
+    """Milliseconds on the policy's clock since ``started`` (from :func:`started_at`)."""
+    return None if started is None else policy.clock() - started
 
 
 def claim_call(inv: Invocation) -> ClaimCall:
@@ -365,7 +364,7 @@ def in_progress_error(policy: Policy, inv: Invocation, retry_after_ms: int) -> E
 
 
 def _release_after_failure(
-    policy: Policy, inv: Invocation, ran_ms: float | None
+    policy: Policy, inv: Invocation, ran_ms: int | None
 ) -> Generator[Step, Any, None]:
     policy.count(Event.RELEASED, inv.key, ran_ms)
     try:
@@ -476,9 +475,9 @@ def flow(policy: Policy, inv: Invocation) -> Generator[Step, Any, Any]:
     except GeneratorExit:
         raise
     except BaseException:
-        yield from _release_after_failure(policy, inv, elapsed_ms(started))
+        yield from _release_after_failure(policy, inv, elapsed_ms(policy, started))
         raise
-    ran_ms = elapsed_ms(started)
+    ran_ms = elapsed_ms(policy, started)
     try:
         outcome = encode_result(policy, value)
     except IdempotencySerializationError:

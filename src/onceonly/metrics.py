@@ -72,7 +72,7 @@ def log_extra(
     key: str | None,
     outcome: str,
     store: str | None = None,
-    duration_ms: float | None = None,
+    duration_ms: int | None = None,
 ) -> dict[str, Any]:
     """The ``extra`` fields of a log record of the library (every name starts ``onceonly_``).
 
@@ -116,7 +116,7 @@ class StatsEvent:
     function: str | None = None
     key_digest: str | None = None
     store: str | None = None
-    duration_ms: float | None = None
+    duration_ms: int | None = None
 
 
 Callback = Callable[[StatsEvent], object]
@@ -150,7 +150,7 @@ class Stats:
         function: str | None = None,
         key: str | None = None,
         store: str | None = None,
-        duration_ms: float | None = None,
+        duration_ms: int | None = None,
     ) -> None:
         """Count one occurrence of an event, and tell the registered callbacks.
 
