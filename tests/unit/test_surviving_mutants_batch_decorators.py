@@ -478,6 +478,24 @@ def test_idempotent_refuses_unknown_arguments_and_a_missing_store() -> None:
         idempotent(persistence_store=MemoryStore())  # type: ignore[call-overload]
 
 
+def test_idempotent_function_refuses_unknown_arguments_and_a_missing_store() -> None:
+    missing = r"idempotent_function\(\) missing 1 required keyword-only argument: 'store'"
+    with pytest.raises(TypeError, match=missing):
+        idempotent_function(data="order")  # type: ignore[call-overload]
+    unknown = r"idempotent_function\(\) got an unexpected keyword argument 'colour'"
+    with pytest.raises(TypeError, match=unknown):
+        idempotent_function(store=MemoryStore(), data="order", colour="red")  # type: ignore[call-overload]
+    powertools = r"takes data=, not Powertools' data_keyword_argument="
+    with pytest.raises(IdempotencyConfigError, match=powertools):
+        idempotent_function(store=MemoryStore(), data_keyword_argument="order")  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("data", [123, b"order", ""], ids=["int", "bytes", "empty"])
+def test_idempotent_function_refuses_a_data_that_is_no_parameter_name(data: object) -> None:
+    with pytest.raises(IdempotencyConfigError, match=r"^data must name a parameter, got "):
+        idempotent_function(store=MemoryStore(), data=data)  # type: ignore[call-overload]
+
+
 def test_a_data_name_that_is_no_parameter_lists_the_parameters() -> None:
     def charge(order: dict[str, Any], *, retry: bool = False) -> int:
         return 1
