@@ -15,7 +15,13 @@ import redis.asyncio
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
-from onceonly import IdempotencyConfig, IdempotencyStoreError, OnceOnlyWarning, idempotent_function
+from onceonly import (
+    IdempotencyConfig,
+    IdempotencyConfigError,
+    IdempotencyStoreError,
+    OnceOnlyWarning,
+    idempotent_function,
+)
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import RenewCall
@@ -353,3 +359,28 @@ def test_redis_stores_wait_at_most_one_second_by_default(
             store.client.close()
         for store in async_stores:
             asyncio.run(store.client.aclose())
+
+
+@pytest.mark.parametrize(
+    ("options", "accepted"),
+    [
+        ({"clock_skew_ms": 0}, True),
+        ({"clock_skew_ms": 3_600_000}, True),
+        ({"clock_skew_ms": 3_600_001}, False),
+        ({"max_outcome_bytes": 1}, True),
+        ({"max_outcome_bytes": 0}, False),
+        ({"max_outcome_bytes": 400_000}, True),
+        ({"max_outcome_bytes": 400_001}, False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_dynamodb_store_options_at_the_edges_of_their_ranges(
+    moto_server: MotoServer, options: dict[str, int], accepted: bool
+) -> None:
+    client = moto_server.shared_client
+    if accepted:
+        store = DynamoDBStore("tbl", client=client, **options)  # type: ignore[arg-type]
+        assert [getattr(store, name) for name in options] == list(options.values())
+    else:
+        with pytest.raises(IdempotencyConfigError, match=f"^{next(iter(options))} must be"):
+            DynamoDBStore("tbl", client=client, **options)  # type: ignore[arg-type]
