@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings
 
 import redis_harness as harness
 from dynamodb_harness import MotoServer
+from onceonly.runtime import LAMBDA_CONTEXT
 from testkit import ManualClock, RedisFarm
 
 # -- Hypothesis ----------------------------------------------------------------------
@@ -26,6 +27,23 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def no_lambda_context_left() -> Iterator[None]:
+    """Fail a test that leaves a Lambda context registered in the main thread.
+
+    ``config.register_lambda_context`` lasts until the next registration, as in
+    Powertools; a test that leaves one behind gives every later test's claims
+    that context's (by then run down) remaining time.
+    """
+    yield
+    if LAMBDA_CONTEXT.get() is not None:
+        LAMBDA_CONTEXT.set(None)
+        pytest.fail(
+            "this test left a Lambda context registered: run the invocation in "
+            "contextvars.copy_context().run(...)"
+        )
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import json
 import os
 import re
@@ -302,10 +303,16 @@ def test_python_block(block: Block, block_env: Parts, tmp_path: Path) -> None:
 
         module.__dict__["persistence_layer"] = DynamoDBPersistenceLayer(table_name=TABLES[1])
     sys.modules[name] = module
-    try:
+
+    def run() -> None:
         exec(compile(code, block.id, "exec"), module.__dict__)
         if "invoke" in block.markers:
             _invoke(block, module.__dict__, block.markers["invoke"])
+
+    try:
+        # A context of its own, as each Lambda invocation has: a block that calls
+        # config.register_lambda_context leaves it behind in no other test.
+        contextvars.copy_context().run(run)
     finally:
         _close(module.__dict__)
         del sys.modules[name]
