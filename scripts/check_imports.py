@@ -8,7 +8,8 @@ printing each offence, when
 - a module imports one of a higher floor. The floors, lowest first:
   records/keys/config/errors (and the other leaf modules), stores, the engine
   tier (engine.py and the batch flow beside it), the drivers (_sync.py,
-  _async.py), and the public entry points (everything else).
+  _async.py, and telemetry.py, which watches their steps), and the public
+  entry points (everything else).
 
 Run by scripts/test, so a circle introduced later fails CI.
 Usage: python scripts/check_imports.py [SRC_DIR]
@@ -41,7 +42,7 @@ LEAVES = {
     "jmespath_functions",
 }
 ENGINE = {"engine", "batch_engine"}
-DRIVERS = {"_sync", "_async"}
+DRIVERS = {"_sync", "_async", "telemetry"}
 FLOOR_NAMES = ["leaf", "store", "engine", "driver", "entry point"]
 
 

@@ -29,6 +29,7 @@ from .records import new_token
 from .runtime import LAMBDA_CONTEXT, SWITCH
 from .serializers import serializer_for
 from .stores.protocol import AsyncStore, Store, wall_ms
+from .telemetry import Watcher
 
 __all__ = ["idempotent", "idempotent_function"]
 
@@ -168,6 +169,7 @@ class _Guard:
             max_outcome_bytes=_outcome_limit(store),
             store=store_kind(store),
         )
+        self.watcher = Watcher(self.name, store_kind(store))
 
     def invocation(
         self,
@@ -263,10 +265,18 @@ class _Guard:
     ) -> Any:
         """Run a sync ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
         if inv is None:
-            return func(*args, **kwargs)
+            watch = self.watcher.watch(None)
+            if watch is None:
+                return func(*args, **kwargs)
+            with watch:
+                return func(*args, **kwargs)
         policy = self.policy
         return _sync.drive(
-            flow(policy, inv), self.store, inv, lambda: func(*args, **kwargs), policy.clock
+            self.watcher.flow(flow(policy, inv), inv.key),
+            self.store,
+            inv,
+            lambda: func(*args, **kwargs),
+            policy.clock,
         )
 
     async def call_async(
@@ -278,12 +288,20 @@ class _Guard:
     ) -> Any:
         """Await an async ``func(*args, **kwargs)`` under ``inv``, or plainly when None."""
         if inv is None:
-            return await func(*args, **kwargs)
+            watch = self.watcher.watch(None)
+            if watch is None:
+                return await func(*args, **kwargs)
+            with watch:
+                return await func(*args, **kwargs)
         from . import _async  # here: a sync program's cold start never loads asyncio
 
         policy = self.policy
         return await _async.drive(
-            flow(policy, inv), self.store, inv, lambda: func(*args, **kwargs), policy.clock
+            self.watcher.flow(flow(policy, inv), inv.key),
+            self.store,
+            inv,
+            lambda: func(*args, **kwargs),
+            policy.clock,
         )
 
     def wrap(self, func: F, split: Callable[..., _Call]) -> F:

@@ -31,7 +31,7 @@ import onceonly
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "onceonly"
 VERSION = onceonly.__version__
-EXTRAS = {"redis", "dynamodb", "pydantic", "asgi", "flask", "django"}
+EXTRAS = {"redis", "dynamodb", "pydantic", "asgi", "flask", "django", "otel"}
 URL_LABELS = {"Homepage", "Documentation", "Source", "Issues", "Changelog"}
 # What the sdist's top level may hold: what builds the wheel, the license and the
 # changelog, and what setuptools writes (PKG-INFO, setup.cfg). Not tests/ (see
@@ -255,3 +255,10 @@ def test_the_installed_wheel_runs(dists: Dists, tmp_path: Path) -> None:
     assert Path(run(sys.executable, "-c", code)).parent == target / "onceonly"
     assert run(sys.executable, "-m", "onceonly", "--version") == f"onceonly {VERSION}"
     assert run(str(target / "bin" / "onceonly"), "--version") == f"onceonly {VERSION}"
+
+
+def test_the_changelog_has_a_section_for_this_version_first() -> None:
+    sections = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert sections, "CHANGELOG.md has no version sections"
+    assert sections[0] == VERSION, f"the newest section is {sections[0]}, the version {VERSION}"
+    assert len(set(sections)) == len(sections), "a version with two sections"

@@ -35,6 +35,7 @@ from ..keys import hasher
 from ..metrics import Event, Stats
 from ..records import new_token
 from ..stores.protocol import wall_ms
+from ..telemetry import Watcher
 from .config import HttpConfig
 from .fingerprint import body_material, fingerprint, length_prefixed
 from .problems import Problem, ProblemType, problem
@@ -291,6 +292,7 @@ class Gate:
         )
         self.lease_ms = config.engine.lease_ms
         self.ttl_ms = config.engine.ttl_ms
+        self.watcher = Watcher(name, store_kind(store))
 
     # -- before the body -------------------------------------------------------------
 
@@ -390,7 +392,7 @@ class Gate:
         when the store failed at completion or the lease was lost).
         """
         note = Stored()
-        return _noting(flow(self.policy, inv), note), note
+        return self.watcher.flow(_noting(flow(self.policy, inv), note), inv.key), note
 
     # -- the response --------------------------------------------------------------------
 
