@@ -81,7 +81,9 @@ def _give_back(done: asyncio.Future[T], give_back: Callable[[T], Awaitable[Any] 
         task.add_done_callback(_giving_back.discard)
 
 
-async def _heartbeat(beat: Callable[[], Awaitable[bool]], interval_ms: int, what: str) -> None:
+async def _heartbeat(
+    beat: Callable[[], Awaitable[bool]], interval_ms: int, what: str, key: str | None = None
+) -> None:
     """Await ``beat`` every interval until cancelled or it returns False.
 
     ``beat`` renews one call's claim, or every claim a batch holds. A store
@@ -94,7 +96,12 @@ async def _heartbeat(beat: Callable[[], Awaitable[bool]], interval_ms: int, what
             if await beat() is not True:
                 return
         except IdempotencyStoreError as exc:
-            logger.warning("onceonly: heartbeat for %s failed (%s)", what, exc)
+            logger.warning(
+                "onceonly: heartbeat for %s failed (%s)",
+                what,
+                exc,
+                extra=log_extra(None, key, "heartbeat_failed"),
+            )
 
 
 def _renew_one(
@@ -103,7 +110,11 @@ def _renew_one(
     async def beat() -> bool:
         lease_ms = renewal_lease_ms(inv, clock())
         if lease_ms <= 0:
-            logger.debug("onceonly: heartbeat for key %s stops at the invocation's end", inv.key)
+            logger.debug(
+                "onceonly: heartbeat for key %s stops at the invocation's end",
+                inv.key,
+                extra=log_extra(None, inv.key, "heartbeat_stopped"),
+            )
             return False
         if await store.renew(inv.key, token=inv.token, lease_ms=lease_ms) is True:
             return True
@@ -127,7 +138,7 @@ async def _execute(
     if step.heartbeat_ms is None:
         return await call()
     beat = asyncio.ensure_future(
-        _heartbeat(_renew_one(store, inv, clock), step.heartbeat_ms, f"key {inv.key}")
+        _heartbeat(_renew_one(store, inv, clock), step.heartbeat_ms, f"key {inv.key}", inv.key)
     )
     try:
         return await call()
@@ -318,5 +329,7 @@ class _BatchHeartbeat:
         for beat in self._ended:
             if not beat.cancelled() and beat.exception() is not None:
                 logger.warning(
-                    "onceonly: heartbeat of a batch failed (%s)", type(beat.exception()).__name__
+                    "onceonly: heartbeat of a batch failed (%s)",
+                    type(beat.exception()).__name__,
+                    extra=log_extra(None, None, "heartbeat_failed"),
                 )

@@ -57,9 +57,12 @@ class _Heartbeat:
     the lease ends.
     """
 
-    def __init__(self, beat: Callable[[], bool], interval_ms: int, what: str) -> None:
+    def __init__(
+        self, beat: Callable[[], bool], interval_ms: int, what: str, key: str | None = None
+    ) -> None:
         self._beat = beat
         self._what = what
+        self._key = key  # for the log records' extra fields
         self._interval = interval_ms / 1000
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="onceonly-heartbeat", daemon=True)
@@ -71,7 +74,12 @@ class _Heartbeat:
                 if self._beat() is not True:
                     return
             except IdempotencyStoreError as exc:
-                logger.warning("onceonly: heartbeat for %s failed (%s)", self._what, exc)
+                logger.warning(
+                    "onceonly: heartbeat for %s failed (%s)",
+                    self._what,
+                    exc,
+                    extra=log_extra(None, self._key, "heartbeat_failed"),
+                )
 
     def halt(self) -> None:
         """Stop beating, without waiting for a renewal in flight."""
@@ -87,7 +95,11 @@ def _renew_one(store: Store, inv: Invocation, clock: Callable[[], int]) -> Calla
     def beat() -> bool:
         lease_ms = renewal_lease_ms(inv, clock())
         if lease_ms <= 0:
-            logger.debug("onceonly: heartbeat for key %s stops at the invocation's end", inv.key)
+            logger.debug(
+                "onceonly: heartbeat for key %s stops at the invocation's end",
+                inv.key,
+                extra=log_extra(None, inv.key, "heartbeat_stopped"),
+            )
             return False
         if store.renew(inv.key, token=inv.token, lease_ms=lease_ms) is True:
             return True
@@ -106,7 +118,9 @@ def _execute(
 ) -> Any:
     if step.heartbeat_ms is None:
         return call()
-    heartbeat = _Heartbeat(_renew_one(store, inv, clock), step.heartbeat_ms, f"key {inv.key}")
+    heartbeat = _Heartbeat(
+        _renew_one(store, inv, clock), step.heartbeat_ms, f"key {inv.key}", inv.key
+    )
     try:
         return call()
     finally:

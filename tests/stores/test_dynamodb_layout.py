@@ -191,6 +191,8 @@ def test_access_denied_on_describe_table_skips_the_check_with_one_warning(
     warned = [r for r in caplog.records if "DescribeTable" in r.getMessage()]
     assert len(warned) == 1
     assert "dynamodb:DescribeTable" in warned[0].getMessage()
+    assert warned[0].onceonly_outcome == "schema_unchecked"  # type: ignore[attr-defined]
+    assert warned[0].onceonly_store == "DynamoDBStore"  # type: ignore[attr-defined]
     client.close()
 
 

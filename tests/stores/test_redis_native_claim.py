@@ -500,6 +500,8 @@ def test_on_redis_6_2_the_store_falls_back_to_the_claim_script(
     assert runs == ["a"]
     refusals = [r for r in caplog.records if "refuses SET with NX and GET" in r.getMessage()]
     assert len(refusals) == 1  # logged once
+    assert refusals[0].onceonly_outcome == "claim_script"  # type: ignore[attr-defined]
+    assert refusals[0].onceonly_store == "RedisStore"  # type: ignore[attr-defined]
     # Only the first claim tried SET NX GET; the rest were scripts.
     _reset(redis62)
     tok = new_token()

@@ -458,7 +458,10 @@ def test_wait_replicas_waits_for_the_replicas_and_counts_shortfalls(
     with caplog.at_level(logging.WARNING, logger="onceonly"):
         greedy.claim("k", token=tok, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
     assert greedy.wait_shortfalls == 1
-    assert "fewer replicas" in caplog.text
+    (short,) = [r for r in caplog.records if "fewer replicas" in r.getMessage()]
+    assert short.onceonly_outcome == "wait_shortfall"  # type: ignore[attr-defined]
+    assert short.onceonly_store == "RedisStore"  # type: ignore[attr-defined]
+    assert short.onceonly_key_digest == greedy.full_key("k")[-16:]  # type: ignore[attr-defined]
     client.close()
 
 

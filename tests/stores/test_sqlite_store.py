@@ -394,7 +394,10 @@ def test_a_failing_sweep_does_not_fail_the_write_that_ran_it(
             Record(Status.COMPLETED, tok, clock.now + 1000, None, OUTCOME)
             for tok in tokens.values()
         ]
-        assert any("rows are kept" in r.getMessage() for r in caplog.records)
+        swept = [r for r in caplog.records if "rows are kept" in r.getMessage()]
+        assert swept
+        assert {r.onceonly_outcome for r in swept} == {"sweep_failed"}  # type: ignore[attr-defined]
+        assert {r.onceonly_store for r in swept} == {"SQLiteStore"}  # type: ignore[attr-defined]
         # An explicit purge still reports the failure.
         with pytest.raises(IdempotencyStoreError) as caught:
             store.purge()

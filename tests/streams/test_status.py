@@ -7,6 +7,7 @@ client's socket timeout.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -16,11 +17,14 @@ from streams_support import ScoreHandler, names
 
 import redis_harness as harness
 from onceonly.errors import IdempotencyStoreError, OnceOnlyWarning
+from onceonly.naming import display_name
 from onceonly.streams import AsyncStreamConsumer, Effects, StreamConsumer, StreamEntry
 from testkit import RedisFarm
 
 
-def test_status_reports_pending_lag_consumers_and_counts(client: Any) -> None:
+def test_status_reports_pending_lag_consumers_and_counts(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     stream, user, lb, group = names()
     ids = [client.xadd(stream, {"user": "a", "points": p}).decode() for p in range(1, 6)]
     score = ScoreHandler(user, lb)
@@ -36,7 +40,15 @@ def test_status_reports_pending_lag_consumers_and_counts(client: Any) -> None:
     )  # fmt: skip
     with pytest.raises(IdempotencyStoreError, match="no consumer group"):
         consumer.status()  # the group is made by the first pass
-    consumer.run_once()
+    with caplog.at_level(logging.WARNING, logger="onceonly"):
+        consumer.run_once()
+    # The failed entry's record: the handler's name, the outcome, the consumer's kind.
+    (failed,) = [r for r in caplog.records if "handler raised" in r.getMessage()]
+    assert ids[1] in failed.getMessage()
+    assert failed.onceonly_function == display_name(handler)  # type: ignore[attr-defined]
+    assert failed.onceonly_outcome == "failed"  # type: ignore[attr-defined]
+    assert failed.onceonly_store == "StreamConsumer"  # type: ignore[attr-defined]
+    assert failed.onceonly_key_digest is None  # type: ignore[attr-defined]
     status = consumer.status()
     assert (status.pending, status.lag, status.consumers) == (1, 3, 1)
     assert status.last_delivered_id == ids[1]

@@ -434,3 +434,29 @@ def test_key_digest_and_log_extra() -> None:
         "onceonly_store": "RedisStore",
         "onceonly_duration_ms": 2.5,
     }
+
+
+def test_every_log_call_of_the_library_passes_the_extra_fields() -> None:
+    """A record without ``extra=`` would lack the fields a JSON formatter writes."""
+    import ast
+    from pathlib import Path
+
+    import onceonly
+
+    levels = {"debug", "info", "warning", "error", "exception", "log"}
+    missing = []
+    calls = 0
+    for path in sorted(Path(onceonly.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "logger"
+                and node.func.attr in levels
+            ):
+                calls += 1
+                if not any(keyword.arg == "extra" for keyword in node.keywords):
+                    missing.append(f"{path.name}:{node.lineno}")
+    assert calls >= 30, "the library's log calls were not found"
+    assert missing == []

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from .._sync import drive
 from ..engine import Invocation
 from ..errors import IdempotencyConfigError
-from ..metrics import Event
+from ..metrics import Event, log_extra
 from .config import HttpConfig
 from .core import Gate, NotStored, Pass, RequestHead, Response
 from .problems import Problem
@@ -284,7 +284,8 @@ class IdempotencyMiddleware:
                 "onceonly: Django called another view than the one resolved before the "
                 "middlewares ran (request.urlconf changed?); its response is not stored. "
                 "Put onceonly.http.django.IdempotencyMiddleware after the middleware that "
-                "sets request.urlconf"
+                "sets request.urlconf",
+                extra=log_extra("django", None, Event.NOT_STORED.value),
             )
 
     def _fresh(

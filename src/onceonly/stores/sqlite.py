@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from .. import codec
 from ..errors import IdempotencyConfigError, IdempotencyStoreError
+from ..metrics import log_extra
 from ..records import Acquired, ClaimResult, Found, Record, Status
 from ._threaded import InThreadStore
 from .protocol import check_claim, check_complete, check_key, check_ms, check_token, wall_ms
@@ -294,7 +295,12 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 # The write is committed already: a failed sweep must not report
                 # it as failed (a claim taken but reported lost blocks its key).
-                logger.warning("onceonly: sweep of expired rows in %s failed (%s)", self.path, exc)
+                logger.warning(
+                    "onceonly: sweep of expired rows in %s failed (%s)",
+                    self.path,
+                    exc,
+                    extra=log_extra(None, None, "sweep_failed", "SQLiteStore"),
+                )
 
     def _read(self, conn: sqlite3.Connection, key: str) -> Record | None:
         row = conn.execute(self._sql_get, (key,)).fetchone()

@@ -20,6 +20,8 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from ..errors import IdempotencyConfigError, IdempotencyStoreError, OnceOnlyWarning
+from ..metrics import log_extra
+from ..naming import display_name
 from ..stores.redis.common import NEVER_DECODE
 from . import core, scripts
 from .config import ConsumerConfig
@@ -100,10 +102,15 @@ class ConsumerBase:
         self.config = config
         self.client = client
         self.handler = handler
+        self._name = display_name(handler)
         self._state = core.ReadState()
         self._stats = StatsCounter()
         self._group_ready = False
         self._stopping = threading.Event()
+
+    def _log_extra(self, outcome: str) -> dict[str, Any]:
+        """The ``extra`` fields of this consumer's log records (its handler's name as function)."""
+        return log_extra(self._name, None, outcome, type(self).__name__)
 
     @property
     def stats(self) -> StreamStats:
@@ -142,6 +149,7 @@ class ConsumerBase:
             logger.warning(
                 "onceonly: %s received: the stream consumer stops after the batch in hand",
                 signal.Signals(signum).name,
+                extra=self._log_extra("stopping"),
             )
             self.stop()
 
@@ -268,6 +276,7 @@ class ConsumerBase:
             type(exc).__name__,
             entry.id,
             entry.deliveries,
+            extra=self._log_extra("failed"),
         )
         error = core.error_text(exc)
         return core.failed_plan(self.config, entry.id, entry.deliveries, error, entry.event_id)
@@ -289,6 +298,7 @@ class ConsumerBase:
                 "onceonly: %d pending entries of the stream were deleted or trimmed before "
                 "they were handled; acknowledged as LOST",
                 lost,
+                extra=self._log_extra("lost"),
             )
         return out
 
@@ -302,4 +312,5 @@ class ConsumerBase:
             "onceonly: could not extend the idle time of entries in hand (%s); they may be "
             "reclaimed by another consumer (their commits are then FENCED)",
             type(exc.__cause__ or exc).__name__,
+            extra=self._log_extra("heartbeat_failed"),
         )

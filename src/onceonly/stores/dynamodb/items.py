@@ -24,6 +24,7 @@ from typing import Any
 
 from ... import codec, powertools_records
 from ...errors import IdempotencyConfigError, IdempotencyStoreError
+from ...metrics import log_extra
 from ...records import Record
 
 __all__ = [
@@ -408,6 +409,7 @@ def check_table(
             "grant dynamodb:DescribeTable to have the store check it",
             table,
             denied,
+            extra=log_extra(None, None, "schema_unchecked", "DynamoDBStore"),
         )
         return
     mismatch = layout_mismatch(table, response["Table"], key_attr, sort_key_attr)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ...errors import IdempotencyStoreError
+from ...metrics import log_extra
 from . import scripts
 from .common import chained, redis_errors, store_error
 
@@ -192,6 +193,7 @@ def _settle(task: asyncio.Future[Any]) -> None:
             "onceonly: could not give back a claim whose caller was cancelled (%s); "
             "the key is held until its lease ends",
             type(task.exception()).__name__,
+            extra=log_extra(None, None, "give_back_failed", "AsyncRedisStore"),
         )
 
 

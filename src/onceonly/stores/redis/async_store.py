@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...errors import IdempotencyConfigError, IdempotencyStoreError
+from ...metrics import log_extra
 from ...records import ClaimResult, Record
 from ..protocol import check_claim, check_key
 from . import scripts
@@ -207,7 +208,11 @@ class AsyncRedisStore(RedisBase):
             try:
                 await step
             except Exception as exc:  # a closed loop's transport refuses; it is forgotten
-                logger.debug("onceonly: closing a finished loop's Redis connections: %r", exc)
+                logger.debug(
+                    "onceonly: closing a finished loop's Redis connections: %r",
+                    exc,
+                    extra=log_extra(None, None, "connections_dropped", "AsyncRedisStore"),
+                )
 
     # -- I/O ---------------------------------------------------------------
 

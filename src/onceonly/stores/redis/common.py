@@ -22,6 +22,7 @@ from ...errors import (
     IdempotencyStoreError,
     OnceOnlyWarning,
 )
+from ...metrics import log_extra
 from ...records import ClaimResult, Record
 from ..protocol import check_claim, check_complete, check_key, check_ms, check_token
 from . import scripts
@@ -349,6 +350,7 @@ class RedisBase:
                 key,
                 self.wait_replicas,
                 reply,
+                extra=log_extra(None, key, "wait_shortfall", type(self).__name__),
             )
 
     def _now_arg(self) -> int | str:
@@ -393,6 +395,7 @@ class RedisBase:
                 "onceonly: this Redis server refuses SET with NX and GET (it came with "
                 "Redis 7.0); claims run the claim script instead (%s)",
                 error,
+                extra=log_extra(None, None, "claim_script", type(self).__name__),
             )
         return True
 
