@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
 import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -178,6 +181,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="executions per async row")
     parser.add_argument("--sync-n", type=int, default=4_000, help="executions per sync row")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--plot", type=Path, help="also run 4 and 16 tasks, and write the throughput plot here"
+    )
     args = parser.parse_args()
     binary, how = find_server()
     rows: dict[str, list[float]] = {}
@@ -197,6 +203,11 @@ def main() -> None:
                 (NAIVE, lambda: asyncio.run(naive_asyncio(port, n, 256))),
                 (RAW, lambda: asyncio.run(raw_pipelined(port, n))),
             ]
+            if args.plot is not None:  # the curve's points between 1 and 64 tasks
+                runs[3:3] = [
+                    (f"async onceonly, {tasks} tasks", partial(_async_rate, port, n, tasks))
+                    for tasks in (4, 16)
+                ]
             if r % 2:
                 runs.reverse()  # alternate the order, so drift hits every row alike
             for label, run in runs:
@@ -219,6 +230,30 @@ def main() -> None:
         f"/ naive >= {GOAL_NAIVE}: {'met' if best >= GOAL_NAIVE * naive else 'NOT met'} "
         f"({best / naive:.2f} x)"
     )
+
+    if args.plot is not None:
+        series: dict[int, float] = {}
+        for label, value in median.items():
+            tasks = re.fullmatch(r"async onceonly, (\d+) tasks?", label)
+            if tasks is not None:
+                series[int(tasks.group(1))] = value
+        import plots
+
+        plots.throughput(
+            args.plot,
+            {"async onceonly (AsyncRedisStore)": series},
+            {
+                RAW: median[RAW],
+                NAIVE: median[NAIVE],
+                "Powertools, sync, one call after another": powertools,
+            },
+            f"{name} {version}, fresh keys, median of {args.rounds} rounds",
+        )
+        print(f"plot: {args.plot}")
+
+
+def _async_rate(port: int, n: int, tasks: int) -> float:
+    return asyncio.run(async_onceonly(port, n, tasks))
 
 
 if __name__ == "__main__":

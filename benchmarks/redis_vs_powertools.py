@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -551,6 +552,7 @@ def main() -> None:
     parser.add_argument(
         "--count", type=int, default=500, help="calls per command-counting batch (default 500)"
     )
+    parser.add_argument("--plot", type=Path, help="also write the latency plot (PNG) here")
     args = parser.parse_args()
     if args.rounds < 1 or args.n < 1 or args.count < 1:
         parser.error("--rounds, --n and --count must be at least 1")
@@ -608,6 +610,21 @@ def main() -> None:
         for lib in libs:
             lib.client.close()
     report(libs, counts, sizes)
+    if args.plot is not None:
+        plot_latency(args.plot, libs, f"{server_banner(info)}, {args.rounds} x {args.n} calls")
+        print(f"plot: {args.plot}")
+
+
+def plot_latency(path: Path, libs: list[Library], title: str) -> None:
+    """The per-call medians and p99s just printed, as bars (``plots.latency``)."""
+    import plots
+
+    rows = {
+        label: {lib.name: us(getattr(lib, kind))[1:] for lib in libs}
+        for kind, label in (("first", "first execution"), ("duplicate", "duplicate"))
+    }
+    raw_p50 = statistics.median([*libs[0].raw, *libs[1].raw]) / 1000
+    plots.latency(path, rows, raw_p50, f"Redis store beside Powertools: {title}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +29,13 @@ settings.register_profile(
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=2_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# A run started as a background job (``bash .ci/run &`` in a script) inherits
+# SIGINT ignored, and Python then keeps it ignored: the Ctrl-C tests would see
+# no KeyboardInterrupt, and the processes they start would inherit the ignoring.
+# The run takes Ctrl-C as an interpreter started in a terminal does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(autouse=True)
 def no_lambda_context_left() -> Iterator[None]:
@@ -44,6 +52,21 @@ def no_lambda_context_left() -> Iterator[None]:
             "this test left a Lambda context registered: run the invocation in "
             "contextvars.copy_context().run(...)"
         )
+
+
+@pytest.fixture(autouse=True)
+def sigint_kept() -> Iterator[None]:
+    """Fail a test that leaves the test process's Ctrl-C handler changed.
+
+    A process started later inherits an ignored SIGINT, and a handler other
+    than Python's own turns a later test's Ctrl-C into something else.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"this test left SIGINT's handler changed ({before!r} -> {after!r})")
 
 
 @pytest.fixture

@@ -262,3 +262,20 @@ def test_the_changelog_has_a_section_for_this_version_first() -> None:
     assert sections, "CHANGELOG.md has no version sections"
     assert sections[0] == VERSION, f"the newest section is {sections[0]}, the version {VERSION}"
     assert len(set(sections)) == len(sections), "a version with two sections"
+
+
+def test_the_readmes_links_work_outside_the_repository() -> None:
+    # PyPI shows the README: a relative link there leads nowhere. The links into the
+    # repository must name files that exist.
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)", readme) + re.findall(r'src="([^"]+)"', readme)
+    assert len(links) >= 10, "the README's links were not found"
+    relative = [link for link in links if not link.startswith(("https://", "http://", "#"))]
+    assert relative == []
+    into = "https://github.com/onceonly/onceonly/blob/main/"
+    missing = [
+        link
+        for link in links
+        if link.startswith(into) and not (ROOT / link[len(into) :].split("#")[0]).exists()
+    ]
+    assert missing == []
