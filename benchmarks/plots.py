@@ -96,6 +96,8 @@ def throughput(
     for style, (label, value) in zip(("--", ":", "-."), lines.items(), strict=False):
         ax.axhline(value, color="grey", linestyle=style, label=label)
     ax.set_xscale("log", base=2)
+    ticks = sorted({t for points in series.values() for t in points})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("concurrent asyncio tasks")
     ax.set_ylabel("executions per second")
     ax.set_title(title, fontsize=10)
