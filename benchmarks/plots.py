@@ -66,11 +66,7 @@ def latency(
     ax.axhline(raw_p50_us, color="grey", linestyle="--", label="one raw GET round trip (median)")
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel("µs per call")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, title, path)
 
 
 def throughput(
@@ -100,6 +96,11 @@ def throughput(
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("concurrent asyncio tasks")
     ax.set_ylabel("executions per second")
+    _save(plt, fig, ax, title, path)
+
+
+def _save(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> None:
+    """Title, legend, and the PNG written (120 dpi)."""
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
