@@ -384,3 +384,52 @@ def test_dynamodb_store_options_at_the_edges_of_their_ranges(
     else:
         with pytest.raises(IdempotencyConfigError, match=f"^{next(iter(options))} must be"):
             DynamoDBStore("tbl", client=client, **options)  # type: ignore[arg-type]
+
+
+# -- DynamoDB: attribute names of 1-255 bytes; close() closes only a client it built -----
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("k" * 255, True),
+        ("k" * 256, False),
+        ("é" * 127, True),  # 254 bytes
+        ("é" * 128, False),  # 128 characters, 256 bytes: the limit is in bytes
+        ("", False),
+    ],
+    ids=["255-bytes", "256-bytes", "254-bytes-of-127-chars", "256-bytes-of-128-chars", "empty"],
+)
+def test_dynamodb_attribute_names_are_1_to_255_bytes(
+    moto_server: MotoServer, name: str, accepted: bool
+) -> None:
+    client = moto_server.shared_client
+    for option in ("key_attr", "expiry_attr"):
+        if accepted:
+            store = DynamoDBStore("tbl", client=client, **{option: name})  # type: ignore[arg-type]
+            assert getattr(store, option) == name
+        else:
+            with pytest.raises(IdempotencyConfigError, match=f"^{option} must be an attribute"):
+                DynamoDBStore("tbl", client=client, **{option: name})  # type: ignore[arg-type]
+
+
+def test_dynamodb_close_closes_a_client_it_built_and_leaves_an_injected_one_open(
+    moto_server: MotoServer,
+) -> None:
+    built = DynamoDBStore("tbl", endpoint_url=moto_server.url, region_name="us-east-1")
+    injected = DynamoDBStore("tbl", client=moto_server.shared_client)
+    closed: list[str] = []
+    for name, store in (("built", built), ("injected", injected)):
+        close = store.client.close
+
+        def recording(name: str = name, close: Any = close) -> None:
+            closed.append(name)
+            close()
+
+        store.client.close = recording
+    try:
+        built.close()
+        injected.close()
+    finally:
+        del injected.client.close  # the shared client's own method again
+    assert closed == ["built"]
