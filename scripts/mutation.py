@@ -98,6 +98,7 @@ _DYNAMODB_RUNS: tuple[Run, ...] = (
         "tests/stores/test_dynamodb_many.py",
         "tests/stores/test_corrupt_records.py",
         _STORES,
+        "tests/stores/test_surviving_mutants_dynamodb.py",
     ),
     (_CONTRACT, "-k", "dynamodb"),
 )
@@ -235,6 +236,19 @@ _INDENT_UNREAD = (
     "the indent level argument is read only when the encoder indents, and"
     " one_shot_encoder refuses encoders that indent"
 )
+_KEY_TYPE_DEFAULT = (
+    "the default is never read: every KeyType of a key schema is HASH or RANGE"
+    " (DynamoDB's enum), and both are in the table"
+)
+_PID_UNREAD = (
+    "(ParallelCalls' first _pid) never decides anything: _pool makes a pool whenever"
+    " _executor is None, whatever _pid is, and sets both; close() shuts down only an"
+    " executor that _pool made, so _pid is then the one _pool set"
+)
+_POOL_OF_ZERO = (
+    "differs only for max_pool_connections=0, and the caller reads pool_size(client)"
+    " or workers: 0 and None both leave max_parallel uncapped"
+)
 _OWN_CLAIM_UNREAD = (
     "a batch's own claim, as a later record of its key meets it: only its token"
     " and fingerprint are read (the deadline and now never are)"
@@ -314,6 +328,39 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "(the check after the full encoder) reached only when the one-shot encoder failed"
         " and the full one did not; both are json's C encoder, the full one with its"
         " circular check, so that never happens where the C accelerator exists"
+    ),
+    (
+        "dynamodb/items",
+        'if kind == "B" and isinstance(raw, (bytes, bytearray)):',
+        "and -> or",
+    ): (
+        "botocore parses a B value to bytes and no other value to bytes (S and N are"
+        " str; BOOL, NULL, L, M and the sets are not bytes), so on every item the"
+        " client returns kind == 'B' holds exactly when raw is bytes"
+    ),
+    ("dynamodb/items", 'order = {"HASH": 0, "RANGE": 1}', "0 -> -1"): (
+        "HASH (-1) still sorts before RANGE (1)"
+    ),
+    ("dynamodb/items", 'order = {"HASH": 0, "RANGE": 1}', "1 -> 2"): (
+        "RANGE (2) still sorts after HASH (0)"
+    ),
+    (
+        "dynamodb/items",
+        'schema = sorted(description["KeySchema"], key=lambda k: order.get(k["KeyType"], 2))',
+        "2 -> 1",
+    ): _KEY_TYPE_DEFAULT,
+    (
+        "dynamodb/items",
+        'schema = sorted(description["KeySchema"], key=lambda k: order.get(k["KeyType"], 2))',
+        "2 -> 3",
+    ): _KEY_TYPE_DEFAULT,
+    ("dynamodb/many", "self._pid = 0", "0 -> -1"): _PID_UNREAD,
+    ("dynamodb/many", "self._pid = 0", "0 -> 1"): _PID_UNREAD,
+    ("dynamodb/many", "return size if type(size) is int and size > 0 else None", "> -> >="): (
+        _POOL_OF_ZERO
+    ),
+    ("dynamodb/many", "return size if type(size) is int and size > 0 else None", "0 -> -1"): (
+        _POOL_OF_ZERO
     ),
 }
 
