@@ -159,6 +159,7 @@ class _Guard:
         self.lease_ms = config.lease_ms
         self.ttl_ms = config.ttl_ms
         self.warned_lease = False
+        kind = store_kind(store)
         self.policy = Policy(
             name=self.name,
             config=config,
@@ -167,9 +168,9 @@ class _Guard:
             cache=LocalCache(config.local_cache_max_items) if config.use_local_cache else None,
             clock=wall_ms,
             max_outcome_bytes=_outcome_limit(store),
-            store=store_kind(store),
+            store=kind,
         )
-        self.watcher = Watcher(self.name, store_kind(store))
+        self.watcher = Watcher(self.name, kind)
 
     def invocation(
         self,

@@ -280,6 +280,7 @@ class Gate:
         self.max_response_bytes = config.max_response_bytes
         if type(limit) is int:
             self.max_response_bytes = min(self.max_response_bytes, (limit - 512) * 3 // 4)
+        kind = store_kind(store)
         self.policy = Policy(
             name=name,
             config=config.engine,
@@ -288,11 +289,11 @@ class Gate:
             cache=None,
             clock=wall_ms,
             max_outcome_bytes=limit if type(limit) is int else None,
-            store=store_kind(store),
+            store=kind,
         )
         self.lease_ms = config.engine.lease_ms
         self.ttl_ms = config.engine.ttl_ms
-        self.watcher = Watcher(name, store_kind(store))
+        self.watcher = Watcher(name, kind)
 
     # -- before the body -------------------------------------------------------------
 
