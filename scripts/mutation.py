@@ -599,6 +599,12 @@ def _pytest(args: list[str], timeout: float, env: dict[str, str]) -> tuple[int |
     return code, tail
 
 
+def failed_test(tail: str) -> str:
+    """The first failing test pytest's summary names in ``tail`` ("?" when none)."""
+    found = re.search(r"^(?:FAILED|ERROR) (\S+)", tail, re.MULTILINE)
+    return found.group(1) if found is not None else "?"
+
+
 def run_tests(runs: tuple[Run, ...], timeout: float) -> tuple[str, str]:
     """('pass' | 'fail' | 'timeout', the output's tail); stops at the first run that fails."""
     for run in runs:
@@ -828,6 +834,7 @@ def mutate_module(
     timeout: float,
     coverage: dict[tuple[Run, ...], Coverage] | None,
     only: set[Named] | None = None,
+    results: list[Result] | None = None,
 ) -> Result:
     file, runs = MODULES[name]
     path = SRC / file
@@ -838,6 +845,9 @@ def mutate_module(
     if only is not None:
         chosen = [m for m in chosen if named(source, m) in only]
     result = Result(name)
+    if results is not None:
+        # Listed before the first run, so an interrupted pass reports what it ran.
+        results.append(result)
     print(f"== {name}: {len(chosen)} of {len(every)} mutants", flush=True)
     covered: Coverage | None = None
     if path.suffix == ".py" and coverage is not None:
@@ -854,58 +864,64 @@ def mutate_module(
         return result
     stat = path.stat()
     equivalent = equivalences(name, source, every)
-    for index, mutant in enumerate(chosen, start=1):
-        why = equivalent.get(mutant)
-        if why is not None:
-            result.mutants += 1
-            result.equivalent.append((mutant, diff_of(path, source, mutant), why))
-            print(f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: equivalent")
-            continue
-        began = time.monotonic()
-        tests = None
-        if covered is not None:
-            last = mutant.line + source.count("\n", mutant.start, mutant.end)
-            tests = covered.tests_for(path, mutant.line, last)
-        if tests is not None and not tests:
-            result.mutants += 1
-            result.uncovered += 1
-            result.survivors.append((mutant, diff_of(path, source, mutant)))
-            print(
-                f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}:"
-                " SURVIVED (no test runs it)"
-            )
-            continue
-        try:
-            path.write_text(mutant.apply(source))
-            outcome = ""
-            if tests is not None:
-                code, _ = _pytest([*PYTEST_ARGS, *sorted(tests)], timeout, _env())
-                if code not in _NOT_RUN:
-                    outcome = "timeout" if code is None else "fail" if code else "pass"
-            if not outcome:
-                outcome, _ = run_tests(runs, timeout)
-        finally:
-            # No signal may stop the restore half-way.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        for index, mutant in enumerate(chosen, start=1):
+            why = equivalent.get(mutant)
+            if why is not None:
+                result.mutants += 1
+                result.equivalent.append((mutant, diff_of(path, source, mutant), why))
+                print(f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: equivalent")
+                continue
+            began = time.monotonic()
+            tests = None
+            if covered is not None:
+                last = mutant.line + source.count("\n", mutant.start, mutant.end)
+                tests = covered.tests_for(path, mutant.line, last)
+            if tests is not None and not tests:
+                result.mutants += 1
+                result.uncovered += 1
+                result.survivors.append((mutant, diff_of(path, source, mutant)))
+                print(
+                    f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}:"
+                    " SURVIVED (no test runs it)"
+                )
+                continue
             try:
-                path.write_bytes(original)
-                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+                path.write_text(mutant.apply(source))
+                outcome = tail = ""
+                if tests is not None:
+                    code, tail = _pytest([*PYTEST_ARGS, *sorted(tests)], timeout, _env())
+                    if code not in _NOT_RUN:
+                        outcome = "timeout" if code is None else "fail" if code else "pass"
+                if not outcome:
+                    outcome, tail = run_tests(runs, timeout)
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        result.mutants += 1
-        if outcome == "pass":
-            result.survivors.append((mutant, diff_of(path, source, mutant)))
-        else:
-            result.killed += 1
-            result.timeouts += outcome == "timeout"
-        mark = "SURVIVED" if outcome == "pass" else f"killed ({outcome})"
-        if tests is not None:
-            mark += f" [{len(tests)} tests]"
-        print(
-            f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: {mark}"
-            f" {time.monotonic() - began:.1f}s",
-            flush=True,
-        )
+                # No signal may stop the restore half-way.
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+                try:
+                    path.write_bytes(original)
+                    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            result.mutants += 1
+            if outcome == "pass":
+                result.survivors.append((mutant, diff_of(path, source, mutant)))
+            else:
+                result.killed += 1
+                result.timeouts += outcome == "timeout"
+            mark = "SURVIVED" if outcome == "pass" else f"killed ({outcome})"
+            if tests is not None:
+                mark += f" [{len(tests)} tests]"
+            if outcome == "fail":
+                mark += f" by {failed_test(tail)}"
+            print(
+                f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: {mark}"
+                f" {time.monotonic() - began:.1f}s",
+                flush=True,
+            )
+    except Interrupted:
+        result.note = f"(interrupted: {result.mutants} of {len(chosen)} run)"
+        raise
     return result
 
 
@@ -1015,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             only = None if recheck is None else recheck[name]
-            results.append(mutate_module(name, args.max, args.timeout, coverage, only))
+            mutate_module(name, args.max, args.timeout, coverage, only, results)
     except Interrupted as stop:
         print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
         status = 130
