@@ -119,22 +119,6 @@ def test_the_async_stores_create_table_takes_its_options_max_workers_included(
 # -- items.py: options ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "accepted"),
-    [("k" * 255, True), ("k" * 256, False), ("é" * 127, True), ("é" * 128, False), ("", False)],
-    ids=["255-bytes", "256-bytes", "254-bytes-of-127-chars", "256-bytes-of-128-chars", "empty"],
-)
-def test_a_sort_key_attribute_name_is_1_to_255_bytes(
-    moto_server: MotoServer, name: str, accepted: bool
-) -> None:
-    client = moto_server.shared_client
-    if accepted:
-        assert DynamoDBStore("tbl", client=client, sort_key_attr=name).sort_key_attr == name
-    else:
-        with pytest.raises(IdempotencyConfigError, match=r"^sort_key_attr must be an attribute"):
-            DynamoDBStore("tbl", client=client, sort_key_attr=name)
-
-
 def test_a_static_partition_value_of_exactly_2048_bytes_is_accepted_and_used(
     moto_server: MotoServer,
 ) -> None:

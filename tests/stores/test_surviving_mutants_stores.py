@@ -392,19 +392,27 @@ def test_dynamodb_store_options_at_the_edges_of_their_ranges(
 @pytest.mark.parametrize(
     ("name", "accepted"),
     [
+        ("k", True),
         ("k" * 255, True),
         ("k" * 256, False),
         ("é" * 127, True),  # 254 bytes
         ("é" * 128, False),  # 128 characters, 256 bytes: the limit is in bytes
         ("", False),
     ],
-    ids=["255-bytes", "256-bytes", "254-bytes-of-127-chars", "256-bytes-of-128-chars", "empty"],
+    ids=[
+        "1-byte",
+        "255-bytes",
+        "256-bytes",
+        "254-bytes-of-127-chars",
+        "256-bytes-of-128-chars",
+        "empty",
+    ],
 )
 def test_dynamodb_attribute_names_are_1_to_255_bytes(
     moto_server: MotoServer, name: str, accepted: bool
 ) -> None:
     client = moto_server.shared_client
-    for option in ("key_attr", "expiry_attr"):
+    for option in ("key_attr", "expiry_attr", "sort_key_attr"):
         if accepted:
             store = DynamoDBStore("tbl", client=client, **{option: name})  # type: ignore[arg-type]
             assert getattr(store, option) == name
