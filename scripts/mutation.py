@@ -605,6 +605,19 @@ def failed_test(tail: str) -> str:
     return found.group(1) if found is not None else "?"
 
 
+def ordered(tests: set[str], killers: list[str]) -> list[str]:
+    """``tests`` in the order most likely to fail soonest under ``-x``.
+
+    First the tests that killed this module's earlier mutants, the latest
+    first (neighbouring mutants tend to fall to the same test), then the tests
+    written against survivors, then the rest. Only the time to a kill changes:
+    a survivor still runs every test.
+    """
+    first = [test for test in killers if test in tests]
+    rest = sorted(tests - set(first), key=lambda test: ("surviving_mutants" not in test, test))
+    return first + rest
+
+
 def run_tests(runs: tuple[Run, ...], timeout: float) -> tuple[str, str]:
     """('pass' | 'fail' | 'timeout', the output's tail); stops at the first run that fails."""
     for run in runs:
@@ -864,6 +877,7 @@ def mutate_module(
         return result
     stat = path.stat()
     equivalent = equivalences(name, source, every)
+    killers: list[str] = []
     try:
         for index, mutant in enumerate(chosen, start=1):
             why = equivalent.get(mutant)
@@ -890,7 +904,7 @@ def mutate_module(
                 path.write_text(mutant.apply(source))
                 outcome = tail = ""
                 if tests is not None:
-                    code, tail = _pytest([*PYTEST_ARGS, *sorted(tests)], timeout, _env())
+                    code, tail = _pytest([*PYTEST_ARGS, *ordered(tests, killers)], timeout, _env())
                     if code not in _NOT_RUN:
                         outcome = "timeout" if code is None else "fail" if code else "pass"
                 if not outcome:
@@ -913,7 +927,11 @@ def mutate_module(
             if tests is not None:
                 mark += f" [{len(tests)} tests]"
             if outcome == "fail":
-                mark += f" by {failed_test(tail)}"
+                killer = failed_test(tail)
+                mark += f" by {killer}"
+                if killer in killers:
+                    killers.remove(killer)
+                killers.insert(0, killer)
             print(
                 f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: {mark}"
                 f" {time.monotonic() - began:.1f}s",
