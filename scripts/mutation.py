@@ -49,8 +49,10 @@ import argparse
 import ast
 import dataclasses
 import difflib
+import hashlib
 import io
 import itertools
+import json
 import os
 import re
 import signal
@@ -601,7 +603,8 @@ def _pytest(args: list[str], timeout: float, env: dict[str, str]) -> tuple[int |
 
 def failed_test(tail: str) -> str:
     """The first failing test pytest's summary names in ``tail`` ("?" when none)."""
-    found = re.search(r"^(?:FAILED|ERROR) (\S+)", tail, re.MULTILINE)
+    # "FAILED <node id> - <message>"; a node id's parameters may hold spaces.
+    found = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", tail, re.MULTILINE)
     return found.group(1) if found is not None else "?"
 
 
@@ -616,6 +619,36 @@ def ordered(tests: set[str], killers: list[str]) -> list[str]:
     first = [test for test in killers if test in tests]
     rest = sorted(tests - set(first), key=lambda test: ("surviving_mutants" not in test, test))
     return first + rest
+
+
+def _baseline(
+    path: Path,
+    runs: tuple[Run, ...],
+    timeout: float,
+    coverage: dict[tuple[Run, ...], Coverage] | None,
+) -> tuple[Coverage | None, str]:
+    """Check that a module's tests pass on the real code; its coverage, and a failure text.
+
+    A failure is tried once more (and printed, so a flaky test gets seen and
+    mended): one flaky test must not void a pass of hours.
+    """
+    failure = ""
+    for _ in range(2):
+        if failure:
+            print(f"   the tests failed on the real code; trying once more\n{failure}", flush=True)
+        if path.suffix == ".py" and coverage is not None:
+            covered = coverage.get(runs)
+            if covered is None or covered.failure:
+                covered = coverage[runs] = Coverage(runs, timeout * 5, Path(tempfile.mkdtemp()))
+            failure = covered.failure
+            if not failure:
+                return covered, ""
+        else:
+            baseline, tail = run_tests(runs, timeout * 3)
+            failure = "" if baseline == "pass" else f"{baseline}\n{tail}"
+            if not failure:
+                return None, ""
+    return None, failure
 
 
 def run_tests(runs: tuple[Run, ...], timeout: float) -> tuple[str, str]:
@@ -841,6 +874,63 @@ def named(source: str, mutant: Mutant) -> Named:
     return old, new, mutant.what
 
 
+class Journal:
+    """Every verdict of earlier passes, one JSON line each, so a pass can resume.
+
+    A line holds the module, a digest of the module's source, the mutant's
+    place and text (which name it exactly in that source), the verdict, the
+    test that failed and the time. A mutant killed in the same source is not
+    run again; a survivor is (the tests may have grown since). Lines are
+    appended and flushed one by one, so an interrupted pass loses at most the
+    mutant it was running.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.killed: dict[tuple[str, str, int, int, str], dict[str, object]] = {}
+        if path.exists():
+            for number, text in enumerate(path.read_text().splitlines(), start=1):
+                try:
+                    entry = json.loads(text)
+                    key = self.key(entry["module"], entry["source"], entry)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise SystemExit(f"{path}:{number}: not a journal line ({exc})") from None
+                if entry["verdict"] in ("fail", "timeout"):
+                    self.killed[key] = entry
+
+    @staticmethod
+    def key(
+        module: str, digest: str, mutant: Mutant | dict[str, object]
+    ) -> tuple[str, str, int, int, str]:
+        if isinstance(mutant, Mutant):
+            return module, digest, mutant.start, mutant.end, mutant.text
+        start, end, text = mutant["start"], mutant["end"], mutant["text"]
+        if not (isinstance(start, int) and isinstance(end, int) and isinstance(text, str)):
+            raise TypeError("start, end and text")
+        return module, digest, start, end, text
+
+    def write(self, module: str, digest: str, mutant: Mutant, verdict: str, **more: object) -> None:
+        entry = {
+            "module": module,
+            "source": digest,
+            "start": mutant.start,
+            "end": mutant.end,
+            "text": mutant.text,
+            "line": mutant.line,
+            "what": mutant.what,
+            "verdict": verdict,
+            **more,
+        }
+        with self.path.open("a") as out:
+            out.write(json.dumps(entry, sort_keys=True) + "\n")
+        if verdict in ("fail", "timeout"):
+            self.killed[self.key(module, digest, mutant)] = entry
+
+
+def digest_of(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
 def mutate_module(
     name: str,
     limit: int | None,
@@ -848,6 +938,7 @@ def mutate_module(
     coverage: dict[tuple[Run, ...], Coverage] | None,
     only: set[Named] | None = None,
     results: list[Result] | None = None,
+    journal: Journal | None = None,
 ) -> Result:
     file, runs = MODULES[name]
     path = SRC / file
@@ -862,22 +953,17 @@ def mutate_module(
         # Listed before the first run, so an interrupted pass reports what it ran.
         results.append(result)
     print(f"== {name}: {len(chosen)} of {len(every)} mutants", flush=True)
-    covered: Coverage | None = None
-    if path.suffix == ".py" and coverage is not None:
-        covered = coverage.get(runs)
-        if covered is None:
-            covered = coverage[runs] = Coverage(runs, timeout * 5, Path(tempfile.mkdtemp()))
-        failure = covered.failure
-    else:
-        baseline, tail = run_tests(runs, timeout * 3)
-        failure = "" if baseline == "pass" else f"{baseline}\n{tail}"
-    if failure:
-        result.note = "(tests do not pass on the real code; skipped)"
-        print(f"   {result.note}\n{failure}", flush=True)
-        return result
+    digest = digest_of(original)
     stat = path.stat()
     equivalent = equivalences(name, source, every)
-    killers: list[str] = []
+    # Tests that killed this source's mutants in earlier passes run first too.
+    killers: list[str] = [
+        str(entry["test"])
+        for key, entry in reversed((journal.killed if journal else {}).items())
+        if key[:2] == (name, digest) and entry.get("test")
+    ]
+    ready = False
+    covered: Coverage | None = None
     try:
         for index, mutant in enumerate(chosen, start=1):
             why = equivalent.get(mutant)
@@ -886,6 +972,24 @@ def mutate_module(
                 result.equivalent.append((mutant, diff_of(path, source, mutant), why))
                 print(f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: equivalent")
                 continue
+            known = journal.killed.get(journal.key(name, digest, mutant)) if journal else None
+            if known is not None:
+                result.mutants += 1
+                result.killed += 1
+                result.timeouts += known["verdict"] == "timeout"
+                print(
+                    f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}:"
+                    f" killed ({known['verdict']}, in the journal)"
+                )
+                continue
+            if not ready:
+                # The first mutant to run: the tests must pass on the real code.
+                covered, failure = _baseline(path, runs, timeout, coverage)
+                if failure:
+                    result.note = "(tests do not pass on the real code; the rest skipped)"
+                    print(f"   {result.note}\n{failure}", flush=True)
+                    return result
+                ready = True
             began = time.monotonic()
             tests = None
             if covered is not None:
@@ -926,12 +1030,15 @@ def mutate_module(
             mark = "SURVIVED" if outcome == "pass" else f"killed ({outcome})"
             if tests is not None:
                 mark += f" [{len(tests)} tests]"
-            if outcome == "fail":
-                killer = failed_test(tail)
+            killer = failed_test(tail) if outcome == "fail" else ""
+            if killer:
                 mark += f" by {killer}"
                 if killer in killers:
                     killers.remove(killer)
                 killers.insert(0, killer)
+            if journal is not None:
+                seconds = round(time.monotonic() - began, 1)
+                journal.write(name, digest, mutant, outcome, test=killer, seconds=seconds)
             print(
                 f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: {mark}"
                 f" {time.monotonic() - began:.1f}s",
@@ -1009,6 +1116,12 @@ def main(argv: list[str] | None = None) -> int:
         " edits elsewhere in the file do not matter)",
     )
     parser.add_argument(
+        "--journal",
+        type=Path,
+        help="append every verdict to this JSON-lines file, and count as killed (without"
+        " running them) the mutants it records killed in the same source",
+    )
+    parser.add_argument(
         "--no-coverage",
         action="store_true",
         help="run every mutant against all of its module's tests, not only those that run its"
@@ -1044,12 +1157,13 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("pytest-cov is missing: pip install pytest-cov, or pass --no-coverage")
             return 2
+    journal = Journal(args.journal) if args.journal else None
     results: list[Result] = []
     status = 0
     try:
         for name in names:
             only = None if recheck is None else recheck[name]
-            mutate_module(name, args.max, args.timeout, coverage, only, results)
+            mutate_module(name, args.max, args.timeout, coverage, only, results, journal)
     except Interrupted as stop:
         print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
         status = 130
