@@ -618,7 +618,13 @@ def ordered(tests: set[str], killers: list[str]) -> list[str]:
     """
     first = [test for test in killers if test in tests]
     rest = sorted(tests - set(first), key=lambda test: ("surviving_mutants" not in test, test))
-    return first + rest
+    # pytest names a parameter that is not printable ASCII by its escape
+    # ("[\\x80]"), which it cannot find again from the command line: such a
+    # test runs under its function's name (every parameter).
+    chosen = [
+        test.split("[")[0] if "\\" in test or not test.isascii() else test for test in first + rest
+    ]
+    return list(dict.fromkeys(chosen))
 
 
 def _baseline(
@@ -705,7 +711,7 @@ class Coverage:
             for measured in data.measured_files():
                 by_line = self.lines.setdefault(measured, {})
                 for line, contexts in data.contexts_by_lineno(measured).items():
-                    by_line.setdefault(line, set()).update(c.split("|")[0] for c in contexts)
+                    by_line.setdefault(line, set()).update(c.rsplit("|", 1)[0] for c in contexts)
 
     def tests_for(self, path: Path, first: int, last: int) -> set[str] | None:
         """The node ids that run any of lines first..last; None: run every test.
@@ -1009,7 +1015,9 @@ def mutate_module(
                 outcome = tail = ""
                 if tests is not None:
                     code, tail = _pytest([*PYTEST_ARGS, *ordered(tests, killers)], timeout, _env())
-                    if code not in _NOT_RUN:
+                    if code in _NOT_RUN:
+                        print(f"   (the selection did not run; every test runs)\n{tail}")
+                    else:
                         outcome = "timeout" if code is None else "fail" if code else "pass"
                 if not outcome:
                     outcome, tail = run_tests(runs, timeout)
