@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 
 import redis_harness as harness
@@ -53,6 +54,55 @@ def test_redis_renew_sets_the_keys_expiry_to_the_new_lease(
         # Past the short lease by far more than any pause between the renew and this read
         # could take off, and never past the new lease: Redis keeps the claim that long.
         assert LONG_LEASE - 600_000 < client.pttl(store.full_key(key)) <= LONG_LEASE
+
+
+# -- Redis: NOSCRIPT with wait_replicas, EVAL and its WAIT on the same connection -------
+
+
+def test_redis_scripts_under_wait_replicas_run_by_evalsha_or_after_noscript_by_eval(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    sentinels = redis_farm.sentinel(redis_engine)
+    host, port = sentinels.master_address()
+    client = redis.Redis(host=host, port=port)
+    # An injected clock keeps the claim on its script, as complete and release are.
+    store = RedisStore(
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=2, wait_timeout_ms=2_000,
+        clock=ManualClock(1_800_000_000_000),
+    )  # fmt: skip
+
+    def flush(noscript: bool) -> None:
+        # NOSCRIPT first (a restart, a failover or SCRIPT FLUSH), or the cached script.
+        if noscript:
+            client.script_flush()
+
+    try:
+        for noscript in (True, False):
+            done, dropped = new_token(), new_token()
+            kept, gone = f"kept-{noscript}", f"gone-{noscript}"
+            flush(noscript)
+            claimed = store.claim(kept, token=done, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
+                                  fingerprint=None)  # fmt: skip
+            assert claimed == Acquired()
+            flush(noscript)
+            assert store.complete(kept, token=done, outcome=b"o1", ttl_ms=LONG_LEASE) is True
+            flush(noscript)
+            claimed = store.claim(gone, token=dropped, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
+                                  fingerprint=None)  # fmt: skip
+            assert claimed == Acquired()
+            flush(noscript)
+            assert store.release(gone, token=dropped) is True
+
+            record = store.get(kept)
+            assert record is not None
+            assert (record.status, record.token, record.outcome) == (
+                Status.COMPLETED, done, b"o1"
+            )  # fmt: skip
+            assert store.get(gone) is None
+        # Every write was acknowledged by both replicas.
+        assert store.wait_shortfalls == 0
+    finally:
+        client.close()
 
 
 # -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
