@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 
@@ -101,6 +102,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "tls_engine" in metafunc.fixturenames:
         engines = [e for e in redis_engines() if e.tls] or [harness.NO_TLS_ENGINE]
         metafunc.parametrize("tls_engine", engines, ids=[e.id for e in engines])
+
+
+# A node id that holds an object's address (``<object object at 0x7f...>``) differs
+# from run to run: ``pytest <node id>`` (a rerun, a mutation pass) cannot find it.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unstable = [item.nodeid for item in items if _ADDRESS.search(item.nodeid)]
+    if unstable:
+        raise pytest.UsageError(
+            f"test ids that change from run to run (give them ids=): {', '.join(unstable)}"
+        )
 
 
 # -- DynamoDB through moto's server ------------------------------------------------

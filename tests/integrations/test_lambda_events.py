@@ -741,7 +741,9 @@ def test_an_explicit_output_serializer_replays_an_instance(
 
 
 @pytest.mark.parametrize(
-    "result", [{1, 2}, object(), [1.5, object()], {"when": datetime.datetime(2024, 1, 1)}], ids=repr
+    "result",
+    [{1, 2}, object(), [1.5, object()], {"when": datetime.datetime(2024, 1, 1)}],
+    ids=["set", "object", "list-with-object", "dict-with-datetime"],
 )
 def test_an_unserializable_result_raises_and_releases_the_key(
     flavour: Flavour, result: Any

@@ -570,7 +570,11 @@ def test_the_async_store_calls_boto3_off_the_event_loop(
         {"boto_config": "fast"},
         {"region_name": "us-east-1"},  # beside client=
     ],
-    ids=lambda o: "-".join(f"{k}={v!r}" for k, v in o.items()),
+    # A value without a stable repr (an object's address) is named by its type.
+    ids=lambda o: "-".join(
+        f"{k}={v!r}" if isinstance(v, (str, int, float)) else f"{k}={type(v).__name__}"
+        for k, v in o.items()
+    ),
 )
 def test_bad_options_fail_at_construction(moto_server: MotoServer, options: dict[str, Any]) -> None:
     options = dict(options)
