@@ -242,6 +242,13 @@ _KEY_TYPE_DEFAULT = (
     "the default is never read: every KeyType of a key schema is HASH or RANGE"
     " (DynamoDB's enum), and both are in the table"
 )
+_GET_CONNECTION = (
+    "conn = pool.get_connection(command[0]) if self._pool_wants_name else pool.get_connection()"
+)
+_NAME_UNREAD = (
+    "the command name goes only to a pool whose get_connection requires one (redis-py 5.0);"
+    " such a pool ignores its value, and later ones take none"
+)
 _PID_UNREAD = (
     "(ParallelCalls' first _pid) never decides anything: _pool makes a pool whenever"
     " _executor is None, whatever _pid is, and sets both; close() shuts down only an"
@@ -363,6 +370,25 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ),
     ("dynamodb/many", "return size if type(size) is int and size > 0 else None", "0 -> -1"): (
         _POOL_OF_ZERO
+    ),
+    (
+        "redis/store",
+        _GET_CONNECTION,
+        "0 -> -1",
+    ): _NAME_UNREAD,
+    (
+        "redis/store",
+        _GET_CONNECTION,
+        "0 -> 1",
+    ): _NAME_UNREAD,
+    (
+        "redis/store",
+        "conn.disconnect()  # never hand back a half-read connection",
+        "drop call statement",
+    ): (
+        "redis-py (5.0 and later) disconnects the connection itself on any BaseException in"
+        " send_packed_command and read_response, and the retry's fail hook on each failed"
+        " attempt, so this second disconnect finds it closed already"
     ),
 }
 

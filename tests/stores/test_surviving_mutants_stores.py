@@ -105,6 +105,42 @@ def test_redis_scripts_under_wait_replicas_run_by_evalsha_or_after_noscript_by_e
         client.close()
 
 
+def test_redis_native_claims_under_wait_replicas_answer_a_completed_key_with_its_record(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    sentinels = redis_farm.sentinel(redis_engine)
+    host, port = sentinels.master_address()
+    client = redis.Redis(host=host, port=port)
+    # By the server's time: each claim is the native SET ... NX GET, then WAIT.
+    store = RedisStore(
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=2, wait_timeout_ms=2_000
+    )
+    try:
+        token = new_token()
+        assert (
+            store.claim("k", token=token, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None)
+            == Acquired()
+        )
+        assert store.complete("k", token=token, outcome=b"o1", ttl_ms=LONG_LEASE) is True
+        # The SET's GET reply is the completed record, read as one (not as SET's OK
+        # flag, which would send the claim script after it): one round trip.
+        client.config_resetstat()
+        again = store.claim(
+            "k", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+        )
+        assert isinstance(again, Found)
+        assert (again.record.status, again.record.token, again.record.outcome) == (
+            Status.COMPLETED, token, b"o1"
+        )  # fmt: skip
+        stats = client.info("commandstats")
+        assert stats["cmdstat_set"]["calls"] == 1
+        assert "cmdstat_evalsha" not in stats
+        assert "cmdstat_eval" not in stats
+        assert store.wait_shortfalls == 0
+    finally:
+        client.close()
+
+
 # -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
 
 PURGE_EVERY = 4
