@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from onceonly import (
 )
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
-from onceonly.stores.protocol import RenewCall
+from onceonly.stores.protocol import ClaimCall, RenewCall
 from onceonly.stores.redis import AsyncRedisStore, RedisStore
 from onceonly.stores.sqlite import SQLiteStore
 from testkit import ManualClock, RedisFarm
@@ -136,6 +137,122 @@ def test_redis_native_claims_under_wait_replicas_answer_a_completed_key_with_its
         assert stats["cmdstat_set"]["calls"] == 1
         assert "cmdstat_evalsha" not in stats
         assert "cmdstat_eval" not in stats
+        assert store.wait_shortfalls == 0
+    finally:
+        client.close()
+
+
+def _fail_over(cluster: harness.Cluster, primary_port: int) -> int:
+    """Promote the replica of the primary on ``primary_port`` (CLUSTER FAILOVER); its port."""
+    replica = next(
+        node
+        for node in cluster.nodes
+        if node.client().info("replication").get("master_port") == primary_port
+    )
+    deadline = time.monotonic() + harness.START_TIMEOUT_S
+    asked = 0.0
+    while time.monotonic() < deadline:
+        info = replica.client().info("replication")
+        old = next(node for node in cluster.nodes if node.port == primary_port)
+        if info["role"] == "master" and old.client().info("replication")["role"] == "slave":
+            return replica.port
+        # A manual failover needs the replica's link up, and is given up by the
+        # primary after a few seconds when the two do not agree in time: ask again.
+        if info.get("master_link_status") == "up" and time.monotonic() - asked > 5:
+            replica.client().execute_command("CLUSTER", "FAILOVER")
+            asked = time.monotonic()
+        time.sleep(0.05)
+    raise AssertionError("the replica was not promoted")
+
+
+def test_redis_cluster_writes_with_wait_refresh_the_slot_map_after_a_failover(
+    redis_engine: harness.Engine, tmp_path: Path
+) -> None:
+    # A cluster of its own: this test moves a primary.
+    cluster = harness.cluster(redis_engine, tmp_path / "cluster")
+    client = cluster.client()
+    try:
+        # wait_replicas sends each write to the key's node directly (the write and its
+        # WAIT on one connection), by the client's cached slot map: a failover leaves
+        # that map stale.
+        store = RedisStore(client, prefix="t", wait_replicas=1, wait_timeout_ms=2_000)
+        token = new_token()
+        claimed = store.claim("k", token=token, lease_ms=LONG_LEASE, ttl_ms=LONG_LEASE,
+                              fingerprint=None)  # fmt: skip
+        assert claimed == Acquired()
+        primary = client.get_node_from_key(store.full_key("k")).port
+
+        # The write meets MOVED at the old primary and fails closed, the slot map is
+        # refreshed, and the next write goes to the new primary.
+        _fail_over(cluster, primary)
+        with pytest.raises(IdempotencyStoreError):
+            store.complete("k", token=token, outcome=b"o1", ttl_ms=LONG_LEASE)
+        assert store.complete("k", token=token, outcome=b"o1", ttl_ms=LONG_LEASE) is True
+        record = store.get("k")
+        assert record is not None
+        assert (record.status, record.outcome) == (Status.COMPLETED, b"o1")
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_redis_a_standalone_write_with_wait_that_cannot_connect_fails_as_a_store_error() -> None:
+    # The slot-map refresh after a connection error is for cluster clients only.
+    client = redis.Redis(host=harness.HOST, port=harness.free_port(), socket_connect_timeout=1)
+    store = RedisStore(client, prefix="t", wait_replicas=1, clock=ManualClock())
+    try:
+        with pytest.raises(IdempotencyStoreError):
+            store.claim("k", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
+                        fingerprint=None)  # fmt: skip
+    finally:
+        client.close()
+
+
+def test_redis_native_claims_of_a_batch_share_one_wait_and_name_its_first_key(
+    redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A standalone server has no replica: every WAIT falls short, and says so.
+    client = redis_farm.standalone(redis_engine).client()
+    store = RedisStore(
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=10
+    )
+    keys = ["first", "second", "third"]
+    calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
+    try:
+        client.config_resetstat()
+        with caplog.at_level("WARNING", logger="onceonly"):
+            assert store.claim_many(calls) == [Acquired()] * 3
+        # One pipeline: three SETs, then one WAIT for all of them.
+        stats = client.info("commandstats")
+        assert (stats["cmdstat_set"]["calls"], stats["cmdstat_wait"]["calls"]) == (3, 1)
+        assert store.wait_shortfalls == 1
+        (short,) = [r for r in caplog.records if "fewer replicas" in r.getMessage()]
+        assert short.onceonly_key_digest == store.full_key("first")[-16:]  # type: ignore[attr-defined]
+    finally:
+        client.close()
+
+
+def test_redis_native_claims_of_a_batch_in_a_cluster_with_wait_answer_each_key(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.cluster(redis_engine).client()
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    store = RedisStore(client, prefix=prefix, wait_replicas=1, wait_timeout_ms=2_000)
+    keys = [f"key-{i}" for i in range(6)]
+    try:
+        # A key that holds a hash: SET ... GET answers it WRONGTYPE, for that key only.
+        client.hset(store.full_key("key-2"), "field", "value")
+        calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
+        answers = store.claim_many(calls)
+        assert len(answers) == len(keys)
+        for key, answer in zip(keys, answers, strict=True):
+            if key == "key-2":
+                assert isinstance(answer, Exception)
+            else:
+                assert answer == Acquired()
+                record = store.get(key)
+                assert record is not None
+                assert record.token == calls[keys.index(key)].token
         assert store.wait_shortfalls == 0
     finally:
         client.close()
