@@ -18,6 +18,7 @@ import redis.asyncio
 import redis_harness as harness
 from dynamodb_harness import MotoServer
 from onceonly import (
+    CorruptRecordError,
     IdempotencyConfig,
     IdempotencyConfigError,
     IdempotencyStoreError,
@@ -248,6 +249,85 @@ def test_redis_native_claims_of_a_batch_in_a_cluster_with_wait_answer_each_key(
         for key, answer in zip(keys, answers, strict=True):
             if key == "key-2":
                 assert isinstance(answer, Exception)
+            else:
+                assert answer == Acquired()
+                record = store.get(key)
+                assert record is not None
+                assert record.token == calls[keys.index(key)].token
+        assert store.wait_shortfalls == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"token": "not-a-token"}, {"lease_ms": 0}, {"ttl_ms": -1}, {"fingerprint": "NOT-HEX"}],
+    ids=["token", "lease", "ttl", "fingerprint"],
+)
+def test_redis_a_native_claim_checks_its_arguments_before_it_writes(
+    redis_engine: harness.Engine, redis_farm: RedisFarm, bad: dict[str, Any]
+) -> None:
+    client = redis_farm.standalone(redis_engine).client()
+    store = RedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}")  # the server's time: native
+    arguments: dict[str, Any] = {
+        "token": new_token(), "lease_ms": SHORT_LEASE, "ttl_ms": LONG_LEASE, "fingerprint": None,
+    }  # fmt: skip
+    try:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            store.claim("k", **{**arguments, **bad})
+        assert client.exists(store.full_key("k")) == 0
+    finally:
+        client.close()
+
+
+def test_redis_script_calls_of_a_batch_share_one_wait_and_name_its_first_key(
+    redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis_farm.standalone(redis_engine).client()
+    # An injected clock keeps the claims on the claim script; no replica: WAIT falls short.
+    store = RedisStore(
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=10,
+        clock=ManualClock(1_800_000_000_000),
+    )  # fmt: skip
+    keys = ["first", "second", "third"]
+    calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
+    try:
+        # The script loaded first, so no NOSCRIPT below.
+        store.claim(
+            "warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+        )
+        caplog.clear()
+        client.config_resetstat()
+        shortfalls = store.wait_shortfalls
+        with caplog.at_level("WARNING", logger="onceonly"):
+            assert store.claim_many(calls) == [Acquired()] * 3
+        stats = client.info("commandstats")
+        assert (stats["cmdstat_evalsha"]["calls"], stats["cmdstat_wait"]["calls"]) == (3, 1)
+        assert store.wait_shortfalls == shortfalls + 1
+        (short,) = [r for r in caplog.records if "fewer replicas" in r.getMessage()]
+        assert short.onceonly_key_digest == store.full_key("first")[-16:]  # type: ignore[attr-defined]
+    finally:
+        client.close()
+
+
+def test_redis_script_calls_of_a_batch_in_a_cluster_with_wait_answer_each_key(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.cluster(redis_engine).client()
+    store = RedisStore(
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=2_000,
+        clock=ManualClock(1_800_000_000_000),
+    )  # fmt: skip
+    keys = [f"key-{i}" for i in range(6)]
+    try:
+        # A key that holds a hash: the script's GET answers WRONGTYPE, for that key only.
+        client.hset(store.full_key("key-2"), "field", "value")
+        calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
+        answers = store.claim_many(calls)
+        assert len(answers) == len(keys)
+        for key, answer in zip(keys, answers, strict=True):
+            if key == "key-2":
+                assert isinstance(answer, CorruptRecordError)
             else:
                 assert answer == Acquired()
                 record = store.get(key)
