@@ -411,6 +411,7 @@ def test_a_batch_past_the_socket_timeout_fails_every_caller_and_the_next_works(
         assert isinstance(answer, IdempotencyStoreError)
         assert isinstance(answer.__cause__, redis.exceptions.TimeoutError)
         assert "cannot reach Redis" in str(answer)
+        assert f"Timeout reading from {harness.HOST}" in str(answer)  # names the server
     assert after == Acquired(takeover=False)  # not the stale replies of the timed-out batch
 
 

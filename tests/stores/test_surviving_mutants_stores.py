@@ -338,6 +338,49 @@ def test_redis_script_calls_of_a_batch_in_a_cluster_with_wait_answer_each_key(
         client.close()
 
 
+def test_redis_async_calls_batched_together_share_one_wait_and_name_the_first_key(
+    redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = redis_farm.standalone(redis_engine)
+    keys = ["first", "second", "third"]
+
+    async def main() -> AsyncRedisStore:
+        client = redis.asyncio.Redis(host=harness.HOST, port=server.port)
+        # No replica: WAIT falls short. The clock keeps the claims on the script, which
+        # the loop's batcher sends together with one WAIT after them.
+        store = AsyncRedisStore(
+            client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=10,
+            clock=ManualClock(1_800_000_000_000),
+        )  # fmt: skip
+        try:
+            await store.claim("warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
+                              fingerprint=None)  # fmt: skip
+            caplog.clear()
+            before = store.wait_shortfalls
+            answers = await asyncio.gather(
+                *(
+                    store.claim(
+                        key,
+                        token=new_token(),
+                        lease_ms=SHORT_LEASE,
+                        ttl_ms=LONG_LEASE,
+                        fingerprint=None,
+                    )
+                    for key in keys
+                )
+            )
+            assert answers == [Acquired()] * 3
+            assert store.wait_shortfalls == before + 1  # one WAIT for the three
+        finally:
+            await client.aclose()
+        return store
+
+    with caplog.at_level("WARNING", logger="onceonly"):
+        store = asyncio.run(main())
+    (short,) = [r for r in caplog.records if "fewer replicas" in r.getMessage()]
+    assert short.onceonly_key_digest == store.full_key("first")[-16:]  # type: ignore[attr-defined]
+
+
 # -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
 
 PURGE_EVERY = 4
