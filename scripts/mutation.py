@@ -203,6 +203,8 @@ MODULES: dict[str, tuple[str, tuple[Run, ...]]] = {
                 "tests/unit/test_cold_start.py",
                 "tests/integrations/test_async_and_batch.py",
                 "tests/integrations/test_batch_faults.py",
+                "tests/integrations/test_batch_stats.py",
+                "tests/unit/test_observability.py",
             ),
         ),
     ),
@@ -630,7 +632,7 @@ def _pytest(args: list[str], timeout: float, env: dict[str, str]) -> tuple[int |
 def failed_test(tail: str) -> str:
     """The first failing test pytest's summary names in ``tail`` ("?" when none)."""
     # "FAILED <node id> - <message>"; a node id's parameters may hold spaces.
-    found = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", tail, re.MULTILINE)
+    found = re.search(r"^(?:FAILED|ERROR) (\S+::.+?)(?: - .*)?$", tail, re.MULTILINE)
     return found.group(1) if found is not None else "?"
 
 
