@@ -247,6 +247,10 @@ _KEY_TYPE_DEFAULT = (
 _GET_CONNECTION = (
     "conn = pool.get_connection(command[0]) if self._pool_wants_name else pool.get_connection()"
 )
+_ENTER_AGAIN = (
+    "(in aclose) the loop is then never the one compared, so aclose always enters the"
+    " running loop: for the store's current loop that finds its state and changes nothing"
+)
 _NAME_UNREAD = (
     "the command name goes only to a pool whose get_connection requires one (redis-py 5.0);"
     " such a pool ignores its value, and later ones take none"
@@ -383,6 +387,17 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         _GET_CONNECTION,
         "0 -> 1",
     ): _NAME_UNREAD,
+    ("redis/async_store", "if asyncio.get_running_loop() is not self._current[0]:", "0 -> -1"): (
+        _ENTER_AGAIN
+    ),
+    ("redis/async_store", "if asyncio.get_running_loop() is not self._current[0]:", "0 -> 1"): (
+        _ENTER_AGAIN
+    ),
+    ("redis/async_store", "await conn.disconnect(nowait=True)", "drop call statement"): (
+        "(in _raw_batch) redis-py's asyncio send_packed_command and read_response disconnect"
+        " the connection themselves on any BaseException (a cancellation, the read deadline's"
+        " included), and the retry's fail hook on each failed attempt; packing sends nothing"
+    ),
     (
         "redis/store",
         "conn.disconnect()  # never hand back a half-read connection",
