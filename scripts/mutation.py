@@ -248,8 +248,9 @@ _GET_CONNECTION = (
     "conn = pool.get_connection(command[0]) if self._pool_wants_name else pool.get_connection()"
 )
 _ENTER_AGAIN = (
-    "(in aclose) the loop is then never the one compared, so aclose always enters the"
-    " running loop: for the store's current loop that finds its state and changes nothing"
+    "the store's current loop is then never the one compared (the batcher is), so the call"
+    " always enters the running loop: for the current loop that finds its state and"
+    " changes nothing"
 )
 _NAME_UNREAD = (
     "the command name goes only to a pool whose get_connection requires one (redis-py 5.0);"
@@ -387,12 +388,6 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         _GET_CONNECTION,
         "0 -> 1",
     ): _NAME_UNREAD,
-    ("redis/async_store", "if asyncio.get_running_loop() is not self._current[0]:", "0 -> -1"): (
-        _ENTER_AGAIN
-    ),
-    ("redis/async_store", "if asyncio.get_running_loop() is not self._current[0]:", "0 -> 1"): (
-        _ENTER_AGAIN
-    ),
     ("redis/async_store", "await conn.disconnect(nowait=True)", "drop call statement"): (
         "(in _raw_batch) redis-py's asyncio send_packed_command and read_response disconnect"
         " the connection themselves on any BaseException (a cancellation, the read deadline's"
@@ -849,7 +844,13 @@ def diff_of(path: Path, source: str, mutant: Mutant) -> str:
 
 # Whole kinds of equivalent mutants: (module, a regular expression the mutated
 # line matches, the mutation) -> why.
-EQUIVALENT_KINDS: dict[tuple[str, str, str], str] = {}
+EQUIVALENT_KINDS: dict[tuple[str, str, str], str] = {
+    (module, r"if asyncio\.get_running_loop\(\) is not (self\._)?current\[0\]:", what): (
+        _ENTER_AGAIN
+    )
+    for module in ("redis/async_store", "redis/async_batch")
+    for what in ("0 -> -1", "0 -> 1")
+}
 
 
 def equivalences(name: str, source: str, mutants: list[Mutant]) -> dict[Mutant, str]:

@@ -527,10 +527,11 @@ def test_wait_aof_is_refused_or_used_as_the_server_allows(
 def test_wait_aof_needs_appendonly(redis_engine: harness.Engine, tmp_path: Path) -> None:
     server = harness.standalone(redis_engine, tmp_path / "noaof", aof=False)
 
-    async def first_call() -> None:
-        # The async store cannot ask the server at construction: its first call does.
+    async def first_call(clock: ManualClock | None) -> None:
+        # The async store cannot ask the server at construction: its first call does,
+        # the native claim (the server's time) or the claim script (an injected clock).
         client = redis.asyncio.Redis(host=harness.HOST, port=server.port)
-        store = AsyncRedisStore(client, prefix=_prefix(), wait_aof=True)
+        store = AsyncRedisStore(client, prefix=_prefix(), wait_aof=True, clock=clock)
         try:
             await store.claim("k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
         finally:
@@ -539,8 +540,9 @@ def test_wait_aof_needs_appendonly(redis_engine: harness.Engine, tmp_path: Path)
     try:
         with pytest.raises(IdempotencyConfigError, match=r"appendonly|7\.2"):
             RedisStore(server.client(), wait_aof=True)
-        with pytest.raises(IdempotencyConfigError, match=r"appendonly|7\.2"):
-            asyncio.run(first_call())
+        for clock in (None, ManualClock()):
+            with pytest.raises(IdempotencyConfigError, match=r"appendonly|7\.2"):
+                asyncio.run(first_call(clock))
         assert server.client().dbsize() == 0  # refused before anything was written
     finally:
         server.stop()
