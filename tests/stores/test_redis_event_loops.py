@@ -89,3 +89,21 @@ def test_a_loop_closed_without_shutting_down_does_not_fail_the_next_loop(
         for _ in range(3):
             assert asyncio.run(store.get("k")) is None
         gc.collect()
+
+
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_aclose_in_a_later_loop_after_a_loop_closed_without_shutting_down(
+    topology: str, redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    # aclose() in a loop the store has not used yet enters it first, which drops
+    # the dead loop's connections, so closing does not touch that loop's transports.
+    store = _async_store(topology, redis_engine, redis_farm, prefix=_prefix())
+    first = asyncio.new_event_loop()
+    assert first.run_until_complete(store.get("k")) is None
+    first.close()
+    with warnings.catch_warnings():
+        # As above: the first loop's socket, closed when collected, is the caller's.
+        warnings.simplefilter("ignore", ResourceWarning)
+        asyncio.run(store.aclose())
+        del first, store  # the dead loop's transports go with them, here
+        gc.collect()
