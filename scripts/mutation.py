@@ -388,6 +388,15 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         _GET_CONNECTION,
         "0 -> 1",
     ): _NAME_UNREAD,
+    (
+        "redis/async_store",
+        "stale = stale or (gone is not None and not gone.closed)",
+        "and -> or",
+    ): (
+        "(gone is never None: it is the state popped for a key of _loops) so a loop shut down"
+        " properly counts as stale too: its guard ran _drop_connections already, and running"
+        " it again before the new loop's first connection finds nothing left to close"
+    ),
     ("redis/async_store", "await conn.disconnect(nowait=True)", "drop call statement"): (
         "(in _raw_batch) redis-py's asyncio send_packed_command and read_response disconnect"
         " the connection themselves on any BaseException (a cancellation, the read deadline's"
