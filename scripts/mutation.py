@@ -397,6 +397,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " properly counts as stale too: its guard ran _drop_connections already, and running"
         " it again before the new loop's first connection finds nothing left to close"
     ),
+    ("redis/async_store", "return self._split_wait(replies, batch[0].key) #2", "0 -> -1"): (
+        "(in _pipeline) the key names a WAIT's shortfall, and _pipeline's batch carries a WAIT"
+        " only as one call with pipelining=False (an asyncio cluster client refuses"
+        " wait_replicas and wait_aof): there batch[0] is batch[-1]"
+    ),
     ("redis/async_store", "await conn.disconnect(nowait=True)", "drop call statement"): (
         "(in _raw_batch) redis-py's asyncio send_packed_command and read_response disconnect"
         " the connection themselves on any BaseException (a cancellation, the read deadline's"
