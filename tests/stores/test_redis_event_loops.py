@@ -73,7 +73,7 @@ def test_one_async_store_serves_asyncio_run_after_asyncio_run(
 
 
 def test_a_loop_closed_without_shutting_down_does_not_fail_the_next_loop(
-    redis_engine: harness.Engine, redis_farm: RedisFarm
+    redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A loop closed by hand (no shutdown_asyncgens): its connections cannot be
     # closed any more; the next loop must still get answers.
@@ -81,14 +81,22 @@ def test_a_loop_closed_without_shutting_down_does_not_fail_the_next_loop(
     first = asyncio.new_event_loop()
     assert first.run_until_complete(store.get("k")) is None
     first.close()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level("DEBUG", logger="onceonly"):
         # The first loop's socket is closed when it is collected; asyncio says
         # so with a ResourceWarning that is the caller's (a loop closed with a
         # connection open), not the store's.
         warnings.simplefilter("ignore", ResourceWarning)
         for _ in range(3):
             assert asyncio.run(store.get("k")) is None
+        # The dead loop's transport refused to close, once, and that was only noted.
+        dropped = [
+            (r.levelname, getattr(r, "onceonly_outcome", None))
+            for r in caplog.records
+            if "finished loop's Redis connections" in r.message
+        ]
+        caplog.clear()  # the records hold the error, and through it the dead transports
         gc.collect()
+    assert dropped == [("DEBUG", "connections_dropped")]
 
 
 @pytest.mark.parametrize("topology", ["standalone", "cluster"])
