@@ -272,9 +272,21 @@ def test_redis_a_native_claim_checks_its_arguments_before_it_writes(
     arguments: dict[str, Any] = {
         "token": new_token(), "lease_ms": SHORT_LEASE, "ttl_ms": LONG_LEASE, "fingerprint": None,
     }  # fmt: skip
+    server = redis_farm.standalone(redis_engine)
+
+    async def async_claim() -> None:
+        async_client = redis.asyncio.Redis(host=harness.HOST, port=server.port)
+        async_store = AsyncRedisStore(async_client, prefix=store.prefix)
+        try:
+            await async_store.claim("k", **{**arguments, **bad})
+        finally:
+            await async_client.aclose()
+
     try:
         with pytest.raises(ValueError, match=next(iter(bad))):
             store.claim("k", **{**arguments, **bad})
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            asyncio.run(async_claim())
         assert client.exists(store.full_key("k")) == 0
     finally:
         client.close()
