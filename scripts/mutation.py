@@ -1067,6 +1067,8 @@ def mutate_module(
                     f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}:"
                     " SURVIVED (no test runs it)"
                 )
+                if journal is not None:
+                    journal.write(name, digest, mutant, "uncovered", test="", seconds=0.0)
                 continue
             try:
                 path.write_text(mutant.apply(source))
