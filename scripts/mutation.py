@@ -864,6 +864,12 @@ EQUIVALENT_KINDS: dict[tuple[str, str, str], str] = {
     )
     for module in ("redis/async_store", "redis/async_batch")
     for what in ("0 -> -1", "0 -> 1")
+} | {
+    ("redis/async_batch", r"if sys\.version_info >= \(3, 11\):", what): (
+        "a gate between asyncio.timeout (3.11+) and asyncio.wait_for, which do the same"
+        " here on the Python that runs it (cancel the work, raise the builtin TimeoutError)"
+    )
+    for what in (">= -> >", "3 -> 2", "3 -> 4", "11 -> 10", "11 -> 12")
 }
 
 

@@ -393,6 +393,50 @@ def test_redis_async_calls_batched_together_share_one_wait_and_name_the_first_ke
     assert short.onceonly_key_digest == store.full_key("first")[-16:]  # type: ignore[attr-defined]
 
 
+class _BatchSizes(AsyncRedisStore):
+    """An AsyncRedisStore that notes the size of each pipeline its batcher sends."""
+
+    sizes: list[int]
+
+    async def _raw_batch(self, batch: list[Any], *, use_sha: bool) -> list[Any]:
+        self.sizes.append(len(batch))
+        return await super()._raw_batch(batch, use_sha=use_sha)
+
+
+def test_redis_async_calls_of_one_loop_turn_go_in_pipelines_of_at_most_512(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    server = redis_farm.standalone(redis_engine)
+
+    async def main() -> list[int]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=server.port, max_connections=8)
+        # An injected clock keeps every claim on the (batched) claim script.
+        store = _BatchSizes(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+        store.sizes = []
+        try:
+            await store.claim("warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
+                              fingerprint=None)  # fmt: skip
+            store.sizes.clear()
+            answers = await asyncio.gather(
+                *(
+                    store.claim(
+                        f"k{i}",
+                        token=new_token(),
+                        lease_ms=SHORT_LEASE,
+                        ttl_ms=LONG_LEASE,
+                        fingerprint=None,
+                    )
+                    for i in range(513)
+                )
+            )
+            assert answers == [Acquired()] * 513
+        finally:
+            await client.aclose()
+        return store.sizes
+
+    assert asyncio.run(main()) == [512, 1]
+
+
 # -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
 
 PURGE_EVERY = 4
