@@ -209,51 +209,72 @@ def test_redis_a_standalone_write_with_wait_that_cannot_connect_fails_as_a_store
         client.close()
 
 
-def test_redis_native_claims_of_a_batch_share_one_wait_and_name_its_first_key(
-    redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
+# By the server's time a batch's claims are native SETs; with an injected clock, the
+# claim script. Either way the batch is one pipeline.
+_CLAIMS = pytest.mark.parametrize("clock", [None, 1_800_000_000_000], ids=["native", "script"])
+
+
+@_CLAIMS
+def test_redis_a_batch_of_claims_shares_one_wait_and_names_its_first_key(
+    redis_engine: harness.Engine,
+    redis_farm: RedisFarm,
+    caplog: pytest.LogCaptureFixture,
+    clock: int | None,
 ) -> None:
-    # A standalone server has no replica: every WAIT falls short, and says so.
     client = redis_farm.standalone(redis_engine).client()
+    # A standalone server has no replica: every WAIT falls short, and says so.
     store = RedisStore(
-        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=10
-    )
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=10,
+        clock=None if clock is None else ManualClock(clock),
+    )  # fmt: skip
     keys = ["first", "second", "third"]
     calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
     try:
+        # The script loaded first, so no NOSCRIPT below.
+        store.claim(
+            "warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+        )
+        caplog.clear()
         client.config_resetstat()
+        shortfalls = store.wait_shortfalls
         with caplog.at_level("WARNING", logger="onceonly"):
             assert store.claim_many(calls) == [Acquired()] * 3
-        # One pipeline: three SETs, then one WAIT for all of them.
+        # One pipeline: three writes, then one WAIT for all of them.
         stats = client.info("commandstats")
-        assert (stats["cmdstat_set"]["calls"], stats["cmdstat_wait"]["calls"]) == (3, 1)
-        assert store.wait_shortfalls == 1
+        writes = "cmdstat_set" if clock is None else "cmdstat_evalsha"
+        assert (stats[writes]["calls"], stats["cmdstat_wait"]["calls"]) == (3, 1)
+        assert store.wait_shortfalls == shortfalls + 1
         (short,) = [r for r in caplog.records if "fewer replicas" in r.getMessage()]
         assert short.onceonly_key_digest == store.full_key("first")[-16:]  # type: ignore[attr-defined]
     finally:
         client.close()
 
 
-def test_redis_native_claims_of_a_batch_in_a_cluster_with_wait_answer_each_key(
-    redis_engine: harness.Engine, redis_farm: RedisFarm
+@_CLAIMS
+def test_redis_a_batch_of_claims_in_a_cluster_with_wait_answers_each_key(
+    redis_engine: harness.Engine, redis_farm: RedisFarm, clock: int | None
 ) -> None:
     client = redis_farm.cluster(redis_engine).client()
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    store = RedisStore(client, prefix=prefix, wait_replicas=1, wait_timeout_ms=2_000)
+    store = RedisStore(
+        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=2_000,
+        clock=None if clock is None else ManualClock(clock),
+    )  # fmt: skip
     keys = [f"key-{i}" for i in range(6)]
     try:
-        # A key that holds a hash: SET ... GET answers it WRONGTYPE, for that key only.
+        # A key that holds a hash: SET ... GET, or the script's GET, answers it
+        # WRONGTYPE, for that key only.
         client.hset(store.full_key("key-2"), "field", "value")
         calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
         answers = store.claim_many(calls)
         assert len(answers) == len(keys)
-        for key, answer in zip(keys, answers, strict=True):
-            if key == "key-2":
-                assert isinstance(answer, Exception)
+        for call, answer in zip(calls, answers, strict=True):
+            if call.key == "key-2":
+                assert isinstance(answer, CorruptRecordError)
             else:
                 assert answer == Acquired()
-                record = store.get(key)
+                record = store.get(call.key)
                 assert record is not None
-                assert record.token == calls[keys.index(key)].token
+                assert record.token == call.token
         assert store.wait_shortfalls == 0
     finally:
         client.close()
@@ -288,64 +309,6 @@ def test_redis_a_native_claim_checks_its_arguments_before_it_writes(
         with pytest.raises(ValueError, match=next(iter(bad))):
             asyncio.run(async_claim())
         assert client.exists(store.full_key("k")) == 0
-    finally:
-        client.close()
-
-
-def test_redis_script_calls_of_a_batch_share_one_wait_and_name_its_first_key(
-    redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
-) -> None:
-    client = redis_farm.standalone(redis_engine).client()
-    # An injected clock keeps the claims on the claim script; no replica: WAIT falls short.
-    store = RedisStore(
-        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=10,
-        clock=ManualClock(1_800_000_000_000),
-    )  # fmt: skip
-    keys = ["first", "second", "third"]
-    calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
-    try:
-        # The script loaded first, so no NOSCRIPT below.
-        store.claim(
-            "warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
-        )
-        caplog.clear()
-        client.config_resetstat()
-        shortfalls = store.wait_shortfalls
-        with caplog.at_level("WARNING", logger="onceonly"):
-            assert store.claim_many(calls) == [Acquired()] * 3
-        stats = client.info("commandstats")
-        assert (stats["cmdstat_evalsha"]["calls"], stats["cmdstat_wait"]["calls"]) == (3, 1)
-        assert store.wait_shortfalls == shortfalls + 1
-        (short,) = [r for r in caplog.records if "fewer replicas" in r.getMessage()]
-        assert short.onceonly_key_digest == store.full_key("first")[-16:]  # type: ignore[attr-defined]
-    finally:
-        client.close()
-
-
-def test_redis_script_calls_of_a_batch_in_a_cluster_with_wait_answer_each_key(
-    redis_engine: harness.Engine, redis_farm: RedisFarm
-) -> None:
-    client = redis_farm.cluster(redis_engine).client()
-    store = RedisStore(
-        client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=1, wait_timeout_ms=2_000,
-        clock=ManualClock(1_800_000_000_000),
-    )  # fmt: skip
-    keys = [f"key-{i}" for i in range(6)]
-    try:
-        # A key that holds a hash: the script's GET answers WRONGTYPE, for that key only.
-        client.hset(store.full_key("key-2"), "field", "value")
-        calls = [ClaimCall(key, new_token(), SHORT_LEASE, LONG_LEASE, None) for key in keys]
-        answers = store.claim_many(calls)
-        assert len(answers) == len(keys)
-        for key, answer in zip(keys, answers, strict=True):
-            if key == "key-2":
-                assert isinstance(answer, CorruptRecordError)
-            else:
-                assert answer == Acquired()
-                record = store.get(key)
-                assert record is not None
-                assert record.token == calls[keys.index(key)].token
-        assert store.wait_shortfalls == 0
     finally:
         client.close()
 
