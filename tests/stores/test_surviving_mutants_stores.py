@@ -61,12 +61,16 @@ def test_redis_renew_sets_the_keys_expiry_to_the_new_lease(
 # -- Redis: NOSCRIPT with wait_replicas, EVAL and its WAIT on the same connection -------
 
 
+def _sentinel_primary(engine: harness.Engine, farm: RedisFarm) -> redis.Redis:
+    """A client of the Sentinel set's primary, which has two replicas (for WAIT)."""
+    host, port = farm.sentinel(engine).master_address()
+    return redis.Redis(host=host, port=port)
+
+
 def test_redis_scripts_under_wait_replicas_run_by_evalsha_or_after_noscript_by_eval(
     redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
-    sentinels = redis_farm.sentinel(redis_engine)
-    host, port = sentinels.master_address()
-    client = redis.Redis(host=host, port=port)
+    client = _sentinel_primary(redis_engine, redis_farm)
     # An injected clock keeps the claim on its script, as complete and release are.
     store = RedisStore(
         client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=2, wait_timeout_ms=2_000,
@@ -110,9 +114,7 @@ def test_redis_scripts_under_wait_replicas_run_by_evalsha_or_after_noscript_by_e
 def test_redis_native_claims_under_wait_replicas_answer_a_completed_key_with_its_record(
     redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
-    sentinels = redis_farm.sentinel(redis_engine)
-    host, port = sentinels.master_address()
-    client = redis.Redis(host=host, port=port)
+    client = _sentinel_primary(redis_engine, redis_farm)
     # By the server's time: each claim is the native SET ... NX GET, then WAIT.
     store = RedisStore(
         client, prefix=f"t{uuid.uuid4().hex[:12]}", wait_replicas=2, wait_timeout_ms=2_000
