@@ -862,7 +862,7 @@ EQUIVALENT_KINDS: dict[tuple[str, str, str], str] = {
     (module, r"if asyncio\.get_running_loop\(\) is not (self\._)?current\[0\]:", what): (
         _ENTER_AGAIN
     )
-    for module in ("redis/async_store", "redis/async_batch")
+    for module in ("redis/async_store",)
     for what in ("0 -> -1", "0 -> 1")
 } | {
     ("redis/async_batch", r"if sys\.version_info >= \(3, 11\):", what): (
