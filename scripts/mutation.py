@@ -958,6 +958,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.killed: dict[tuple[str, str, int, int, str], dict[str, object]] = {}
+        # Each mutant's last verdict, whatever it was (for --summary).
+        self.last: dict[tuple[str, str, int, int, str], dict[str, object]] = {}
         if path.exists():
             for number, text in enumerate(path.read_text().splitlines(), start=1):
                 try:
@@ -965,6 +967,7 @@ class Journal:
                     key = self.key(entry["module"], entry["source"], entry)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise SystemExit(f"{path}:{number}: not a journal line ({exc})") from None
+                self.last[key] = entry
                 if entry["verdict"] in ("fail", "timeout"):
                     self.killed[key] = entry
 
@@ -993,6 +996,7 @@ class Journal:
         }
         with self.path.open("a") as out:
             out.write(json.dumps(entry, sort_keys=True) + "\n")
+        self.last[self.key(module, digest, mutant)] = entry
         if verdict in ("fail", "timeout"):
             self.killed[self.key(module, digest, mutant)] = entry
 
@@ -1124,6 +1128,42 @@ def mutate_module(
     return result
 
 
+def summarize(name: str, journal: Journal) -> Result:
+    """A module's result from the journal alone: its current source, nothing run.
+
+    A mutant killed in this source counts as killed; one whose last verdict
+    was a pass (or no test ran it) as a survivor; one the journal does not
+    hold is counted in the note as not run, and left out of the score.
+    """
+    path = SRC / MODULES[name][0]
+    original = path.read_bytes()
+    source = original.decode()
+    every = lua_mutants(source) if path.suffix == ".lua" else python_mutants(source)
+    digest = digest_of(original)
+    equivalent = equivalences(name, source, every)
+    result = Result(name)
+    missing = 0
+    for mutant in every:
+        why = equivalent.get(mutant)
+        key = journal.key(name, digest, mutant)
+        if why is not None:
+            result.mutants += 1
+            result.equivalent.append((mutant, diff_of(path, source, mutant), why))
+        elif key in journal.killed:
+            result.mutants += 1
+            result.killed += 1
+            result.timeouts += journal.killed[key]["verdict"] == "timeout"
+        elif key in journal.last:
+            result.mutants += 1
+            result.uncovered += journal.last[key]["verdict"] == "uncovered"
+            result.survivors.append((mutant, diff_of(path, source, mutant)))
+        else:
+            missing += 1
+    if missing:
+        result.note = f"({missing} of {len(every)} not in the journal)"
+    return result
+
+
 def table(results: list[Result]) -> str:
     rows = [
         "| module | mutants | killed | equivalent | survived | killed of non-equivalent |",
@@ -1201,6 +1241,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run every mutant against all of its module's tests, not only those that run its"
         " lines",
     )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="run nothing: print (and with --report write) the table of the modules' current"
+        " sources from the --journal's verdicts",
+    )
     args = parser.parse_args(argv)
     names = select(args.module)
     recheck = survivors_named(args.recheck) if args.recheck else None
@@ -1216,6 +1262,12 @@ def main(argv: list[str] | None = None) -> int:
             for mutant in sample(every, args.max):
                 why = equivalent.get(mutant)
                 print(f"{name}:{mutant.line}: {mutant.what}" + (" (equivalent)" if why else ""))
+        return 0
+
+    if args.summary:
+        if args.journal is None:
+            parser.error("--summary needs --journal")
+        report(args.report, [summarize(name, Journal(args.journal)) for name in names])
         return 0
 
     if subprocess.run(["git", "diff", "--quiet", "--", "src/"], cwd=ROOT).returncode != 0:
@@ -1246,6 +1298,12 @@ def main(argv: list[str] | None = None) -> int:
         if dirty:
             print("WARNING: src/ differs from git after the pass", file=sys.stderr)
 
+    report(args.report, results)
+    return status
+
+
+def report(path: Path | None, results: list[Result]) -> None:
+    """Print the table, the equivalents and the survivors; write them to ``path`` too."""
     text = table(results)
     equivalents = equivalents_text(results)
     survivors = survivors_text(results)
@@ -1254,9 +1312,8 @@ def main(argv: list[str] | None = None) -> int:
     if survivors:
         text += "\n\n## Survivors\n\n" + survivors
     print("\n" + text)
-    if args.report:
-        args.report.write_text(f"# Mutation pass\n\n{text}\n")
-    return status
+    if path:
+        path.write_text(f"# Mutation pass\n\n{text}\n")
 
 
 if __name__ == "__main__":
