@@ -402,6 +402,16 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " only as one call with pipelining=False (an asyncio cluster client refuses"
         " wait_replicas and wait_aof): there batch[0] is batch[-1]"
     ),
+    (
+        "redis/async_batch",
+        "self.tasks.add(task)  # held until done, so it is not collected mid-flight",
+        "drop call statement",
+    ): (
+        "(in flush) a pipeline's task is not collected mid-flight without the set either:"
+        " until its first step the loop's ready queue holds it, and after that it waits on a"
+        " future that the connection's transport (held by the loop's selector) or the pool's"
+        " lock (held by the store its callers hold) keeps, with the task's wake-up on it"
+    ),
     ("redis/async_store", "await conn.disconnect(nowait=True)", "drop call statement"): (
         "(in _raw_batch) redis-py's asyncio send_packed_command and read_response disconnect"
         " the connection themselves on any BaseException (a cancellation, the read deadline's"

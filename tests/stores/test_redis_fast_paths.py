@@ -16,6 +16,7 @@ from another client, ``CLIENT UNPAUSE`` lets the server go on.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
 from collections.abc import Iterator
@@ -295,13 +296,33 @@ def test_a_claim_cancelled_before_its_batch_leaves_is_never_sent(
     admin.close()
 
 
-def _paused_batch(server: harness.Server, *, retries: int) -> tuple[list[Any], Any, int]:
-    """Send a batch, kill its connection while the server holds it, then one more call."""
+def _loop_errors() -> list[dict[str, Any]]:
+    """Note what reaches the running loop's exception handler (an error no one retrieved)."""
+    seen: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: seen.append(context))
+    return seen
+
+
+def _after_collection(seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A task whose exception no one retrieved reports it when it is collected.
+    gc.collect()
+    return seen
+
+
+def _paused_batch(
+    server: harness.Server, *, retries: int
+) -> tuple[list[Any], Any, int, list[dict[str, Any]]]:
+    """Send a batch, kill its connection while the server holds it, then one more call.
+
+    Returns the batch's answers, the later call's, how many killed
+    connections held a command, and what reached the loop's exception handler.
+    """
     name = f"victim-{uuid.uuid4().hex[:8]}"
     admin = server.client()
     prefix = _prefix()
 
-    async def main() -> tuple[list[Any], Any, int]:
+    async def main() -> tuple[list[Any], Any, int, list[dict[str, Any]]]:
+        unhandled = _loop_errors()
         client = redis.asyncio.Redis(
             host=harness.HOST,
             port=server.port,
@@ -332,7 +353,7 @@ def _paused_batch(server: harness.Server, *, retries: int) -> tuple[list[Any], A
             after = await store.claim(
                 "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
             )
-            return list(answers), after, killed
+            return list(answers), after, killed, _after_collection(unhandled)
         finally:
             await client.aclose()
 
@@ -345,7 +366,7 @@ def _paused_batch(server: harness.Server, *, retries: int) -> tuple[list[Any], A
 def test_a_batch_whose_connection_is_killed_fails_every_caller_and_the_next_works(
     server: harness.Server,
 ) -> None:
-    answers, after, killed = _paused_batch(server, retries=0)
+    answers, after, killed, unhandled = _paused_batch(server, retries=0)
     assert killed >= 1  # a connection was killed holding its command
     assert len(answers) == 8
     for answer in answers:
@@ -353,17 +374,20 @@ def test_a_batch_whose_connection_is_killed_fails_every_caller_and_the_next_work
         assert isinstance(answer.__cause__, redis.exceptions.ConnectionError)
         assert "cannot reach Redis" in str(answer)
     assert after == Acquired(takeover=False)  # a fresh connection
+    # The callers heard of the error; the batch's own task did not raise it again.
+    assert unhandled == []
 
 
 def test_a_killed_batch_is_sent_again_under_the_clients_retry_policy(
     server: harness.Server,
 ) -> None:
-    answers, after, killed = _paused_batch(server, retries=3)
+    answers, after, killed, unhandled = _paused_batch(server, retries=3)
     assert killed >= 1  # a connection was killed holding its command
     # Resent on a new connection: each claim (same token) is Acquired, as the
     # scripts answer a retried claim.
     assert answers == [Acquired(takeover=False)] * 8
     assert after == Acquired(takeover=False)
+    assert unhandled == []
 
 
 def test_a_batch_past_the_socket_timeout_fails_every_caller_and_the_next_works(
@@ -371,7 +395,8 @@ def test_a_batch_past_the_socket_timeout_fails_every_caller_and_the_next_works(
 ) -> None:
     admin = server.client()
 
-    async def main() -> tuple[list[Any], Any]:
+    async def main() -> tuple[list[Any], Any, list[dict[str, Any]]]:
+        unhandled = _loop_errors()
         client = redis.asyncio.Redis(
             host=harness.HOST,
             port=server.port,
@@ -399,12 +424,12 @@ def test_a_batch_past_the_socket_timeout_fails_every_caller_and_the_next_works(
             after = await store.claim(
                 "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
             )
-            return answers, after
+            return answers, after, _after_collection(unhandled)
         finally:
             await client.aclose()
 
     try:
-        answers, after = asyncio.run(main())
+        answers, after, unhandled = asyncio.run(main())
     finally:
         admin.close()
     for answer in answers:
@@ -413,6 +438,7 @@ def test_a_batch_past_the_socket_timeout_fails_every_caller_and_the_next_works(
         assert "cannot reach Redis" in str(answer)
         assert f"Timeout reading from {harness.HOST}" in str(answer)  # names the server
     assert after == Acquired(takeover=False)  # not the stale replies of the timed-out batch
+    assert unhandled == []  # the batch's task did not raise the error again
 
 
 # -- RedisStore: single calls straight on a pooled connection ----------------------------

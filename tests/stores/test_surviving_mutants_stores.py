@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sqlite3
 import time
@@ -400,6 +401,49 @@ def test_redis_async_calls_of_one_loop_turn_go_in_pipelines_of_at_most_512(
         return store.sizes
 
     assert asyncio.run(main()) == [512, 1]
+
+
+def _finished_batch_sends() -> int:
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, asyncio.Task) and o.done() and "send" in o.get_coro().__qualname__
+    )
+
+
+def test_redis_async_store_keeps_no_task_of_a_pipeline_once_it_is_answered(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    server = redis_farm.standalone(redis_engine)
+
+    async def main() -> tuple[int, int]:
+        client = redis.asyncio.Redis(host=harness.HOST, port=server.port)
+        # The clock keeps the claims on the script, which the loop's batcher sends.
+        store = AsyncRedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
+        try:
+            before = _finished_batch_sends()
+            for round_ in range(5):
+                answers = await asyncio.gather(
+                    *(
+                        store.claim(
+                            f"r{round_}k{i}",
+                            token=new_token(),
+                            lease_ms=SHORT_LEASE,
+                            ttl_ms=LONG_LEASE,
+                            fingerprint=None,
+                        )
+                        for i in range(4)
+                    )
+                )
+                assert answers == [Acquired()] * 4
+            # Five pipelines went out and were answered: the store holds none of them.
+            return before, _finished_batch_sends()
+        finally:
+            await client.aclose()
+
+    before, after = asyncio.run(main())
+    assert after == before
 
 
 # -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
