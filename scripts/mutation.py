@@ -412,6 +412,16 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " future that the connection's transport (held by the loop's selector) or the pool's"
         " lock (held by the store its callers hold) keeps, with the task's wake-up on it"
     ),
+    (
+        "redis/async_batch",
+        "self.tasks.add(task)  # held until done, so it is not collected mid-flight #2",
+        "drop call statement",
+    ): (
+        "(in _run) a give-back's task is not collected mid-flight without the set either:"
+        " until its first step the loop's ready queue holds it, then it waits on its"
+        " release's future, which the batcher (held by the store) holds until the pipeline's"
+        " task, held as above, sets it"
+    ),
     ("redis/async_store", "await conn.disconnect(nowait=True)", "drop call statement"): (
         "(in _raw_batch) redis-py's asyncio send_packed_command and read_response disconnect"
         " the connection themselves on any BaseException (a cancellation, the read deadline's"

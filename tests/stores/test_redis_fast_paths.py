@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import redis.retry
 from redis.backoff import NoBackoff
 
 import redis_harness as harness
+from faults.proxy import ReplyDropProxy
 from onceonly import CorruptRecordError, IdempotencyStoreError
 from onceonly.records import Acquired, Found, Status, new_token
 from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
@@ -253,6 +255,123 @@ def test_a_caller_cancelled_while_its_batch_is_in_flight_leaves_the_others_their
         assert admin.exists(f"{prefix}:k6") == 1
     finally:
         admin.close()
+
+
+def test_a_renew_cancelled_while_its_batch_is_in_flight_leaves_the_others_their_answers(
+    server: harness.Server,
+) -> None:
+    # Only a claim has anything to give back: the other calls of a batch that
+    # came back after their callers gave up are let go, and the batch goes on.
+    name = f"batch-{uuid.uuid4().hex[:8]}"
+    admin = server.client()
+
+    async def main() -> tuple[list[Any], list[dict[str, Any]]]:
+        unhandled = _loop_errors()
+        client = redis.asyncio.Redis(host=harness.HOST, port=server.port, client_name=name)
+        store = AsyncRedisStore(client, prefix=_prefix())
+        try:
+            tokens = [new_token() for _ in range(6)]
+            for i, token in enumerate(tokens):
+                claimed = await store.claim(
+                    f"k{i}", token=token, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                )
+                assert claimed == Acquired(takeover=False)
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                tasks = [
+                    asyncio.ensure_future(store.renew(f"k{i}", token=token, lease_ms=LEASE))
+                    for i, token in enumerate(tokens)
+                ]
+                await asyncio.to_thread(_wait_held_by_pause, admin, name)
+                tasks[2].cancel()
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            # Bounded: a batch that stopped at the cancelled call would leave the
+            # callers after it waiting for ever.
+            answers = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            return list(answers), _after_collection(unhandled)
+        finally:
+            await client.aclose()
+
+    try:
+        answers, unhandled = asyncio.run(main())
+    finally:
+        admin.close()
+    assert isinstance(answers[2], asyncio.CancelledError)
+    assert [a for i, a in enumerate(answers) if i != 2] == [True] * 5
+    assert unhandled == []
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run until ``condition()`` holds; fail after 10 s."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.01)
+
+
+def _finished_tasks_running(name: str) -> int:
+    """How many finished tasks whose coroutine is ``name`` are still alive."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, asyncio.Task) and o.done() and o.get_coro().__qualname__ == name
+    )
+
+
+def test_a_give_back_that_fails_is_logged_and_its_task_is_not_kept(
+    server: harness.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"batch-{uuid.uuid4().hex[:8]}"
+    admin = server.client()
+    give_back_failed = "could not give back a claim whose caller was cancelled"
+
+    def logged() -> bool:
+        return any(give_back_failed in r.getMessage() for r in caplog.records)
+
+    async def main(proxy: ReplyDropProxy) -> tuple[list[Any], int]:
+        client = redis.asyncio.Redis(
+            host=harness.HOST,
+            port=proxy.port,
+            client_name=name,
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+        )
+        store = AsyncRedisStore(client, prefix=_prefix())
+        try:
+            await store.get("warm")  # connected
+            # The claims are native SETs; the one script call is the give-back's
+            # release: the server runs it, and its reply is lost with the connection.
+            proxy.drop_replies(1, commands={"EVALSHA", "EVAL"})
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                tasks = [
+                    asyncio.ensure_future(
+                        store.claim(
+                            f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+                        )
+                    )
+                    for i in range(3)
+                ]
+                await asyncio.to_thread(_wait_held_by_pause, admin, name)
+                tasks[1].cancel()
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+            await _until(lambda: proxy.dropped == 1, "the give-back's reply lost")
+            await _until(logged, "the failed give-back logged")
+            return list(answers), _finished_tasks_running("AsyncRedisStore.release")
+        finally:
+            await client.aclose()
+
+    try:
+        with ReplyDropProxy(server.port) as proxy, caplog.at_level("WARNING", logger="onceonly"):
+            answers, kept = asyncio.run(main(proxy))
+    finally:
+        admin.close()
+    assert isinstance(answers[1], asyncio.CancelledError)
+    assert answers[0] == answers[2] == Acquired(takeover=False)
+    assert kept == 0  # the failed give-back's task was let go once done
 
 
 def test_a_claim_cancelled_before_its_batch_leaves_is_never_sent(
