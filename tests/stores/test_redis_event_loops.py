@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 import redis_harness as harness
 from onceonly import IdempotencyConfig, idempotent_function
@@ -121,3 +122,30 @@ def test_aclose_in_a_later_loop_after_a_loop_closed_without_shutting_down(
         asyncio.run(store.aclose())
         del first, store  # the dead loop's transports go with them, here
         gc.collect()
+
+
+def test_a_store_collected_while_its_loop_runs_closes_nothing_at_the_loops_end(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    # The store's shutdown hook finds the store gone: it leaves the client (which
+    # may be shared) open, and the loop's end has nothing to report.
+    port = redis_farm.standalone(redis_engine).port
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> bool:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        client = redis.asyncio.Redis(host=harness.HOST, port=port)
+        try:
+            store = AsyncRedisStore(client, prefix=_prefix())
+            assert await store.get("k") is None
+            del store
+            gc.collect()
+            await asyncio.sleep(0.05)  # the collected hook's finalizer gets its turn
+            gc.collect()
+            return bool(await client.ping())
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) is True  # the shared client still worked
+    gc.collect()
+    assert seen == []
