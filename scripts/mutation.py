@@ -403,6 +403,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " wait_replicas and wait_aof): there batch[0] is batch[-1]"
     ),
     (
+        "lua/_prelude",
+        "if kind == 'P' and progress ~= nil and progress < deadline then deadline = progress end",
+        "< -> <=",
+    ): "where progress equals deadline, setting deadline to progress leaves it as it was",
+    (
         "redis/async_batch",
         "self.tasks.add(task)  # held until done, so it is not collected mid-flight",
         "drop call statement",
