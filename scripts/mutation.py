@@ -402,6 +402,11 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " only as one call with pipelining=False (an asyncio cluster client refuses"
         " wait_replicas and wait_aof): there batch[0] is batch[-1]"
     ),
+    ("redis/scripts", "if code == -1:", "1 -> 2"): (
+        "(in claim_result) the script answers -1 only for a value the decoder refuses too"
+        " (test_the_claim_script_and_the_decoder_agree_*), so the -1 reply, taken for a"
+        " Found, raises the same error from decode_value as the branch it skips"
+    ),
     (
         "lua/_prelude",
         "if kind == 'P' and progress ~= nil and progress < deadline then deadline = progress end",

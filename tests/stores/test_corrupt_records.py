@@ -108,8 +108,10 @@ def test_redis_claim_refuses_a_value_that_is_not_a_record(
             _claim(store, "k")
         _says_what_to_do(caught.value, "Redis")
         assert client.get(f"{prefix}:k") == value
-        with pytest.raises(CorruptRecordError):
+        with pytest.raises(CorruptRecordError) as read:
             store.get("k")
+        # The claim says what is wrong with the value as the read does (the decoder's words).
+        assert str(caught.value) == str(read.value)
         # Under the holder's own token too (a claim retried after a lost reply).
         with pytest.raises(CorruptRecordError):
             _claim(store, "k", TOK)

@@ -29,7 +29,7 @@ from onceonly import (
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import ClaimCall, RenewCall
-from onceonly.stores.redis import AsyncRedisStore, RedisStore
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
 from onceonly.stores.sqlite import SQLiteStore
 from testkit import ManualClock, RedisFarm
 
@@ -444,6 +444,14 @@ def test_redis_async_store_keeps_no_task_of_a_pipeline_once_it_is_answered(
 
     before, after = asyncio.run(main())
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "reply", [None, 1, b"abc", [1, 0], [1, 0, 0, 0]], ids=["nil", "int", "bytes", "two", "four"]
+)
+def test_redis_a_claim_script_reply_that_is_not_three_items_is_refused(reply: object) -> None:
+    with pytest.raises(CorruptRecordError, match="unexpected reply from the claim script"):
+        scripts.claim_result(reply)
 
 
 # -- SQLite: the sweep of expired rows runs on exactly every purge_every-th write --------
