@@ -16,6 +16,7 @@ import asyncio
 import collections
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -568,11 +569,25 @@ def test_key_expiry_helpers() -> None:
     assert real == Record(Status.IN_PROGRESS, tok, 1_001_500, "ab", None)
     assert scripts.resolve_key_expiry(record, -1, 1_000_000) == record  # no expiry: never ends
     assert scripts.resolve_key_expiry(record, -2, 1_000_000) is None  # gone
+    # At its last millisecond (PTTL 0) the claim ends now, as a deadline of now does.
+    assert scripts.resolve_key_expiry(record, 0, 1_000_000).deadline_ms == 1_000_000
     done = Record(Status.COMPLETED, tok, 5, None, encode_outcome(1))
     assert scripts.resolve_key_expiry(done, 10, 1) == done
+    # Only an IN_PROGRESS record with the marker is resolved: a completed record
+    # with that deadline, and a claim with a real deadline, are as they were.
+    done_far = Record(Status.COMPLETED, tok, scripts.KEY_EXPIRY_DEADLINE, None, encode_outcome(1))
+    assert scripts.resolve_key_expiry(done_far, 1_500, 1_000_000) == done_far
+    claimed = Record(Status.IN_PROGRESS, tok, 2_000_000, "ab", None)
+    assert scripts.resolve_key_expiry(claimed, 1_500, 1_000_000) == claimed
     assert scripts.native_claim_result(None) == Acquired(takeover=False)
     found = scripts.native_claim_result(b"o1|C|" + tok.encode() + b"|5||j1")
     assert isinstance(found, Found)
     assert found.now_ms == 4  # below the deadline: the server held the record
+    # Far from its deadline, the answer's now is the caller's clock in ms.
+    before = time.time_ns() // 1_000_000
+    found = scripts.native_claim_result(b"o1|C|" + tok.encode() + b"|9999999999999||j1")
+    after = time.time_ns() // 1_000_000
+    assert isinstance(found, Found)
+    assert before <= found.now_ms <= after
     for other in (value, b"garbage", b"o1|C|" + tok.encode() + b"|5||", "o1|C|"):
         assert scripts.native_claim_result(other) is None
