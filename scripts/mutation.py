@@ -402,6 +402,13 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         " only as one call with pipelining=False (an asyncio cluster client refuses"
         " wait_replicas and wait_aof): there batch[0] is batch[-1]"
     ),
+    ("redis/clients", "return own if outer is None or own < outer else outer", "< -> <="): (
+        "(in _deadline) where own equals outer, either branch gives the same deadline"
+    ),
+    ("redis/clients", "import_redis()", "drop call statement"): (
+        "(in _retry_classes) its one caller, bounded_retry, imports redis.backoff before it,"
+        " so redis-py is importable whenever this check runs"
+    ),
     ("redis/scripts", "if code == -1:", "1 -> 2"): (
         "(in claim_result) the script answers -1 only for a value the decoder refuses too"
         " (test_the_claim_script_and_the_decoder_agree_*), so the -1 reply, taken for a"

@@ -226,6 +226,105 @@ def test_the_async_bounded_retry_sends_again_after_a_connection_error() -> None:
     assert len(calls) == 1
 
 
+class _Flaky:
+    """A call that fails with a connection error ``failures`` times, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts = 0
+
+    def __call__(self) -> str:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise redis.exceptions.ConnectionError(f"reset {self.attempts}")
+        return "answer"
+
+
+def _run_retry(
+    flavour: str, do: _Flaky, fail: Any, *, with_failure_count: bool, pauses: list[float]
+) -> str:
+    """``bounded_retry(60)``'s call_with_retry, its pauses noted instead of slept."""
+    retry = bounded_retry(60.0, asyncio=flavour == "asyncio")
+    if flavour == "sync":
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "sleep", pauses.append)
+            answer: str = retry.call_with_retry(do, fail, with_failure_count=with_failure_count)
+            return answer
+
+    async def attempt() -> str:
+        return do()
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    async def main() -> str:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(asyncio, "sleep", pause)
+            answer: str = await retry.call_with_retry(
+                attempt, fail, with_failure_count=with_failure_count
+            )
+            return answer
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_the_bounded_retry_counts_each_failure_pauses_and_tells_the_failure_hook(
+    flavour: str,
+) -> None:
+    seen: list[tuple[str, int]] = []
+    pauses: list[float] = []
+    flaky = _Flaky(3)
+    answer = _run_retry(
+        flavour,
+        flaky,
+        lambda error, count: seen.append((str(error), count)),
+        with_failure_count=True,
+        pauses=pauses,
+    )
+    assert (answer, flaky.attempts) == ("answer", 4)
+    assert seen == [("reset 1", 1), ("reset 2", 2), ("reset 3", 3)]
+    # A pause before each retry: exponential from 10 ms with full jitter, below its cap.
+    assert len(pauses) == 3
+    assert all(0 < p <= clients.BACKOFF_BASE_S * 2**n for n, p in enumerate(pauses, start=1))
+
+    plain: list[str] = []
+    flaky = _Flaky(2)
+    answer = _run_retry(
+        flavour, flaky, lambda error: plain.append(str(error)), with_failure_count=False,
+        pauses=pauses,
+    )  # fmt: skip
+    assert (answer, plain) == ("answer", ["reset 1", "reset 2"])
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_the_bounded_retry_gives_up_after_ten_retries(flavour: str) -> None:
+    failed: list[str] = []
+    pauses: list[float] = []
+    always = _Flaky(1_000)
+    with pytest.raises(redis.exceptions.ConnectionError, match="reset 11"):
+        _run_retry(flavour, always, failed.append, with_failure_count=False, pauses=pauses)
+    assert always.attempts == 1 + clients.RETRIES == 11
+    assert (len(failed), len(pauses)) == (11, 10)
+
+
+def test_the_next_pause_keeps_to_the_retry_count_and_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from redis.backoff import ConstantBackoff
+
+    monkeypatch.setattr(clients, "_monotonic", lambda: 100.0)
+    half = ConstantBackoff(0.5)
+    far = 1e9
+    assert clients._next_pause(half, 10, 10, far) == 0.5  # the tenth retry is allowed
+    assert clients._next_pause(half, 10, 11, far) is None  # an eleventh is not
+    assert clients._next_pause(half, 0, 1, far) is None  # no retries at all
+    assert clients._next_pause(half, -1, 1_000, far) == 0.5  # a negative count: no limit
+    # A pause that would end at the deadline gives up; one that ends before it waits.
+    assert clients._next_pause(half, 10, 1, 100.5) is None
+    assert clients._next_pause(half, 10, 1, 100.5001) == 0.5
+
+
 def test_a_retry_inside_a_retry_keeps_to_the_outer_deadline() -> None:
     # redis-py retries a connect inside a command's retry: once the command
     # is being retried, the connect's own loop keeps to the command's deadline
