@@ -241,14 +241,28 @@ class _Flaky:
 
 
 def _run_retry(
-    flavour: str, do: _Flaky, fail: Any, *, with_failure_count: bool, pauses: list[float]
+    flavour: str,
+    do: _Flaky,
+    fail: Any,
+    *,
+    with_failure_count: bool,
+    pauses: list[float],
+    is_retryable: Any = None,
 ) -> str:
-    """``bounded_retry(60)``'s call_with_retry, its pauses noted instead of slept."""
+    """``bounded_retry(60)``'s call_with_retry, its pauses noted instead of slept.
+
+    Checks too that the call leaves no retry deadline behind in its context.
+    """
     retry = bounded_retry(60.0, asyncio=flavour == "asyncio")
     if flavour == "sync":
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(time, "sleep", pauses.append)
-            answer: str = retry.call_with_retry(do, fail, with_failure_count=with_failure_count)
+            try:
+                answer: str = retry.call_with_retry(
+                    do, fail, is_retryable, with_failure_count=with_failure_count
+                )
+            finally:
+                assert clients._DEADLINE.get() is None
             return answer
 
     async def attempt() -> str:
@@ -260,9 +274,12 @@ def _run_retry(
     async def main() -> str:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(asyncio, "sleep", pause)
-            answer: str = await retry.call_with_retry(
-                attempt, fail, with_failure_count=with_failure_count
-            )
+            try:
+                answer: str = await retry.call_with_retry(
+                    attempt, fail, is_retryable, with_failure_count=with_failure_count
+                )
+            finally:
+                assert clients._DEADLINE.get() is None  # in the task that made the call
             return answer
 
     return asyncio.run(main())
@@ -306,6 +323,27 @@ def test_the_bounded_retry_gives_up_after_ten_retries(flavour: str) -> None:
         _run_retry(flavour, always, failed.append, with_failure_count=False, pauses=pauses)
     assert always.attempts == 1 + clients.RETRIES == 11
     assert (len(failed), len(pauses)) == (11, 10)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_the_bounded_retry_sends_again_only_what_the_caller_calls_retryable(
+    flavour: str,
+) -> None:
+    failed: list[str] = []
+
+    def note(error: Exception) -> None:
+        failed.append(str(error))
+
+    pauses: list[float] = []
+    refused = _Flaky(1)
+    with pytest.raises(redis.exceptions.ConnectionError, match="reset 1"):
+        _run_retry(flavour, refused, note, with_failure_count=False, pauses=pauses,
+                   is_retryable=lambda _error: False)  # fmt: skip
+    assert (refused.attempts, failed, pauses) == (1, [], [])
+    allowed = _Flaky(1)
+    answer = _run_retry(flavour, allowed, note, with_failure_count=False, pauses=pauses,
+                        is_retryable=lambda _error: True)  # fmt: skip
+    assert (answer, allowed.attempts, failed) == ("answer", 2, ["reset 1"])
 
 
 def test_the_next_pause_keeps_to_the_retry_count_and_the_deadline(
