@@ -1011,17 +1011,25 @@ class Journal:
         # at the session's end rather than the mutant: with this, they run again.
         self.distrust_unnamed = distrust_unnamed
         self.killed: dict[tuple[str, str, int, int, str], dict[str, object]] = {}
-        # Each mutant's last verdict, whatever it was (for --summary).
+        # Each mutant's last verdict, whatever it was (for --summary and --resume).
         self.last: dict[tuple[str, str, int, int, str], dict[str, object]] = {}
-        if path.exists():
-            for number, text in enumerate(path.read_text().splitlines(), start=1):
-                try:
-                    entry = json.loads(text)
-                    key = self.key(entry["module"], entry["source"], entry)
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise SystemExit(f"{path}:{number}: not a journal line ({exc})") from None
-                self.last[key] = entry
-                self._note_kill(key, entry)
+        self._read = 0  # lines read so far
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the lines appended since the last read (by this pass or one beside it)."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        for number, text in enumerate(lines[self._read :], start=self._read + 1):
+            try:
+                entry = json.loads(text)
+                key = self.key(entry["module"], entry["source"], entry)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SystemExit(f"{self.path}:{number}: not a journal line ({exc})") from None
+            self.last[key] = entry
+            self._note_kill(key, entry)
+        self._read = len(lines)
 
     def _note_kill(self, key: tuple[str, str, int, int, str], entry: dict[str, object]) -> None:
         if entry["verdict"] == "pass":
@@ -1056,8 +1064,7 @@ class Journal:
         }
         with self.path.open("a") as out:
             out.write(json.dumps(entry, sort_keys=True) + "\n")
-        self.last[self.key(module, digest, mutant)] = entry
-        self._note_kill(self.key(module, digest, mutant), entry)
+        self.refresh()  # this line, and any a pass beside this one wrote
 
 
 def digest_of(source: bytes) -> str:
@@ -1072,6 +1079,8 @@ def mutate_module(
     only: set[Named] | None = None,
     results: list[Result] | None = None,
     journal: Journal | None = None,
+    resume: bool = False,
+    reverse: bool = False,
 ) -> Result:
     file, runs = MODULES[name]
     path = SRC / file
@@ -1081,6 +1090,8 @@ def mutate_module(
     chosen = sample(every, limit)
     if only is not None:
         chosen = [m for m in chosen if named(source, m) in only]
+    if reverse:
+        chosen.reverse()
     result = Result(name)
     if results is not None:
         # Listed before the first run, so an interrupted pass reports what it ran.
@@ -1105,7 +1116,20 @@ def mutate_module(
                 result.equivalent.append((mutant, diff_of(path, source, mutant), why))
                 print(f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}: equivalent")
                 continue
+            if journal is not None:
+                journal.refresh()  # a pass beside this one may have run it meanwhile
             known = journal.killed.get(journal.key(name, digest, mutant)) if journal else None
+            seen = journal.last.get(journal.key(name, digest, mutant)) if journal else None
+            if resume and known is None and seen and seen["verdict"] in ("pass", "uncovered"):
+                # --resume: a survivor of this source is not run again.
+                result.mutants += 1
+                result.uncovered += seen["verdict"] == "uncovered"
+                result.survivors.append((mutant, diff_of(path, source, mutant)))
+                print(
+                    f"   [{index}/{len(chosen)}] line {mutant.line}: {mutant.what}:"
+                    f" SURVIVED ({seen['verdict']}, in the journal)"
+                )
+                continue
             if known is not None:
                 result.mutants += 1
                 result.killed += 1
@@ -1301,6 +1325,18 @@ def main(argv: list[str] | None = None) -> int:
         " lines",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --journal: do not run again the survivors it records for the same source"
+        " either (to go on with a pass that was stopped)",
+    )
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="take each module's mutants from its end (a second pass beside one going"
+        " forward, sharing the journal, meets it in the middle)",
+    )
+    parser.add_argument(
         "--distrust-unnamed",
         action="store_true",
         help="run again the mutants the --journal records killed by no named test (an error"
@@ -1356,7 +1392,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             only = None if recheck is None else recheck[name]
-            mutate_module(name, args.max, args.timeout, coverage, only, results, journal)
+            mutate_module(
+                name, args.max, args.timeout, coverage, only, results, journal,
+                resume=args.resume, reverse=args.reverse,
+            )  # fmt: skip
     except Interrupted as stop:
         print(f"\ninterrupted ({stop}); src/ restored; partial results:", file=sys.stderr)
         status = 130
