@@ -8,6 +8,7 @@ a store prefix or a ``key_prefix`` with a hash tag warns on a cluster client.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 import warnings
@@ -24,6 +25,7 @@ from onceonly import (
     OnceOnlyWarning,
     idempotent_function,
 )
+from onceonly.records import Acquired, new_token
 from onceonly.stores.redis import AsyncRedisStore, RedisStore, clients
 from onceonly.stores.redis.clients import bounded_retry
 from testkit import RedisFarm
@@ -58,6 +60,13 @@ def test_from_url_turns_a_bad_url_into_a_config_error_naming_it(
 
 
 @pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_says_a_url_redis_py_cannot_parse_is_a_bad_url(cls: Any) -> None:
+    # Checked before the client is built: the message blames the URL, not an option.
+    with pytest.raises(IdempotencyConfigError, match=r"bad Redis URL redis://127\.0\.0\.1:abc/0: Port"):
+        cls.from_url("redis://127.0.0.1:abc/0")
+
+
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
 def test_from_url_never_shows_the_password(cls: Any) -> None:
     for url in (
         "redis://app:s3cret-pw@127.0.0.1:abc/0",
@@ -86,6 +95,79 @@ def test_from_url_turns_bad_arguments_into_config_errors(cls: Any) -> None:
     ):
         with pytest.raises(IdempotencyConfigError, match=named):
             cls.from_url(url, **options)
+
+
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_refuses_a_zero_socket_timeout_and_reads_the_first_of_a_repeated_one(
+    cls: Any,
+) -> None:
+    with pytest.raises(IdempotencyConfigError, match="socket_timeout"):
+        cls.from_url("redis://127.0.0.1:6379/0", socket_timeout=0)
+    # redis-py takes the first of a repeated query option; so does the retry budget.
+    store = cls.from_url("redis://127.0.0.1:6379/0?socket_timeout=1&socket_timeout=2")
+    assert store.client.get_retry().budget == 1.0
+
+
+SENTINEL_URLS_REFUSED = [
+    ("redis+sentinel://127.0.0.1:0/svc", "'127.0.0.1:0'"),
+    ("redis+sentinel://127.0.0.1:65536/svc", "'127.0.0.1:65536'"),
+    ("redis+sentinel://:26379/svc", "':26379'"),
+    ("redis+sentinel://127.0.0.1:26379", "/service_name"),
+    ("redis+sentinel://127.0.0.1:26379/svc/x", "/service_name"),
+    ("redis+sentinel://127.0.0.1:26379/svc/0/x", "/service_name"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "named"), SENTINEL_URLS_REFUSED, ids=[u for u, _ in SENTINEL_URLS_REFUSED]
+)
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_refuses_a_sentinel_url_it_cannot_use(cls: Any, url: str, named: str) -> None:
+    with pytest.raises(IdempotencyConfigError, match=re.escape(named)):
+        cls.from_url(url)
+
+
+@pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
+def test_from_url_builds_a_sentinel_client_from_every_part_of_the_url(cls: Any) -> None:
+    # Nothing is sent: a Sentinel client connects at its first call.
+    store = cls.from_url("rediss+sentinel://app:pw@127.0.0.1:1,[::1]:65535/svc/3")
+    pool = store.client.connection_pool
+    assert pool.service_name == "svc"
+    kwargs = pool.connection_kwargs
+    assert (kwargs["db"], kwargs["username"], kwargs["password"]) == (3, "app", "pw")
+    assert "SSL" in pool.connection_class.__name__  # rediss+: TLS to the primary
+    manager = pool.sentinel_manager
+    addresses = [
+        (c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
+        for c in manager.sentinels
+    ]
+    assert addresses == [("127.0.0.1", 1), ("::1", 65535)]
+    assert manager.sentinel_kwargs["ssl"] is True  # and to the sentinels
+    assert (
+        cls.from_url("redis+sentinel://127.0.0.1:1/svc").client.connection_pool.connection_kwargs[
+            "db"
+        ]
+        == 0
+    )
+
+
+def test_from_url_with_a_sentinel_url_writes_to_the_primarys_database(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    sentinels = redis_farm.sentinel(redis_engine)
+    prefix = _prefix()
+    store = RedisStore.from_url(f"{sentinels.url()}/2", prefix=prefix)
+    host, port = sentinels.master_address()
+    primary = redis.Redis(host=host, port=port, db=2)
+    try:
+        token = new_token()
+        claim = store.claim("k", token=token, lease_ms=60_000, ttl_ms=60_000, fingerprint=None)
+        assert claim == Acquired(takeover=False)
+        assert primary.exists(f"{prefix}:k") == 1
+    finally:
+        primary.delete(f"{prefix}:k")
+        primary.close()
+        store.client.close()
 
 
 def test_sync_from_url_with_cluster_true_on_a_standalone_server_says_so(
