@@ -62,7 +62,8 @@ def test_from_url_turns_a_bad_url_into_a_config_error_naming_it(
 @pytest.mark.parametrize("cls", [RedisStore, AsyncRedisStore], ids=["sync", "async"])
 def test_from_url_says_a_url_redis_py_cannot_parse_is_a_bad_url(cls: Any) -> None:
     # Checked before the client is built: the message blames the URL, not an option.
-    with pytest.raises(IdempotencyConfigError, match=r"bad Redis URL redis://127\.0\.0\.1:abc/0: Port"):
+    named = r"bad Redis URL redis://127\.0\.0\.1:abc/0: Port"
+    with pytest.raises(IdempotencyConfigError, match=named):
         cls.from_url("redis://127.0.0.1:abc/0")
 
 
