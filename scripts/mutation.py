@@ -417,6 +417,16 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         for line in ("if pause > 0:", "if pause > 0: #2")
         for what in ("> -> >=", "0 -> -1")
     },
+    **{
+        ("redis/common", "major, minor = 0, 0", what): (
+            "(in check_waitaof_support) any version made of 0, 1 and -1 stays below (7, 2):"
+            " an unreadable version is refused all the same"
+        )
+        for what in ("0 -> -1", "0 -> 1", "0 -> -1 #2", "0 -> 1 #2")
+    },
+    ("redis/common", 'if int(persistence.get("aof_enabled", 0)) != 1:', "0 -> -1"): (
+        "a missing aof_enabled read as -1 is refused as 0 is (both differ from 1)"
+    ),
     ("redis/scripts", "if code == -1:", "1 -> 2"): (
         "(in claim_result) the script answers -1 only for a value the decoder refuses too"
         " (test_the_claim_script_and_the_decoder_agree_*), so the -1 reply, taken for a"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import sqlite3
 import time
@@ -29,7 +30,7 @@ from onceonly import (
 from onceonly.records import Acquired, Found, Record, Status, new_token
 from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import ClaimCall, RenewCall
-from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
+from onceonly.stores.redis import AsyncRedisStore, RedisStore, common, scripts
 from onceonly.stores.sqlite import SQLiteStore
 from testkit import ManualClock, RedisFarm
 
@@ -840,3 +841,87 @@ def test_dynamodb_close_closes_a_client_it_built_and_leaves_an_injected_one_open
     finally:
         del injected.client.close  # the shared client's own method again
     assert closed == ["built"]
+
+
+# -- Redis: the helpers the two stores share ---------------------------------------------
+
+
+def test_redis_a_pool_needs_a_command_name_only_if_its_first_parameter_is_a_required_one() -> None:
+    def old(command_name: str, *keys: Any, **options: Any) -> None: ...
+
+    def new(*args: Any, **options: Any) -> None: ...
+
+    def optional(command_name: str | None = None, *keys: Any, **options: Any) -> None: ...
+
+    def keyword(*, command_name: str) -> None: ...
+
+    assert common.needs_command_name(old) is True
+    assert common.needs_command_name(new) is False
+    assert common.needs_command_name(optional) is False
+    assert common.needs_command_name(keyword) is False
+    assert common.needs_command_name(int) is False  # no signature to read
+
+
+def test_redis_store_errors_are_told_apart_by_both_their_class_and_their_text() -> None:
+    wrongtype = common.store_error(redis.exceptions.ResponseError("WRONGTYPE Operation"), "k")
+    assert isinstance(wrongtype, CorruptRecordError)
+    # Another error reply is a store error, not a corrupt record.
+    other = common.store_error(redis.exceptions.ResponseError("ERR unknown command"), "k")
+    assert type(other) is IdempotencyStoreError
+    assert "Redis failed (key k): ResponseError: ERR unknown command" in str(other)
+    # A connection error whose text looks like another case is still a connection error.
+    for text in ("WRONGTYPE", "cluster support not enabled"):
+        reset = common.store_error(redis.exceptions.ConnectionError(text), "k")
+        assert type(reset) is IdempotencyStoreError
+        assert str(reset).startswith("cannot reach Redis (key k): ConnectionError")
+    not_cluster = common.store_error(
+        redis.exceptions.RedisClusterException("Cluster mode is not enabled on this node"), None
+    )
+    assert "not a cluster node" in str(not_cluster)
+    # Another cluster error is reported as it is.
+    other_cluster = common.store_error(redis.exceptions.RedisClusterException("no slots"), None)
+    assert str(other_cluster) == "Redis failed: RedisClusterException: no slots"
+
+
+def test_redis_a_wait_timeout_of_zero_waits_for_ever_and_a_negative_one_is_refused() -> None:
+    common.check_options("p", 1, 0, False)  # 0: WAIT blocks until the replicas answer
+    with pytest.raises(IdempotencyConfigError, match="wait_timeout_ms"):
+        common.check_options("p", 1, -1, False)
+
+
+@pytest.mark.parametrize(
+    ("server", "persistence", "refused"),
+    [
+        ({"redis_version": "7.2.0"}, {"aof_enabled": 1}, None),
+        ({"redis_version": "8.0.1"}, {"aof_enabled": "1"}, None),
+        ({"redis_version": "7.1.9"}, {"aof_enabled": 1}, "7.2"),
+        ({"redis_version": "6.2.14"}, {"aof_enabled": 1}, "7.2"),
+        ({"redis_version": "seven"}, {"aof_enabled": 1}, "7.2"),
+        ({"redis_version": "7.2.0"}, {"aof_enabled": 0}, "appendonly"),
+        ({"redis_version": "7.2.0"}, {}, "appendonly"),
+    ],
+)
+def test_redis_waitaof_needs_7_2_and_appendonly(
+    server: dict[str, Any], persistence: dict[str, Any], refused: str | None
+) -> None:
+    if refused is None:
+        common.check_waitaof_support(server, persistence)
+    else:
+        with pytest.raises(IdempotencyConfigError, match=refused):
+            common.check_waitaof_support(server, persistence)
+
+
+def test_redis_cluster_a_store_prefix_with_a_hash_tag_warns_at_the_line_that_builds_it(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    client = redis_farm.cluster(redis_engine).client()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        here = inspect.currentframe()
+        assert here is not None
+        RedisStore(client, prefix="{orders}")
+        line = here.f_lineno - 1
+    (warning,) = [w for w in caught if issubclass(w.category, OnceOnlyWarning)]
+    assert "hash tag {orders}" in str(warning.message)
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    client.close()
