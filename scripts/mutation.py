@@ -427,6 +427,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("redis/common", 'if int(persistence.get("aof_enabled", 0)) != 1:', "0 -> -1"): (
         "a missing aof_enabled read as -1 is refused as 0 is (both differ from 1)"
     ),
+    ("redis/common", 'end = key.find("}", start + 1)', "1 -> 0"): (
+        "(in hash_tag) key[start] is the '{' itself, so a search for '}' from start finds"
+        " what one from start + 1 does"
+    ),
     ("redis/scripts", "if code == -1:", "1 -> 2"): (
         "(in claim_result) the script answers -1 only for a value the decoder refuses too"
         " (test_the_claim_script_and_the_decoder_agree_*), so the -1 reply, taken for a"

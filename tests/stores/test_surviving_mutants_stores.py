@@ -925,3 +925,23 @@ def test_redis_cluster_a_store_prefix_with_a_hash_tag_warns_at_the_line_that_bui
     assert "hash tag {orders}" in str(warning.message)
     assert (warning.filename, warning.lineno) == (__file__, line)
     client.close()
+
+
+def test_redis_time_ms_reads_a_time_reply_as_integer_milliseconds() -> None:
+    assert common.time_ms([b"1700000000", b"123456"]) == 1_700_000_000_123
+    assert common.time_ms(["0", "999"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "tag"),
+    [
+        ("{user1}:k", "user1"),
+        ("p:{a}{b}", "a"),
+        ("a}b", None),  # a closing brace alone is no tag
+        ("{}x}", None),  # an empty tag: the whole key is hashed, not "x"
+        ("{open", None),
+        ("plain", None),
+    ],
+)
+def test_redis_hash_tag_follows_redis_clusters_rule(key: str, tag: str | None) -> None:
+    assert common.hash_tag(key) == tag
