@@ -930,6 +930,7 @@ def test_redis_cluster_a_store_prefix_with_a_hash_tag_warns_at_the_line_that_bui
 def test_redis_time_ms_reads_a_time_reply_as_integer_milliseconds() -> None:
     assert common.time_ms([b"1700000000", b"123456"]) == 1_700_000_000_123
     assert common.time_ms(["0", "999"]) == 0
+    assert common.time_ms(["1", "500000"]) == 1_500
 
 
 @pytest.mark.parametrize(
