@@ -431,6 +431,14 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "(in hash_tag) key[start] is the '{' itself, so a search for '}' from start finds"
         " what one from start + 1 does"
     ),
+    **{
+        (
+            "redis/common",
+            "def check_key_prefix(self, key_prefix: str, *, stacklevel: int = 2) -> None:",
+            what,
+        ): ("the default is never read: the one caller (decorators.py) passes stacklevel=3")
+        for what in ("2 -> 1", "2 -> 3")
+    },
     ("redis/scripts", "if code == -1:", "1 -> 2"): (
         "(in claim_result) the script answers -1 only for a value the decoder refuses too"
         " (test_the_claim_script_and_the_decoder_agree_*), so the -1 reply, taken for a"

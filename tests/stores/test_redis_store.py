@@ -508,7 +508,7 @@ def test_the_async_store_waits_for_the_replicas_with_or_without_pipelining(
 
 
 def test_wait_aof_is_refused_or_used_as_the_server_allows(
-    redis_engine: harness.Engine, redis_farm: RedisFarm
+    redis_engine: harness.Engine, redis_farm: RedisFarm, tmp_path: Path
 ) -> None:
     client = redis_farm.standalone(redis_engine).client()
     major_minor = tuple(int(p) for p in redis_engine.version.split(".")[:2])
@@ -521,6 +521,21 @@ def test_wait_aof_is_refused_or_used_as_the_server_allows(
         store.claim("k", token=tok, lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
         assert store.complete("k", token=tok, outcome=b"j1", ttl_ms=TTL) is True
         assert store.wait_shortfalls == 0
+        # fsynced at once here, on no replica: WAITAOF answers [1, 0], short of the
+        # one replica asked for.
+        own = harness.standalone(redis_engine, tmp_path / "always", extra=["appendfsync always"])
+        try:
+            short = RedisStore(
+                own.client(), prefix=_prefix(), wait_aof=True, wait_replicas=1, wait_timeout_ms=10
+            )
+            claim = short.claim(
+                "k", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
+            )
+            assert claim == Acquired(takeover=False)
+            assert short.wait_shortfalls == 1
+            assert own.client().execute_command("WAITAOF", 1, 1, 10) == [1, 0]
+        finally:
+            own.stop()
     client.close()
 
 
