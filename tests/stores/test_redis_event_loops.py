@@ -149,3 +149,28 @@ def test_a_store_collected_while_its_loop_runs_closes_nothing_at_the_loops_end(
     assert asyncio.run(main()) is True  # the shared client still worked
     gc.collect()
     assert seen == []
+
+
+def test_aclose_closes_the_clients_connections_on_the_server(
+    redis_engine: harness.Engine, redis_farm: RedisFarm
+) -> None:
+    server = redis_farm.standalone(redis_engine)
+    name = f"closing-{uuid.uuid4().hex[:8]}"
+    admin = server.client()
+
+    def connected() -> int:
+        return sum(1 for c in admin.client_list() if c.get("name") == name)
+
+    async def main() -> int:
+        client = redis.asyncio.Redis(host=harness.HOST, port=server.port, client_name=name)
+        store = AsyncRedisStore(client, prefix=_prefix())
+        assert await store.get("k") is None
+        before = connected()
+        await store.aclose()
+        return before
+
+    try:
+        assert asyncio.run(main()) >= 1
+        harness.wait_until(lambda: connected() == 0, f"{name} closed", timeout=5.0)
+    finally:
+        admin.close()
