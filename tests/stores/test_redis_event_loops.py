@@ -167,10 +167,11 @@ def test_aclose_closes_the_clients_connections_on_the_server(
         assert await store.get("k") is None
         before = connected()
         await store.aclose()
+        # Closed now, while the loop runs (not only when it shuts down).
+        await asyncio.to_thread(harness.wait_until, lambda: connected() == 0, f"{name} closed", 5.0)
         return before
 
     try:
         assert asyncio.run(main()) >= 1
-        harness.wait_until(lambda: connected() == 0, f"{name} closed", timeout=5.0)
     finally:
         admin.close()
