@@ -203,6 +203,28 @@ def test_a_client_with_another_encoding_packs_with_redis_py(
     sync.close()
 
 
+async def _claims_one_cancelled_in_flight(
+    store: AsyncRedisStore, admin: redis.Redis, name: str, count: int, cancelled: int
+) -> list[Any]:
+    """Claim ``count`` keys in one batch, cancel one caller while the server holds the batch.
+
+    ``CLIENT PAUSE WRITE`` holds the batch in the server (in flight) until the
+    cancel; the answers come back in the callers' order.
+    """
+    admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        claims = (
+            store.claim(f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None)
+            for i in range(count)
+        )
+        tasks = [asyncio.ensure_future(claim) for claim in claims]
+        await asyncio.to_thread(_wait_held_by_pause, admin, name)
+        tasks[cancelled].cancel()
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
 def test_a_caller_cancelled_while_its_batch_is_in_flight_leaves_the_others_their_answers(
     server: harness.Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -216,22 +238,7 @@ def test_a_caller_cancelled_while_its_batch_is_in_flight_leaves_the_others_their
         try:
             await store.get("warm")  # connected
             before = _writes(admin)
-            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            try:
-                tasks = [
-                    asyncio.ensure_future(
-                        store.claim(
-                            f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
-                        )
-                    )
-                    for i in range(20)
-                ]
-                # The batch is in the server, held by the pause: in flight.
-                await asyncio.to_thread(_wait_held_by_pause, admin, name)
-                tasks[7].cancel()
-            finally:
-                admin.execute_command("CLIENT", "UNPAUSE")
-            answers = await asyncio.gather(*tasks, return_exceptions=True)
+            answers = await _claims_one_cancelled_in_flight(store, admin, name, 20, 7)
             # The connection is fine for the next batch.
             after = await store.claim(
                 "after", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
@@ -345,24 +352,10 @@ def test_a_give_back_that_fails_is_logged_and_its_task_is_not_kept(
             # The claims are native SETs; the one script call is the give-back's
             # release: the server runs it, and its reply is lost with the connection.
             proxy.drop_replies(1, commands={"EVALSHA", "EVAL"})
-            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            try:
-                tasks = [
-                    asyncio.ensure_future(
-                        store.claim(
-                            f"k{i}", token=new_token(), lease_ms=LEASE, ttl_ms=TTL, fingerprint=None
-                        )
-                    )
-                    for i in range(3)
-                ]
-                await asyncio.to_thread(_wait_held_by_pause, admin, name)
-                tasks[1].cancel()
-            finally:
-                admin.execute_command("CLIENT", "UNPAUSE")
-            answers = await asyncio.gather(*tasks, return_exceptions=True)
+            answers = await _claims_one_cancelled_in_flight(store, admin, name, 3, 1)
             await _until(lambda: proxy.dropped == 1, "the give-back's reply lost")
             await _until(logged, "the failed give-back logged")
-            return list(answers), _finished_tasks_running("AsyncRedisStore.release")
+            return answers, _finished_tasks_running("AsyncRedisStore.release")
         finally:
             await client.aclose()
 
