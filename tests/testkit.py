@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import threading
 import types
@@ -14,6 +15,21 @@ from typing import Any
 import redis_harness as harness
 
 EVENTS = Path(__file__).resolve().parent / "events"
+
+
+def finished_tasks_alive(qualname: str) -> int:
+    """How many finished asyncio tasks running ``qualname`` are still alive (after a collection).
+
+    Tells whether something keeps a task it is done with. Objects are told by
+    ``type()``, never ``isinstance``: that would read ``__class__``, which sets
+    up a lazy object (Django's settings-backed ones) as a side effect.
+    """
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if issubclass(type(o), asyncio.Task) and o.done() and o.get_coro().__qualname__ == qualname
+    )
 
 
 def load_event(name: str) -> dict[str, Any]:

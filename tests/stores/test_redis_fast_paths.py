@@ -36,7 +36,7 @@ from faults.proxy import ReplyDropProxy
 from onceonly import CorruptRecordError, IdempotencyStoreError
 from onceonly.records import Acquired, Found, Status, new_token
 from onceonly.stores.redis import AsyncRedisStore, RedisStore, scripts
-from testkit import RedisFarm
+from testkit import RedisFarm, finished_tasks_alive
 
 LEASE = 60_000
 TTL = 60_000
@@ -319,16 +319,6 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def _finished_tasks_running(name: str) -> int:
-    """How many finished tasks whose coroutine is ``name`` are still alive."""
-    gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, asyncio.Task) and o.done() and o.get_coro().__qualname__ == name
-    )
-
-
 def test_a_give_back_that_fails_is_logged_and_its_task_is_not_kept(
     server: harness.Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -355,7 +345,7 @@ def test_a_give_back_that_fails_is_logged_and_its_task_is_not_kept(
             answers = await _claims_one_cancelled_in_flight(store, admin, name, 3, 1)
             await _until(lambda: proxy.dropped == 1, "the give-back's reply lost")
             await _until(logged, "the failed give-back logged")
-            return answers, _finished_tasks_running("AsyncRedisStore.release")
+            return answers, finished_tasks_alive("AsyncRedisStore.release")
         finally:
             await client.aclose()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import json
 import sqlite3
@@ -32,7 +31,7 @@ from onceonly.stores.dynamodb import DynamoDBStore
 from onceonly.stores.protocol import ClaimCall, RenewCall
 from onceonly.stores.redis import AsyncRedisStore, RedisStore, common, scripts
 from onceonly.stores.sqlite import SQLiteStore
-from testkit import ManualClock, RedisFarm
+from testkit import ManualClock, RedisFarm, finished_tasks_alive
 
 # -- Redis: a renew moves the key's own expiry, not only the deadline in the value -------
 
@@ -404,15 +403,6 @@ def test_redis_async_calls_of_one_loop_turn_go_in_pipelines_of_at_most_512(
     assert asyncio.run(main()) == [512, 1]
 
 
-def _finished_batch_sends() -> int:
-    gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, asyncio.Task) and o.done() and "send" in o.get_coro().__qualname__
-    )
-
-
 def test_redis_async_store_keeps_no_task_of_a_pipeline_once_it_is_answered(
     redis_engine: harness.Engine, redis_farm: RedisFarm
 ) -> None:
@@ -423,7 +413,7 @@ def test_redis_async_store_keeps_no_task_of_a_pipeline_once_it_is_answered(
         # The clock keeps the claims on the script, which the loop's batcher sends.
         store = AsyncRedisStore(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
         try:
-            before = _finished_batch_sends()
+            before = finished_tasks_alive("Batcher.send")
             for round_ in range(5):
                 answers = await asyncio.gather(
                     *(
@@ -439,7 +429,7 @@ def test_redis_async_store_keeps_no_task_of_a_pipeline_once_it_is_answered(
                 )
                 assert answers == [Acquired()] * 4
             # Five pipelines went out and were answered: the store holds none of them.
-            return before, _finished_batch_sends()
+            return before, finished_tasks_alive("Batcher.send")
         finally:
             await client.aclose()
 
