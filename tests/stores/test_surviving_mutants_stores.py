@@ -88,14 +88,16 @@ def test_redis_scripts_under_wait_replicas_run_by_evalsha_or_after_noscript_by_e
             done, dropped = new_token(), new_token()
             kept, gone = f"kept-{noscript}", f"gone-{noscript}"
             flush(noscript)
-            claimed = store.claim(kept, token=done, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
-                                  fingerprint=None)  # fmt: skip
+            claimed = store.claim(
+                kept, token=done, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+            )
             assert claimed == Acquired()
             flush(noscript)
             assert store.complete(kept, token=done, outcome=b"o1", ttl_ms=LONG_LEASE) is True
             flush(noscript)
-            claimed = store.claim(gone, token=dropped, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
-                                  fingerprint=None)  # fmt: skip
+            claimed = store.claim(
+                gone, token=dropped, lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+            )
             assert claimed == Acquired()
             flush(noscript)
             assert store.release(gone, token=dropped) is True
@@ -181,8 +183,9 @@ def test_redis_cluster_writes_with_wait_refresh_the_slot_map_after_a_failover(
         # that map stale.
         store = RedisStore(client, prefix="t", wait_replicas=1, wait_timeout_ms=2_000)
         token = new_token()
-        claimed = store.claim("k", token=token, lease_ms=LONG_LEASE, ttl_ms=LONG_LEASE,
-                              fingerprint=None)  # fmt: skip
+        claimed = store.claim(
+            "k", token=token, lease_ms=LONG_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+        )
         assert claimed == Acquired()
         primary = client.get_node_from_key(store.full_key("k")).port
 
@@ -316,6 +319,24 @@ def test_redis_a_native_claim_checks_its_arguments_before_it_writes(
         client.close()
 
 
+async def _claim_all(store: AsyncRedisStore, keys: list[str]) -> list[Any]:
+    """Claim ``keys`` concurrently (one loop turn, so one batch); the answers in order."""
+    return list(
+        await asyncio.gather(
+            *(
+                store.claim(
+                    key,
+                    token=new_token(),
+                    lease_ms=SHORT_LEASE,
+                    ttl_ms=LONG_LEASE,
+                    fingerprint=None,
+                )
+                for key in keys
+            )
+        )
+    )
+
+
 def test_redis_async_calls_batched_together_share_one_wait_and_name_the_first_key(
     redis_engine: harness.Engine, redis_farm: RedisFarm, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -331,22 +352,12 @@ def test_redis_async_calls_batched_together_share_one_wait_and_name_the_first_ke
             clock=ManualClock(1_800_000_000_000),
         )  # fmt: skip
         try:
-            await store.claim("warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
-                              fingerprint=None)  # fmt: skip
+            await store.claim(
+                "warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
+            )
             caplog.clear()
             before = store.wait_shortfalls
-            answers = await asyncio.gather(
-                *(
-                    store.claim(
-                        key,
-                        token=new_token(),
-                        lease_ms=SHORT_LEASE,
-                        ttl_ms=LONG_LEASE,
-                        fingerprint=None,
-                    )
-                    for key in keys
-                )
-            )
+            answers = await _claim_all(store, keys)
             assert answers == [Acquired()] * 3
             assert store.wait_shortfalls == before + 1  # one WAIT for the three
         finally:
@@ -380,21 +391,11 @@ def test_redis_async_calls_of_one_loop_turn_go_in_pipelines_of_at_most_512(
         store = _BatchSizes(client, prefix=f"t{uuid.uuid4().hex[:12]}", clock=ManualClock())
         store.sizes = []
         try:
-            await store.claim("warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE,
-                              fingerprint=None)  # fmt: skip
-            store.sizes.clear()
-            answers = await asyncio.gather(
-                *(
-                    store.claim(
-                        f"k{i}",
-                        token=new_token(),
-                        lease_ms=SHORT_LEASE,
-                        ttl_ms=LONG_LEASE,
-                        fingerprint=None,
-                    )
-                    for i in range(513)
-                )
+            await store.claim(
+                "warm", token=new_token(), lease_ms=SHORT_LEASE, ttl_ms=LONG_LEASE, fingerprint=None
             )
+            store.sizes.clear()
+            answers = await _claim_all(store, [f"k{i}" for i in range(513)])
             assert answers == [Acquired()] * 513
         finally:
             await client.aclose()
@@ -415,18 +416,7 @@ def test_redis_async_store_keeps_no_task_of_a_pipeline_once_it_is_answered(
         try:
             before = finished_tasks_alive("Batcher.send")
             for round_ in range(5):
-                answers = await asyncio.gather(
-                    *(
-                        store.claim(
-                            f"r{round_}k{i}",
-                            token=new_token(),
-                            lease_ms=SHORT_LEASE,
-                            ttl_ms=LONG_LEASE,
-                            fingerprint=None,
-                        )
-                        for i in range(4)
-                    )
-                )
+                answers = await _claim_all(store, [f"r{round_}k{i}" for i in range(4)])
                 assert answers == [Acquired()] * 4
             # Five pipelines went out and were answered: the store holds none of them.
             return before, finished_tasks_alive("Batcher.send")
